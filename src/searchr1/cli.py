@@ -1,0 +1,180 @@
+"""`searchr1 <command>`: one entry point. Every command reads the root `Config`.
+
+  searchr1 index build index.corpus=wiki.jsonl index.dir=runs/wiki index.methods=bm25,dense
+  searchr1 serve retriever.index=runs/wiki server.port=8000
+  searchr1 search "who wrote hamlet" retriever.index=runs/wiki
+  searchr1 demo
+  searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
+  searchr1 config keys                                    (every key, its type, default and help)
+
+`-c NAME_OR_PATH` picks a YAML preset (bundled: see `searchr1 config presets`); KEY=VALUE
+arguments override single fields by their dotted path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+from searchr1 import __version__
+from searchr1.config import describe, load_config, preset_names, to_yaml
+from searchr1.errors import SearchR1Error
+from searchr1.settings import Config
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _load(args) -> Config:
+    return load_config(Config, args.config, args.overrides)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_index_build(args) -> int:
+    from searchr1.retrieval.build import build_index
+
+    cfg = _load(args)
+    meta = build_index(cfg.index, progress=not args.quiet)
+    summary = {m: {k: v for k, v in s.items() if k in ("build_seconds", "num_docs", "factory", "vocab_size")}
+               for m, s in meta["methods"].items()}
+    print(f"searchr1: index {cfg.index.dir}: {meta['num_docs']} passages "
+          f"({meta['skipped_lines']} malformed lines skipped); {json.dumps(summary)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from searchr1.retrieval.local import open_index
+    from searchr1.retrieval.server import serve
+
+    cfg = _load(args)
+    if not cfg.retriever.index:
+        raise SearchR1Error("serve needs an index: retriever.index=DIR (build one with `searchr1 index build`)")
+    retriever = open_index(cfg.retriever)
+    info = {"method": retriever.method, "num_docs": retriever.num_docs, "index": cfg.retriever.index}
+    try:
+        serve(retriever, cfg.server, default_topk=cfg.retriever.topk, info=info)
+    finally:
+        retriever.close()
+    return 0
+
+
+def cmd_search(args) -> int:
+    from searchr1.retrieval.local import open_retriever
+
+    cfg = _load(args)
+    if not args.queries:
+        raise SearchR1Error('give at least one query: searchr1 search "your question" retriever.index=DIR')
+    retriever = open_retriever(cfg.retriever)
+    try:
+        results = retriever.search(args.queries, cfg.retriever.topk)
+    finally:
+        getattr(retriever, "close", lambda: None)()
+    if args.json:
+        print(json.dumps([[{"id": h.doc_id, "title": h.title, "text": h.text, "score": h.score} for h in row]
+                          for row in results], ensure_ascii=False, indent=2))
+        return 0
+    console = _console()
+    for query, hits in zip(args.queries, results):
+        console.print(f"[bold cyan]{query}[/]")
+        if not hits:
+            console.print("  (no passage matches)")
+        for i, h in enumerate(hits):
+            console.print(f"  [bold]Doc {i + 1}[/](Title: {h.title}) {h.text}  [dim]score {h.score:.4f} id {h.doc_id}[/]")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from searchr1.demo import run_demo
+
+    if args.config is None:
+        args.config = "cpu-demo"
+    run_demo(_load(args), _console())
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    sys.stdout.write(to_yaml(_load(args)))
+    return 0
+
+
+def cmd_config_keys(args) -> int:
+    print(describe(Config))
+    return 0
+
+
+def cmd_config_presets(args) -> int:
+    print("\n".join(preset_names()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _with_config(p: argparse.ArgumentParser, positional: str | None = None) -> argparse.ArgumentParser:
+    p.add_argument("-c", "--config", help="YAML preset name (see `searchr1 config presets`) or path")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. server.port=8001")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="searchr1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"searchr1 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser("index", help="build search indexes").add_subparsers(dest="index_command", required=True)
+    p = _with_config(index.add_parser("build", help="corpus JSONL -> BM25 and/or dense index directory"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_index_build)
+
+    _with_config(sub.add_parser("serve", help="serve an index over HTTP (Search-R1's /retrieve API)")).set_defaults(
+        func=cmd_serve)
+
+    p = _with_config(sub.add_parser("search", help="search an index (or a server) from the command line"))
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.set_defaults(func=cmd_search, split_queries=True)
+
+    _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
+        func=cmd_demo)
+
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="config_command", required=True)
+    _with_config(config.add_parser("show", help="print the resolved config as YAML")).set_defaults(func=cmd_config_show)
+    config.add_parser("keys", help="list every config key with type, default and help").set_defaults(
+        func=cmd_config_keys)
+    config.add_parser("presets", help="list the bundled presets").set_defaults(func=cmd_config_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "split_queries", False):
+        # `search` takes free-text queries and KEY=VALUE overrides in any order.
+        args.queries = [a for a in args.overrides if not _OVERRIDE.match(a)]
+        args.overrides = [a for a in args.overrides if _OVERRIDE.match(a)]
+    else:
+        bad = [a for a in getattr(args, "overrides", []) if not _OVERRIDE.match(a)]
+        if bad:
+            parser.error(f"expected KEY=VALUE overrides, got {bad[0]!r}")
+    try:
+        return args.func(args)
+    except SearchR1Error as e:
+        print(f"searchr1: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("searchr1: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

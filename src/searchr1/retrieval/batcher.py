@@ -1,0 +1,162 @@
+"""Dynamic micro-batching: concurrent search requests share one retriever call.
+
+Rollout workers typically send one query per request. Encoding and searching 32 queries at once
+costs little more than one query, so the server queues requests and a single worker drains the
+queue: whatever arrived while the previous batch was being searched becomes the next batch. Under
+low load a request is searched immediately (no added latency); under high load batches grow by
+themselves, up to `max_batch_queries`. While requests are arriving concurrently, a non-full batch
+is additionally held open for up to `max_wait_ms` to collect the clients that are about to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from searchr1.retrieval.base import Hit
+
+SearchFn = Callable[[Sequence[str], int], list[list[Hit]]]
+
+
+@dataclass
+class _Pending:
+    queries: list[str]
+    k: int
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    queries: int = 0
+    batches: int = 0
+    search_calls: int = 0
+    largest_batch: int = 0
+    failed_requests: int = 0
+    busy_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        mean = self.queries / self.search_calls if self.search_calls else 0.0
+        return {
+            "requests": self.requests,
+            "queries": self.queries,
+            "batches": self.batches,
+            "search_calls": self.search_calls,
+            "mean_queries_per_call": round(mean, 2),
+            "largest_batch": self.largest_batch,
+            "failed_requests": self.failed_requests,
+            "busy_seconds": round(self.busy_seconds, 3),
+        }
+
+
+class MicroBatcher:
+    def __init__(self, search: SearchFn, max_batch_queries: int = 256, max_wait_ms: float = 0.0):
+        self._search = search
+        self.max_batch_queries = max_batch_queries
+        self.max_wait = max_wait_ms / 1000.0
+        self.stats = BatchStats()
+        self._last_requests = 0
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task | None = None
+        self._held: _Pending | None = None  # a request that did not fit the previous batch
+        # One search thread: the retriever parallelises inside (BLAS, faiss, torch threads).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchr1-search")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="searchr1-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not awaited")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(list(queries), k, future))
+        return await future
+
+    async def _collect(self) -> list[_Pending]:
+        assert self._queue is not None
+        held, self._held = self._held, None
+        batch = [held if held is not None else await self._queue.get()]
+        n = len(batch[0].queries)
+        # Wait for stragglers only under concurrent load (the last batch merged several requests):
+        # when a batch completes, its clients' next requests arrive over the following
+        # milliseconds, and searching the first one alone would split the load into a small and a
+        # large batch. A lone client never waits.
+        wait = self.max_wait if self._last_requests > 1 else 0.0
+        deadline = time.monotonic() + wait
+        while n < self.max_batch_queries:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if n + len(item.queries) > self.max_batch_queries:
+                self._held = item  # it starts the next batch, so this one stays within the limit
+                break
+            batch.append(item)
+            n += len(item.queries)
+        self._last_requests = len(batch)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [p for p in await self._collect() if not p.future.done()]  # drop disconnected
+            if not batch:
+                continue
+            self.stats.batches += 1
+            by_k: dict[int, list[_Pending]] = {}
+            for p in batch:
+                by_k.setdefault(p.k, []).append(p)
+            for k, group in by_k.items():
+                await self._serve_group(loop, group, k)
+
+    async def _serve_group(self, loop, group: list[_Pending], k: int) -> None:
+        queries = [q for p in group for q in p.queries]
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._search, queries, k)
+        except Exception as exc:  # noqa: BLE001 - the error goes back to the requests
+            self._note_call(len(queries), start)
+            if len(group) > 1:
+                # Isolate the request that broke the batch: retry each one alone.
+                for p in group:
+                    await self._serve_group(loop, [p], k)
+                return
+            self.stats.requests += 1
+            self.stats.failed_requests += 1
+            if not group[0].future.done():
+                group[0].future.set_exception(exc)
+            return
+        self._note_call(len(queries), start)
+        self.stats.requests += len(group)
+        self.stats.queries += len(queries)
+        pos = 0
+        for p in group:
+            n = len(p.queries)
+            if not p.future.done():
+                p.future.set_result(results[pos : pos + n])
+            pos += n
+
+    def _note_call(self, n_queries: int, start: float) -> None:
+        s = self.stats
+        s.busy_seconds += time.perf_counter() - start
+        s.search_calls += 1
+        s.largest_batch = max(s.largest_batch, n_queries)

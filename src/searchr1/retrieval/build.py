@@ -1,0 +1,163 @@
+"""`searchr1 index build`: corpus -> index directory.
+
+Layout of an index directory:
+  index.json           what is inside: corpus fingerprint, passage count, methods with their stats
+  docs.jsonl, docs.offsets.npy    the passage store (see docstore.py)
+  bm25/                bm25s index (see bm25.py)
+  dense/               faiss index + encoder settings (+ embeddings) (see dense.py)
+  skipped_lines.jsonl  malformed corpus lines, when index.on_bad_line=skip
+
+Every write is atomic: a fresh index is built in a temporary sibling directory and renamed into
+place; a method added to an existing index is built in a temporary subdirectory and renamed. An
+interrupted build leaves either the old index or none, never a half-written one that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from searchr1 import __version__
+from searchr1.errors import CorpusFormatError, IndexFormatError
+from searchr1.retrieval.corpus import BadLine, file_fingerprint, iter_passages
+from searchr1.retrieval.docstore import DocStore, write_docstore
+from searchr1.retrieval.settings import IndexConfig
+
+META_FILE = "index.json"
+FORMAT = "searchr1-index"
+FORMAT_VERSION = 1
+
+
+def read_index_meta(index_dir: str | os.PathLike) -> dict:
+    index_dir = Path(index_dir)
+    path = index_dir / META_FILE
+    if not path.is_file():
+        hint = "" if index_dir.exists() else " (the directory does not exist)"
+        raise IndexFormatError(f"{index_dir} is not a searchr1 index: no {META_FILE}{hint}. "
+                               "Build one with `searchr1 index build`.")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IndexFormatError(f"{path} is corrupted: {e}") from None
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: unsupported index format {meta.get('format')!r} v{meta.get('version')}")
+    return meta
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` (file or directory, may not exist) by `tmp` with renames only."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _build_method(method: str, store: DocStore, out: Path, cfg: IndexConfig, progress: bool) -> dict:
+    texts = (p.contents for p in store)
+    start = time.perf_counter()
+    if method == "bm25":
+        from searchr1.retrieval.bm25 import build_bm25
+
+        stats = build_bm25(texts, out, cfg.bm25, total=len(store), progress=progress)
+    elif method == "dense":
+        from searchr1.retrieval.dense import build_dense
+
+        stats = build_dense(texts, len(store), out, cfg.dense, progress=progress)
+    else:
+        raise IndexFormatError(f"unknown index method {method!r}")
+    stats["build_seconds"] = round(time.perf_counter() - start, 3)
+    return stats
+
+
+def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
+    """Build (or extend) the index directory `cfg.dir` from `cfg.corpus`. Returns index.json."""
+    if not cfg.corpus:
+        raise CorpusFormatError("no corpus given: set index.corpus=PATH (a JSONL file)")
+    corpus = Path(cfg.corpus)
+    if not corpus.is_file():
+        raise CorpusFormatError(f"corpus file not found: {corpus}")
+    out = Path(cfg.dir)
+    fingerprint = file_fingerprint(corpus)
+    meta = read_index_meta(out) if (out / META_FILE).exists() else None
+
+    if meta is not None and meta["corpus"] != fingerprint and not cfg.overwrite:
+        raise IndexFormatError(
+            f"{out} holds an index of another corpus ({meta['corpus']['path']}, or the file changed "
+            "since). Pass index.overwrite=true to replace it, or choose another index.dir."
+        )
+    if meta is None and out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise IndexFormatError(f"{out} exists and is not a searchr1 index; refusing to write into it "
+                               "(pass index.overwrite=true to replace it)")
+
+    if meta is None or meta["corpus"] != fingerprint:
+        # Fresh build in a sibling directory, renamed into place at the end.
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            meta = _build_fresh(corpus, fingerprint, tmp, cfg, progress)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _swap_in(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return meta
+
+    # Same corpus: reuse the passage store, add the methods that are missing (or rebuild them).
+    store = DocStore(out)
+    try:
+        for method in cfg.methods:
+            if method in meta["methods"] and (out / method).is_dir() and not cfg.overwrite:
+                continue
+            tmp = out / f".{method}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                stats = _build_method(method, store, tmp, cfg, progress)
+                _swap_in(tmp, out / method)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            meta["methods"][method] = stats
+            _write_json_atomic(out / META_FILE, meta)
+    finally:
+        store.close()
+    return meta
+
+
+def _build_fresh(corpus: Path, fingerprint: dict, out: Path, cfg: IndexConfig, progress: bool) -> dict:
+    out.mkdir(parents=True)
+    bad: list[BadLine] = []
+    start = time.perf_counter()
+    n = write_docstore(iter_passages(corpus, cfg.on_bad_line, bad, progress=progress), out)
+    if n == 0:
+        raise CorpusFormatError(f"{corpus} contains no passages")
+    if bad:
+        with open(out / "skipped_lines.jsonl", "w", encoding="utf-8") as f:
+            for b in bad:
+                f.write(json.dumps({"line": b.lineno, "reason": b.reason, "raw": b.raw}, ensure_ascii=False) + "\n")
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "searchr1_version": __version__,
+        "corpus": fingerprint,
+        "num_docs": n,
+        "skipped_lines": len(bad),
+        "docstore_seconds": round(time.perf_counter() - start, 3),
+        "methods": {},
+    }
+    store = DocStore(out)
+    try:
+        for method in cfg.methods:
+            meta["methods"][method] = _build_method(method, store, out / method, cfg, progress)
+    finally:
+        store.close()
+    _write_json_atomic(out / META_FILE, meta)
+    return meta

@@ -1,0 +1,45 @@
+"""The root config every `searchr1` command reads: one dataclass tree, one YAML file.
+
+Sections are added here as the package grows; each section's fields live with the code that
+uses them (e.g. `searchr1.retrieval.settings`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from searchr1.config import param
+from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
+
+
+@dataclass
+class WorldConfig:
+    seed: int = param(0, "seed of the synthetic world (names, facts, question split)")
+    countries: int = param(8, "countries in the synthetic world")
+    cities_per_country: int = param(4, "cities per country")
+    people: int = param(120, "people")
+    organisations: int = param(40, "organisations")
+    test_fraction: float = param(0.2, "share of questions held out for evaluation")
+
+    def __post_init__(self) -> None:
+        if min(self.countries, self.cities_per_country, self.people, self.organisations) < 1:
+            raise ValueError("world sizes must be >= 1")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError("test_fraction must be in (0, 1)")
+
+
+@dataclass
+class DemoConfig:
+    dir: str = param("searchr1-demo", "directory for everything the demo writes (corpus, index, report)")
+    world: WorldConfig = param(WorldConfig, "the synthetic world the demo searches")
+    methods: list[Literal["bm25", "dense"]] = param(["bm25", "dense"], "indexes the demo builds")
+    max_questions: int = param(200, "held-out questions used to measure retrieval")
+
+
+@dataclass
+class Config:
+    index: IndexConfig = param(IndexConfig, "`searchr1 index build`: corpus -> index directory")
+    retriever: RetrieverConfig = param(RetrieverConfig, "which retriever searches, and how")
+    server: ServerConfig = param(ServerConfig, "`searchr1 serve`: the HTTP retrieval server")
+    demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")
