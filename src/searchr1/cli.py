@@ -3,6 +3,8 @@
   searchr1 index build index.corpus=wiki.jsonl index.dir=runs/wiki index.methods=bm25,dense
   searchr1 serve retriever.index=runs/wiki server.port=8000
   searchr1 search "who wrote hamlet" retriever.index=runs/wiki
+  searchr1 ask "who wrote hamlet" retriever.index=runs/wiki model.name=HuggingFaceTB/SmolLM2-135M-Instruct
+  searchr1 eval eval.datasets=nq,hotpotqa eval.limit=200 retriever.index=runs/wiki
   searchr1 demo
   searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
   searchr1 config keys                                    (every key, its type, default and help)
@@ -93,6 +95,41 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_ask(args) -> int:
+    from searchr1.eval.ask import ask
+
+    cfg = _load(args)
+    question = " ".join(args.queries).strip()
+    if not question:
+        raise SearchR1Error('give a question: searchr1 ask "who wrote hamlet" retriever.index=DIR')
+    ask(cfg, question, _console())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from searchr1.eval.harness import evaluate, print_summary
+
+    cfg = _load(args)
+    console = _console()
+    results = evaluate(cfg, console)
+    print_summary(results, console)
+    console.print(f"searchr1: eval results in {cfg.eval.out_dir} (results.json, results.md"
+                  f"{', report.html' if cfg.eval.html else ''}, trajectories.*.jsonl)", markup=False)
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from searchr1.data.prepare import prepare_from_config
+
+    cfg = _load(args)
+    # Prompts are stored as filled template text, model-agnostic: the chat template (if any) is
+    # applied when a model reads them, as veRL does with its `prompt` column.
+    summary = prepare_from_config(cfg.data)
+    for name, f in summary["files"].items():
+        print(f"searchr1: {name} ({f['split']}, {f['source']}): {f['rows']} rows -> {f['path']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from searchr1.demo import run_demo
 
@@ -144,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=cmd_search, split_queries=True)
 
+    p = _with_config(sub.add_parser("ask", help="one question through the search agent, printed turn by turn"))
+    p.set_defaults(func=cmd_ask, split_queries=True)
+
+    _with_config(sub.add_parser("eval", help="evaluate a model on QA benchmarks: direct, rag and agent modes")
+                 ).set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="QA benchmark data").add_subparsers(dest="data_command", required=True)
+    _with_config(data.add_parser("prepare", help="benchmarks -> parquet (id, question, golden_answers, prompt)")
+                 ).set_defaults(func=cmd_data_prepare)
+
     _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
         func=cmd_demo)
 
@@ -159,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "split_queries", False):
-        # `search` takes free-text queries and KEY=VALUE overrides in any order.
+        # `search` and `ask` take free text and KEY=VALUE overrides in any order.
         args.queries = [a for a in args.overrides if not _OVERRIDE.match(a)]
         args.overrides = [a for a in args.overrides if _OVERRIDE.match(a)]
     else:

@@ -1,14 +1,37 @@
-"""Answer matching, shared by retrieval metrics, training rewards and evaluation.
+"""Answer matching and rewards, shared by retrieval metrics, training rewards and evaluation.
 
-Normalisation is SQuAD's (Rajpurkar et al. 2016; the official evaluation script): lowercase,
-drop punctuation, drop the articles a/an/the, squeeze whitespace.
+One implementation serves training and evaluation, so a reported EM is the reward the policy was
+trained on. Normalisation is SQuAD's (Rajpurkar et al. 2016; the official evaluation script):
+lowercase, drop punctuation, drop the articles a/an/the, squeeze whitespace.
+
+Scores are computed on the model's RESPONSE only (everything it generated plus injected
+observations), never the prompt: the Search-R1 prompt itself contains "<answer> Beijing </answer>".
+
+Gold answers may be one string, any iterable of strings (a list, a parquet/numpy array), or veRL's
+`{"target": [...]}` ground-truth mapping. Gold or prediction strings that normalise to nothing
+never match (SQuAD would count "" == "" as a match; an empty answer is never right here).
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from searchr1.protocol import extract_answer
+
+__all__ = [
+    "compute_score",
+    "contains_answer",
+    "cover_exact_match",
+    "exact_match",
+    "f1_score",
+    "is_valid_format",
+    "normalize_answer",
+    "score_breakdown",
+]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -24,3 +47,168 @@ def contains_answer(text: str, answers: Iterable[str]) -> bool:
     """True when some normalised gold answer occurs in the normalised text as whole words."""
     haystack = f" {normalize_answer(text)} "
     return any((needle := normalize_answer(a)) and f" {needle} " in haystack for a in answers)
+
+
+def _golds(golden_answers: Any) -> list[str]:
+    """Gold answers as a list of strings: accepts a string, an iterable, or {"target": [...]}.
+
+    A bare string must not be iterated character by character, and a mapping must not be
+    iterated by its keys: both would silently score against the wrong golds.
+    """
+    if golden_answers is None:
+        return []
+    if isinstance(golden_answers, Mapping):
+        golden_answers = golden_answers.get("target", [])
+    if isinstance(golden_answers, str):
+        return [golden_answers]
+    return [str(g) for g in golden_answers]
+
+
+def exact_match(prediction: str | None, golden_answers: Any) -> float:
+    """1.0 when the normalised prediction equals some normalised gold answer, else 0.0 (None -> 0)."""
+    if prediction is None:
+        return 0.0
+    pred = normalize_answer(prediction)
+    return float(bool(pred) and any(pred == normalize_answer(g) for g in _golds(golden_answers)))
+
+
+def cover_exact_match(prediction: str | None, golden_answers: Any) -> float:
+    """"Cover EM": 1.0 when some normalised gold answer occurs in the normalised prediction as a
+    run of WHOLE words (the same test as `contains_answer`), else 0.0 (None -> 0).
+
+    Search-R1's `subem_check` (and FlashRAG's "acc") use a raw substring test, under which gold
+    "1" covers "1879" and gold "no" covers "not sure". Whole words remove those false hits, so
+    this score is never above the substring one; with single-word answers inside longer text the
+    two agree.
+    """
+    if prediction is None:
+        return 0.0
+    return float(contains_answer(prediction, _golds(golden_answers)))
+
+
+_YES_NO = frozenset({"yes", "no", "noanswer"})
+
+
+def _f1(pred: str, gold: str) -> float:
+    if pred in _YES_NO or gold in _YES_NO:
+        # HotpotQA's convention: a yes/no/noanswer answer earns credit only when it is exact,
+        # so "no" gets nothing for sharing the token with "no way".
+        return float(pred == gold)
+    pred_tokens, gold_tokens = pred.split(), gold.split()
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str | None, golden_answers: Any) -> float:
+    """SQuAD token F1 of the normalised prediction, the maximum over gold answers (None -> 0).
+
+    Tokens are the whitespace-split words of the normalised strings, counted with multiplicity.
+    yes/no/noanswer follow HotpotQA's rule (0 unless both sides are that same word).
+    """
+    if prediction is None:
+        return 0.0
+    pred = normalize_answer(prediction)
+    if not pred:
+        return 0.0
+    return max((_f1(pred, g) for g in map(normalize_answer, _golds(golden_answers)) if g), default=0.0)
+
+
+_FORMAT_TAG = re.compile(r"(</?(?:think|search|information|answer)>)")
+
+# state -> {tag: next state}; the accepted language is
+#   <think>…</think> (<search>…</search> <information>…</information> <think>…</think>)* <answer>…</answer>
+# with only whitespace between the blocks and nothing but whitespace after </answer>.
+_FORMAT_MACHINE: dict[str, dict[str, str]] = {
+    "start": {"<think>": "in_think"},
+    "in_think": {"</think>": "after_think"},
+    "after_think": {"<search>": "in_search", "<answer>": "in_answer"},
+    "in_search": {"</search>": "after_search"},
+    "after_search": {"<information>": "in_information"},
+    "in_information": {"</information>": "after_information"},
+    "after_information": {"<think>": "in_think"},
+    "in_answer": {"</answer>": "end"},
+    "end": {},
+}
+_INSIDE = frozenset({"in_think", "in_search", "in_information", "in_answer"})
+
+
+def is_valid_format(response_text: str) -> bool:
+    """Search-R1 v0.3's structure check (`is_valid_sequence` in qa_em_format.py), on the response.
+
+    Valid: think -> (search -> information -> think)* -> answer, every block opened and closed
+    with no other recognised tag (think/search/information/answer) inside it, only whitespace
+    between blocks, nothing but whitespace after the answer. Any text inside a block is fine.
+
+    Differences from Search-R1: it first looks for the "<|im_start|>assistant" marker in the full
+    prompt+response and fails without it (so every base-model response was "invalid"); we are
+    given the response itself, so no marker is needed. Its tag-count balance check is implied by
+    the state machine and not repeated. Pass text decoded without special tokens: a trailing
+    "<|im_end|>" is content after the answer and makes the response invalid (Search-R1 cut
+    responses at "</answer>", so it never saw one).
+    """
+    if not isinstance(response_text, str):
+        return False
+    state = "start"
+    for i, part in enumerate(_FORMAT_TAG.split(response_text)):
+        if i % 2:  # a tag (re.split puts the captured separators at odd indices)
+            state = _FORMAT_MACHINE[state].get(part, "")
+            if not state:
+                return False
+        elif state not in _INSIDE and part.strip():
+            return False
+    return state == "end"
+
+
+def compute_score(
+    response_text: str,
+    golden_answers: Any,
+    *,
+    format_reward: bool = False,
+    structure_format_score: float = 0.2,
+    final_format_score: float = 0.1,
+    score: float = 1.0,
+) -> float:
+    """The outcome reward of one response: the function training and evaluation both call.
+
+    format_reward=False (Search-R1 `qa_em`): `score` if the last answer exactly matches a gold
+    answer, else 0.
+
+    format_reward=True (Search-R1 v0.3 `qa_em_format`, retrieval_score=0 as in its scripts):
+
+        answer     valid format    invalid format
+        correct    score (1)       score - structure_format_score (0.8)
+        wrong      structure (0.2) final_format_score (0.1)
+        none       structure (0.2) 0
+
+    A response without an answer cannot pass `is_valid_format` (it must end in an answer
+    block), so "none" always scores 0; the valid branch is kept for parity with Search-R1.
+    In Search-R1 itself "none" hardly happens: it extracts from prompt + response, and the prompt
+    holds "<answer> Beijing </answer>", so a response that never answers is scored as the
+    answer "Beijing" (0.1, or full marks when the gold is Beijing). Here it scores 0.
+    """
+    answer = extract_answer(response_text)
+    correct = exact_match(answer, golden_answers) == 1.0
+    if not format_reward:
+        return score if correct else 0.0
+    valid = is_valid_format(response_text)
+    if answer is None:
+        return structure_format_score if valid else 0.0
+    if correct:
+        return score if valid else score - structure_format_score
+    return structure_format_score if valid else final_format_score
+
+
+def score_breakdown(response_text: str, golden_answers: Any) -> dict[str, Any]:
+    """Per-response metrics for evaluation reports: the extracted answer (None when there is
+    none), em, f1, cover_em (floats in [0, 1]) and valid_format (bool)."""
+    answer = extract_answer(response_text)
+    return {
+        "answer": answer,
+        "em": exact_match(answer, golden_answers),
+        "f1": f1_score(answer, golden_answers),
+        "cover_em": cover_exact_match(answer, golden_answers),
+        "valid_format": is_valid_format(response_text),
+    }

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from searchr1.config import param
+from searchr1.data.settings import DataConfig
+from searchr1.eval.settings import EvalConfig
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
+from searchr1.rollout.settings import AgentConfig, ModelConfig
 
 
 @dataclass
@@ -42,4 +45,8 @@ class Config:
     index: IndexConfig = param(IndexConfig, "`searchr1 index build`: corpus -> index directory")
     retriever: RetrieverConfig = param(RetrieverConfig, "which retriever searches, and how")
     server: ServerConfig = param(ServerConfig, "`searchr1 serve`: the HTTP retrieval server")
+    model: ModelConfig = param(ModelConfig, "the policy model that generates rollouts")
+    agent: AgentConfig = param(AgentConfig, "the multi-turn search agent's limits")
     demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")
+    data: DataConfig = param(DataConfig, "`searchr1 data prepare`: QA benchmarks -> parquet with prompts")
+    eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")

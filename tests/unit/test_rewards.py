@@ -1,10 +1,18 @@
-"""searchr1.rewards: SQuAD answer normalisation and whole-word containment."""
+"""searchr1.rewards: normalisation, EM / F1 / cover EM, the format check and the reward."""
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from searchr1.rewards import contains_answer, normalize_answer
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
+from searchr1.retrieval.base import Hit
+from searchr1.rewards import (compute_score, contains_answer, cover_exact_match, exact_match, f1_score,
+                              is_valid_format, normalize_answer, score_breakdown)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +67,275 @@ def test_contains_answer_empty_answers_never_match():
     assert not contains_answer("anything at all", [])
     assert not contains_answer("the a an", ["the"])  # normalises to empty
     assert not contains_answer("some text", [""])
+
+
+# ------------------------------------------------------------------------------ EM / F1 / cover EM
+
+@pytest.mark.parametrize(
+    "pred, golds, expected",
+    [
+        ("The Eiffel Tower!", ["eiffel tower"], 1.0),
+        ("eiffel tower", ["Paris", "The Eiffel Tower"], 1.0),
+        ("Eiffel Tower in Paris", ["Eiffel Tower"], 0.0),
+        ("eiffel tower", "Eiffel Tower", 1.0),  # a bare string is one gold, not its characters
+        ("e", "Eiffel Tower", 0.0),
+        (None, ["anything"], 0.0),
+        ("", [""], 0.0),  # empty never matches
+        ("the", ["a"], 0.0),  # both normalise to empty
+        ("x", [], 0.0),
+        ("x", None, 0.0),
+        ("1879", [1879], 1.0),  # non-string golds are compared as text
+        ("paris", {"target": ["Paris"]}, 1.0),  # veRL ground truth
+        ("paris", np.array(["Paris", "France"]), 1.0),  # parquet column
+    ],
+)
+def test_exact_match(pred, golds, expected):
+    assert exact_match(pred, golds) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, golds, expected",
+    [
+        # 3 tokens vs 2: common 2, precision 2/3, recall 1 -> F1 = 2*(2/3)/(5/3) = 0.8
+        ("Eiffel Tower Paris", ["the Eiffel Tower"], 0.8),
+        # multiplicity: [new york new york] vs [new york]: common 2, P 1/2, R 1 -> 2/3
+        ("new york new york", ["New York"], 2 / 3),
+        # 1 common of 3 and 2: P 1/3, R 1/2 -> 2*(1/6)/(5/6) = 0.4
+        ("red green blue", ["green yellow"], 0.4),
+        ("red green blue", ["green yellow", "blue green red"], 1.0),  # max over golds, order-free
+        ("red", ["green"], 0.0),
+        # HotpotQA's yes/no/noanswer rule: credit only for the exact word
+        ("no", ["no way"], 0.0),
+        ("no way", ["no"], 0.0),
+        ("Yes.", ["yes"], 1.0),
+        ("yes", ["no"], 0.0),
+        ("noanswer", ["noanswer"], 1.0),
+        (None, ["x"], 0.0),
+        ("", ["x"], 0.0),
+        ("the", ["a"], 0.0),
+        ("x", [], 0.0),
+        ("x", ["", "x"], 1.0),
+    ],
+)
+def test_f1_score(pred, golds, expected):
+    assert f1_score(pred, golds) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "pred, golds, expected",
+    [
+        ("It is in Paris, France.", ["paris"], 1.0),
+        ("It is in Paris, France.", ["Paris France"], 1.0),
+        ("born in 1879", ["1"], 0.0),  # whole words: "1" does not cover "1879"
+        ("concatenate", ["cat"], 0.0),
+        ("not sure", ["no"], 0.0),
+        ("the answer is no", ["no"], 1.0),
+        ("France", ["Paris, France"], 0.0),  # the gold must be inside the prediction, not vice versa
+        (None, ["x"], 0.0),
+        ("anything", [""], 0.0),
+    ],
+)
+def test_cover_exact_match(pred, golds, expected):
+    assert cover_exact_match(pred, golds) == expected
+
+
+def test_metrics_are_ordered():
+    # EM implies cover EM and F1 1; cover EM 0 allows partial F1
+    assert exact_match("Paris", ["paris"]) == cover_exact_match("Paris", ["paris"]) == f1_score("Paris", ["paris"]) == 1
+    assert cover_exact_match("Paris France", ["paris"]) == 1 and exact_match("Paris France", ["paris"]) == 0
+    assert f1_score("Paris France", ["paris"]) == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------ format
+
+
+def obs(*texts: str) -> str:
+    return format_observation([Hit(str(i), f"T{i}", t, 1.0) for i, t in enumerate(texts)])
+
+
+VALID = [
+    "<think>a</think><answer>b</answer>",
+    "<think></think><answer></answer>",  # empty blocks are structurally fine (Search-R1 agrees)
+    "  \n<think> I know this. </think>\n<answer> Paris </answer>\n\n",
+    "<think>need info</think>\n<search> q </search>" + obs("doc text") + "<think>found</think>\n<answer> x </answer>",
+    "<think>1</think><search>q1</search>" + obs("a", "b") + "<think>2</think><search>q2</search>"
+    + obs("c") + "<think>3</think><answer>y</answer>",
+    "<think>a < b, <b>bold</b>, </thinking></think><answer>a<b</answer>",  # unknown tags are content
+    "<think>x</think><search>q</search><information></information><think>y</think><answer>z</answer>",
+]
+
+INVALID = [
+    "",
+    "just text",
+    "<answer>x</answer>",  # no think first
+    "ok <think>a</think><answer>b</answer>",  # text before
+    "<think>a</think> so <answer>b</answer>",  # text between
+    "<think>a</think><answer>b</answer> done",  # text after
+    "<think>a</think><answer>b</answer><|im_end|>",  # a special token decoded as text
+    "<think>a</think><answer>b</answer><answer>c</answer>",  # two answers
+    "<think>a</think><think>b</think><answer>c</answer>",  # think twice in a row
+    "<think>a</think><search>q</search><think>b</think><answer>c</answer>",  # search without information
+    "<think>a</think><search>q</search>" + obs("d") + "<answer>c</answer>",  # no think after information
+    "<think>a</think><search>q</search>" + obs("d"),  # no answer
+    "<think>a</think><search>q</search> text" + obs("d") + "<think>b</think><answer>c</answer>",
+    "<think>a <search>q</search></think><answer>b</answer>",  # nested
+    "<think>a</think><answer>b <think>c</think></answer>",  # nested in the answer
+    "<think>a</think><answer>b",  # unclosed
+    "<think>a<answer>b</answer>",  # think never closed
+    "<think>a</think></answer>",  # stray closing tag
+    "<think>a</think>" + INVALID_ACTION_NOTE + "<think>b</think><answer>c</answer>",  # got the note
+    "<think>a</think><search>q</search><information>d<information>e</information></information>"
+    "<think>b</think><answer>c</answer>",  # a tag inside the information block
+]
+
+
+@pytest.mark.parametrize("text", VALID)
+def test_is_valid_format_accepts(text):
+    assert is_valid_format(text) is True
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_is_valid_format_rejects(text):
+    assert is_valid_format(text) is False
+
+
+def test_is_valid_format_scores_the_response_not_the_prompt():
+    prompt = build_prompt("capital of france")
+    response = "<think>easy</think><answer> Paris </answer>"
+    assert is_valid_format(response)
+    assert not is_valid_format(prompt + response)  # the prompt is text outside any block
+
+
+# An independent statement of the same language, as one regular expression, for the property test.
+_BLOCK = r"<{0}>(?:(?!</?(?:think|search|information|answer)>).)*</{0}>"
+_GRAMMAR = re.compile(
+    r"\s*{t}\s*(?:{s}\s*{i}\s*{t}\s*)*{a}\s*".format(
+        t=_BLOCK.format("think"), s=_BLOCK.format("search"), i=_BLOCK.format("information"),
+        a=_BLOCK.format("answer")),
+    re.DOTALL,
+)
+
+PIECES = st.sampled_from(
+    ["<think>", "</think>", "<search>", "</search>", "<information>", "</information>", "<answer>",
+     "</answer>", " ", "\n", "x", "Paris", "<", "</", "<|im_end|>", "\u00a0"]
+)
+TAGGY = st.lists(st.one_of(PIECES, st.text(max_size=5)), max_size=25).map("".join)
+
+
+STRUCTURED = st.builds(
+    lambda searches, ws, body: (
+        f"{ws}<think>{body}</think>{ws}"
+        + "".join(f"<search>{q}</search>{ws}<information>{body}</information>{ws}<think>{body}</think>{ws}"
+                  for q in searches)
+        + f"<answer>{body}</answer>{ws}"
+    ),
+    st.lists(st.text(alphabet="abc <>/", max_size=6), max_size=3),
+    st.sampled_from(["", " ", "\n\n", "\t"]),
+    st.text(alphabet="xyz </>", max_size=6),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(TAGGY, STRUCTURED, st.text()))
+@example("<think>a</think><answer>b</answer>")
+@example("\x1c<think>a</think><answer>b</answer>\u2028")
+def test_is_valid_format_matches_the_grammar(text):
+    assert is_valid_format(text) is (_GRAMMAR.fullmatch(text) is not None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(STRUCTURED)
+def test_structured_responses_are_valid(text):
+    # the generated bodies cannot spell a recognised tag, so every one is well formed
+    assert is_valid_format(text) and _GRAMMAR.fullmatch(text)
+
+
+# ------------------------------------------------------------------------------ compute_score
+
+GOOD_VALID = "<think>t</think><answer> Paris </answer>"
+GOOD_INVALID = "<answer> Paris </answer>"
+BAD_VALID = "<think>t</think><answer> Lyon </answer>"
+BAD_INVALID = "Lyon? <answer> Lyon </answer>"
+NO_ANSWER_VALIDISH = "<think>t</think>"
+NO_ANSWER = "I am thinking" + INVALID_ACTION_NOTE + "still thinking"
+
+
+@pytest.mark.parametrize(
+    "response, plain, shaped",
+    [
+        (GOOD_VALID, 1.0, 1.0),
+        (GOOD_INVALID, 1.0, 0.8),
+        (BAD_VALID, 0.0, 0.2),
+        (BAD_INVALID, 0.0, 0.1),
+        (NO_ANSWER_VALIDISH, 0.0, 0.0),
+        (NO_ANSWER, 0.0, 0.0),  # the note's "<answer> and </answer>" is not an answer
+        ("", 0.0, 0.0),
+    ],
+)
+def test_compute_score_table(response, plain, shaped):
+    golds = ["Paris", "Paris, France"]
+    assert compute_score(response, golds) == plain
+    assert compute_score(response, golds, format_reward=True) == pytest.approx(shaped, abs=1e-12)
+
+
+def test_compute_score_custom_weights():
+    kw = dict(format_reward=True, structure_format_score=0.3, final_format_score=0.05, score=2.0)
+    assert compute_score(GOOD_VALID, ["paris"], **kw) == 2.0
+    assert compute_score(GOOD_INVALID, ["paris"], **kw) == pytest.approx(1.7)
+    assert compute_score(BAD_VALID, ["paris"], **kw) == 0.3
+    assert compute_score(BAD_INVALID, ["paris"], **kw) == 0.05
+    assert compute_score(GOOD_VALID, ["paris"], score=2.0) == 2.0
+
+
+def test_reward_ignores_the_prompts_example_answer():
+    prompt = build_prompt("capital of china")
+    # Search-R1 scores prompt + response and would read this as the answer "Beijing".
+    assert compute_score("<think>no idea</think>", ["Beijing"]) == 0.0
+    assert compute_score("<think>no idea</think>", ["Beijing"], format_reward=True) == 0.0
+    assert compute_score("<think>t</think><answer> Beijing </answer>", ["Beijing"]) == 1.0
+    assert score_breakdown("<think>t</think>", ["Beijing"])["answer"] is None
+    assert "<answer> Beijing </answer>" in prompt
+
+
+def test_the_last_answer_counts():
+    assert compute_score("<answer> Lyon </answer> no wait <answer> Paris </answer>", ["paris"]) == 1.0
+    assert compute_score("<answer> Paris </answer> no wait <answer> Lyon </answer>", ["paris"]) == 0.0
+
+
+def test_score_breakdown():
+    r = "<think>t</think><search> q </search>" + obs("doc") + "<think>u</think><answer> the Eiffel Tower, Paris </answer>"
+    assert score_breakdown(r, ["Eiffel Tower"]) == {
+        "answer": "the Eiffel Tower, Paris",
+        "em": 0.0,
+        "f1": pytest.approx(0.8),  # [eiffel tower paris] vs [eiffel tower]
+        "cover_em": 1.0,
+        "valid_format": True,
+    }
+    assert score_breakdown("nothing", ["x"]) == {
+        "answer": None, "em": 0.0, "f1": 0.0, "cover_em": 0.0, "valid_format": False}
+
+
+ALLOWED_SHAPED = {0.0, 0.1, 0.2, 0.8, 1.0}
+GOLDS = st.one_of(st.text(max_size=10), st.lists(st.text(max_size=10), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(TAGGY, STRUCTURED, st.text()), GOLDS)
+def test_scores_are_total_and_in_the_allowed_sets(text, golds):
+    assert compute_score(text, golds) in {0.0, 1.0}
+    assert round(compute_score(text, golds, format_reward=True), 12) in ALLOWED_SHAPED
+    b = score_breakdown(text, golds)
+    assert set(b) == {"answer", "em", "f1", "cover_em", "valid_format"}
+    assert b["answer"] is None or isinstance(b["answer"], str)
+    assert isinstance(b["valid_format"], bool)
+    for k in ("em", "f1", "cover_em"):
+        assert isinstance(b[k], float) and 0.0 <= b[k] <= 1.0
+    assert b["em"] <= b["f1"] + 1e-12 and b["em"] <= b["cover_em"]
+    assert compute_score(text, golds) == b["em"]
+
+
+def test_huge_responses_are_fast():
+    big = "<think>" + "x" * 1_000_000 + "</think><answer> y </answer>"
+    assert compute_score(big, ["y"], format_reward=True) == 1.0
+    assert compute_score("<answer>" * 100_000, ["y"], format_reward=True) == 0.0
+    assert is_valid_format("<think></think>" * 100_000) is False

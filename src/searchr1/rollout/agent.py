@@ -1,0 +1,213 @@
+"""The multi-turn search agent: an explicit state machine over a batch of episodes.
+
+Each live episode is in one state per turn:
+
+    GENERATE --</answer>----------------------------> DONE(answer)
+        |-----EOS / response budget / final turn----> DONE(eos | length | max_turns)
+        |-----</search> q------> RETRIEVE ----------> GENERATE (with <information> appended)
+        '-----anything else----> GENERATE (with Search-R1's invalid-action note appended)
+
+All live episodes generate a turn together; all searches of a turn go to the retriever in one
+batched call. After `max_turns` action turns comes the final turn: whatever it says ends the
+episode (a search there is not executed, as in Search-R1).
+
+Tokens are appended to the trajectory as ids, never re-tokenised from text, with their loss mask
+set at the moment they are appended: 1 for what the policy sampled, 0 for what the environment
+injected. A retrieval failure is retried, then raised: an episode never silently continues with
+empty information.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from searchr1.errors import RetrieverError, RetrieverRequestError
+from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
+                               format_documents, parse_action, truncate_tokens)
+from searchr1.retrieval.base import Hit, Retriever
+from searchr1.rollout.generator import Generator, SamplingParams
+from searchr1.rollout.settings import AgentConfig
+from searchr1.rollout.trajectory import Trajectory, Turn
+
+@dataclass
+class RolloutStats:
+    seconds: float = 0.0
+    generate_seconds: float = 0.0
+    retrieve_seconds: float = 0.0
+    turns: int = 0  # batched generation turns
+    retrieval_calls: int = 0
+    searches: int = 0
+    generated_tokens: int = 0  # mask-1 tokens
+    injected_tokens: int = 0  # mask-0 tokens
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt ids; a BOS is prepended when the tokenizer normally adds one and the text (e.g. a
+    chat template's output, which writes its own) does not start with it."""
+    ids = encode_text(tokenizer, text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and (not ids or ids[0] != bos):
+        probe = tokenizer("a")["input_ids"]
+        if probe and probe[0] == bos:
+            ids = [bos, *ids]
+    return ids
+
+
+def new_trajectory(tokenizer, prompt_text: str, question: str = "", golden_answers: Sequence[str] = (),
+                   id: str = "", group: int = 0, meta: dict | None = None) -> Trajectory:
+    return Trajectory(question=question, golden_answers=list(golden_answers),
+                      prompt_ids=encode_prompt(tokenizer, prompt_text), id=id, group=group,
+                      prompt_text=prompt_text, meta=dict(meta or {}))
+
+
+def search_with_retries(retriever: Retriever, queries: list[str], k: int, attempts: int,
+                        backoff_s: float) -> list[list[Hit]]:
+    """`retriever.search`, retried on failure with exponential backoff; raises RetrieverError."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            results = retriever.search(queries, k)
+        except RetrieverRequestError:
+            raise  # the server rejected the request itself: retrying sends the same request
+        except Exception as e:  # noqa: BLE001 - any backend failure is retried, then surfaced
+            last = e
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s * 2**attempt)
+            continue
+        if len(results) != len(queries):
+            raise RetrieverError(f"retriever returned {len(results)} result lists for {len(queries)} queries")
+        return results
+    raise RetrieverError(f"retrieval failed after {attempts} attempts: {type(last).__name__}: {last}") from last
+
+
+class Agent:
+    """Runs batches of episodes of one generator against one retriever."""
+
+    def __init__(self, generator: Generator, retriever: Retriever | None, cfg: AgentConfig) -> None:
+        if retriever is None and cfg.max_turns > 0:
+            raise ValueError("an agent that may search (max_turns > 0) needs a retriever")
+        self.generator = generator
+        self.retriever = retriever
+        self.cfg = cfg
+        self.tokenizer = generator.tokenizer
+        self._head = encode_text(self.tokenizer, OBSERVATION_OPEN)
+        self._tail = encode_text(self.tokenizer, OBSERVATION_CLOSE)
+        self._note = encode_text(self.tokenizer, INVALID_ACTION_NOTE)
+
+    def run(self, trajectories: list[Trajectory], params: SamplingParams,
+            on_turn: Callable[[int, int], None] | None = None) -> RolloutStats:
+        """Play every episode to its end, filling the trajectories in place.
+
+        `on_turn(turn, live)` is called before each batched turn (for progress displays).
+        """
+        cfg, stats = self.cfg, RolloutStats()
+        start = time.perf_counter()
+        session = self.generator.session([t.prompt_ids for t in trajectories], params)
+        appended: dict[int, list[int]] = {i: [] for i in range(len(trajectories))}
+        try:
+            while appended:
+                stats.turns += 1
+                if on_turn:
+                    on_turn(stats.turns, len(appended))
+                budgets = {i: min(cfg.max_turn_tokens, cfg.max_response_tokens - len(trajectories[i].response_ids))
+                           for i in appended}
+                t0 = time.perf_counter()
+                samples = session.generate(appended, budgets, STOP_STRINGS)
+                stats.generate_seconds += time.perf_counter() - t0
+
+                appended, searching, ended = {}, [], []
+                for i, sample in samples.items():
+                    traj = trajectories[i]
+                    text = self._decode(sample.token_ids)
+                    traj.append(sample.token_ids, 1, sample.logprobs)
+                    stats.generated_tokens += len(sample.token_ids)
+                    action = parse_action(text)
+                    traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
+                                           generated_tokens=len(sample.token_ids), finish=sample.finish))
+                    final_turn = len(traj.turns) > cfg.max_turns
+                    if action.kind == "answer":
+                        traj.answer, traj.stop_reason = action.content, "answer"
+                    elif sample.finish == "eos":
+                        traj.stop_reason = "eos"
+                    elif len(traj.response_ids) >= cfg.max_response_tokens:
+                        traj.stop_reason = "length"
+                    elif final_turn:
+                        traj.stop_reason = "max_turns"
+                    elif action.kind == "search":
+                        searching.append(i)
+                    else:
+                        room = cfg.max_response_tokens - len(traj.response_ids)
+                        appended[i] = self._inject(traj, self._note[:room])
+                    if traj.done:
+                        ended.append(i)
+                if searching:
+                    self._retrieve(trajectories, searching, appended, stats)
+                for i in [i for i in appended if len(trajectories[i].response_ids) >= cfg.max_response_tokens]:
+                    trajectories[i].stop_reason = "length"  # the injected tokens filled the response
+                    appended.pop(i)
+                    ended.append(i)
+                for i in ended:
+                    trajectories[i].response_text = self._decode(trajectories[i].response_ids)
+                session.finish(ended)
+        finally:
+            session.close()
+        stats.injected_tokens = sum(len(t.loss_mask) - sum(t.loss_mask) for t in trajectories)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    # ------------------------------------------------------------------------- environment steps
+
+    def _retrieve(self, trajectories: list[Trajectory], searching: list[int], appended: dict[int, list[int]],
+                  stats: RolloutStats) -> None:
+        cfg = self.cfg
+        queries = [trajectories[i].turns[-1].content for i in searching]
+        t0 = time.perf_counter()
+        results = search_with_retries(self.retriever, queries, cfg.topk, cfg.retrieval_attempts,
+                                      cfg.retrieval_backoff_s)
+        stats.retrieve_seconds += time.perf_counter() - t0
+        stats.retrieval_calls += 1
+        stats.searches += len(queries)
+        for i, hits in zip(searching, results):
+            traj = trajectories[i]
+            room = cfg.max_response_tokens - len(traj.response_ids)
+            obs = self._observation(hits, min(cfg.max_obs_tokens, room))
+            traj.turns[-1].doc_ids = [h.doc_id for h in hits]
+            appended[i] = self._inject(traj, obs)
+
+    def _observation(self, hits: Sequence[Hit], max_tokens: int) -> list[int]:
+        """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
+        the documents are cut, the tags kept (Search-R1 cuts the whole block, closing tag included)."""
+        docs = encode_text(self.tokenizer, format_documents(hits).strip())
+        room = max_tokens - len(self._head) - len(self._tail)
+        if room <= 0:
+            return (self._head + self._tail)[:max_tokens]
+        return self._head + truncate_tokens(docs, room) + self._tail
+
+    def _decode(self, ids: list[int]) -> str:
+        # Special tokens (EOS, <|im_end|>) are structure, not text: a reward that checks the tag
+        # sequence must not see them after </answer>.
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _inject(self, traj: Trajectory, ids: list[int]) -> list[int]:
+        """Append environment tokens (loss mask 0) to the trajectory and record them on its last turn."""
+        traj.append(ids, 0)
+        turn = traj.turns[-1]
+        turn.observation = self._decode(ids)
+        turn.observation_tokens = len(ids)
+        return ids
+
+
+def run_agent(generator: Generator, retriever: Retriever | None, trajectories: list[Trajectory],
+              cfg: AgentConfig, params: SamplingParams,
+              on_turn: Callable[[int, int], None] | None = None) -> RolloutStats:
+    """Convenience: `Agent(generator, retriever, cfg).run(trajectories, params)`."""
+    return Agent(generator, retriever, cfg).run(trajectories, params, on_turn)

@@ -1,0 +1,47 @@
+"""Next-token sampling as a pure tensor function (temperature, top-k, top-p, greedy)."""
+
+from __future__ import annotations
+
+import torch
+
+from searchr1.rollout.generator import SamplingParams
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set the logits outside the top-k / nucleus (top-p) sets to -inf.
+
+    logits: float[B, V]. Returns float[B, V]. The nucleus keeps the smallest prefix of tokens,
+    sorted by probability, whose mass reaches top_p (the token that crosses it is kept, so at
+    least one token always survives).
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row. logits: float[B, V] -> (tokens long[B], logprobs float[B]).
+
+    The log-prob is taken under softmax(logits / T) before top-k/top-p filtering (T = 1 when
+    greedy): the distribution a fresh forward pass of the policy computes, which is what PPO's
+    importance ratio compares against. Filtering only restricts which tokens can be drawn.
+    """
+    logits = logits.float()
+    if params.greedy:
+        tokens = logits.argmax(dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1)
+    else:
+        scaled = logits / params.temperature
+        logprobs = torch.log_softmax(scaled, dim=-1)
+        probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -1,0 +1,78 @@
+"""Test doubles with exactly known behaviour: a character tokenizer and a scripted causal LM.
+
+`ScriptedLM` is a real `torch.nn.Module` driven through the same forward signature and KV cache
+as a transformers model, so `HFSession` runs unchanged on it; but its next token is chosen by a
+Python function of the row's visible context (decoded from the tokens the attention mask lets it
+see), so every expected output can be written down by hand. It stores token ids in the cache in
+place of keys, which also checks that the session's cache bookkeeping (padding, row removal)
+keeps each row's context exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from types import SimpleNamespace
+
+import torch
+
+LOGIT = 10.0  # the scripted token's logit; every other token has logit 0
+
+
+def char_tokenizer():
+    """One token per printable character, plus <pad> (0) and <eos> (1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1}
+    for c in string.printable:
+        vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+
+
+def scripted_logprob(vocab_size: int) -> float:
+    """log p of the scripted token under softmax(logits) (temperature 1)."""
+    return LOGIT - math.log(math.exp(LOGIT) + vocab_size - 1)
+
+
+def continue_script(context: str, script: str) -> str | None:
+    """The next character of `script` given that `context` ends with a prefix of it (None at its end).
+
+    The longest prefix of `script` that the context ends with is taken as written so far.
+    """
+    for k in range(len(script), 0, -1):
+        if context.endswith(script[:k]):
+            return script[k] if k < len(script) else None
+    return script[0]
+
+
+class ScriptedLM(torch.nn.Module):
+    """policy(visible_text) -> next character, or None for EOS."""
+
+    def __init__(self, tokenizer, policy, max_context: int = 100_000) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.vocab_size = len(tokenizer)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.config = SimpleNamespace(max_position_embeddings=max_context)
+        self.generation_config = SimpleNamespace(eos_token_id=tokenizer.eos_token_id)
+        self.calls: list[tuple[int, int]] = []  # (batch, width) of each forward pass
+
+    def forward(self, input_ids, attention_mask, position_ids, cache=None, use_cache=True, logits_to_keep=0):
+        batch, width = input_ids.shape
+        self.calls.append((batch, width))
+        as_keys = input_ids[:, None, :, None].float()
+        keys, _ = cache.update(as_keys, as_keys, 0)
+        history = keys[:, 0, :, 0].long()
+        assert history.shape == attention_mask.shape, "cache and attention mask out of step"
+        logits = torch.zeros(batch, 1, self.vocab_size)
+        for b in range(batch):
+            visible = history[b][attention_mask[b].bool()].tolist()
+            nxt = self.policy(self.tokenizer.decode(visible)) if visible else None
+            tok = self.tokenizer.eos_token_id if nxt is None else self.tokenizer.convert_tokens_to_ids(nxt)
+            logits[b, 0, tok] = LOGIT
+        return SimpleNamespace(logits=logits)

@@ -1,0 +1,158 @@
+"""The agent's state machine, masks and retrieval handling, on a scripted model with known outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes import ScriptedLM, char_tokenizer, continue_script, scripted_logprob
+from searchr1.errors import RetrieverError, RetrieverRequestError, RetrieverUnavailableError
+from searchr1.protocol import INVALID_ACTION_NOTE, format_observation
+from searchr1.retrieval.base import Hit
+from searchr1.rollout.agent import Agent, new_trajectory
+from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.settings import AgentConfig
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+class FakeRetriever:
+    """Returns one passage per query that echoes it; fails the first `failures` calls with `error`."""
+
+    def __init__(self, failures: int = 0, error: Exception | None = None, text: str = "") -> None:
+        self.calls: list[tuple[list[str], int]] = []
+        self.failures, self.error, self.text = failures, error, text
+
+    def search(self, queries, k):
+        self.calls.append((list(queries), k))
+        if len(self.calls) <= self.failures:
+            raise self.error
+        return [[Hit(f"id-{q}", f"About {q}", self.text or f"{q} are nice.", 1.0)] for q in queries]
+
+
+def policy(first: str, after_info: str):
+    return lambda ctx: continue_script(ctx, after_info if "<information>" in ctx else first)
+
+
+def run(tok, pol, retriever, n=1, **cfg):
+    gen = HFGenerator(ScriptedLM(tok, pol), tok)
+    trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in range(n)]
+    cfg = AgentConfig(**{"retrieval_backoff_s": 0.0, **cfg})
+    stats = Agent(gen, retriever, cfg).run(trajs, GREEDY)
+    for t in trajs:
+        assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs)
+        assert t.response_text == tok.decode(t.response_ids, skip_special_tokens=True)
+    return trajs, stats
+
+
+def runs(tok, traj):
+    """The response as (mask, text) runs of equal loss mask."""
+    out, start = [], 0
+    for i in range(1, len(traj.loss_mask) + 1):
+        if i == len(traj.loss_mask) or traj.loss_mask[i] != traj.loss_mask[start]:
+            out.append((traj.loss_mask[start], tok.decode(traj.response_ids[start:i])))
+            start = i
+    return out
+
+
+def test_search_then_answer_masks_every_token(tok):
+    retriever = FakeRetriever()
+    trajs, stats = run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), retriever, n=2)
+    obs = format_observation([Hit("id-cats", "About cats", "cats are nice.", 1.0)])
+    for t in trajs:
+        assert runs(tok, t) == [(1, "<search> cats </search>"), (0, obs), (1, "<answer> dogs </answer>")]
+        assert [(x.action, x.content) for x in t.turns] == [("search", "cats"), ("answer", "dogs")]
+        assert t.turns[0].doc_ids == ["id-cats"] and t.turns[0].observation == obs
+        assert (t.stop_reason, t.answer, t.num_searches) == ("answer", "dogs", 1)
+        lp = scripted_logprob(len(tok))
+        assert [x for x, m in zip(t.logprobs, t.loss_mask) if m] == pytest.approx([lp] * sum(t.loss_mask), abs=1e-6)
+        assert all(x == 0.0 for x, m in zip(t.logprobs, t.loss_mask) if not m)
+    # both episodes' queries went to the retriever in one call, at the configured depth
+    assert retriever.calls == [(["cats", "cats"], 3)]
+    assert (stats.searches, stats.retrieval_calls, stats.turns) == (2, 1, 2)
+    assert stats.injected_tokens == 2 * len(tok.encode(obs))
+
+
+def test_invalid_turns_get_the_note_then_the_final_turn_ends_it(tok):
+    trajs, _ = run(tok, policy("I am thinking very hard", ""), FakeRetriever(), max_turns=2, max_turn_tokens=5)
+    t = trajs[0]
+    assert [x.action for x in t.turns] == ["invalid", "invalid", "invalid"]
+    assert t.stop_reason == "max_turns" and t.answer is None
+    # (the scripted model restarts its sentence after each note)
+    assert runs(tok, t) == [(1, "I am "), (0, INVALID_ACTION_NOTE), (1, "I am "), (0, INVALID_ACTION_NOTE),
+                            (1, "I am ")]
+
+
+def test_search_budget_then_forced_final_turn(tok):
+    retriever = FakeRetriever()
+    pol = lambda ctx: continue_script(ctx, "<search> more </search>")
+    trajs, _ = run(tok, pol, retriever, max_turns=2)
+    t = trajs[0]
+    assert [x.action for x in t.turns] == ["search"] * 3
+    assert len(retriever.calls) == 2 and t.num_searches == 3  # the third search was not executed
+    assert t.turns[-1].observation == "" and t.stop_reason == "max_turns"
+
+
+def test_eos_without_answer(tok):
+    trajs, _ = run(tok, policy("no idea", ""), FakeRetriever())
+    assert trajs[0].stop_reason == "eos" and trajs[0].answer is None
+    assert trajs[0].response_ids[-1] == tok.eos_token_id and trajs[0].loss_mask[-1] == 1
+
+
+def test_response_budget(tok):
+    trajs, _ = run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), FakeRetriever(),
+                   max_response_tokens=40)
+    t = trajs[0]
+    assert t.stop_reason == "length" and len(t.response_ids) == 40
+
+
+def test_observation_is_cut_to_its_budget_keeping_the_tags(tok):
+    trajs, _ = run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), FakeRetriever(text="x" * 500),
+                   max_obs_tokens=60)
+    obs = trajs[0].turns[0].observation
+    assert len(tok.encode(obs)) == 60
+    assert obs.startswith("\n\n<information>Doc 1(Title: ") and obs.endswith("x</information>\n\n")
+    assert trajs[0].stop_reason == "answer"
+
+
+def test_retrieval_failures_are_retried(tok):
+    retriever = FakeRetriever(failures=2, error=RetrieverUnavailableError("down"))
+    trajs, _ = run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), retriever)
+    assert len(retriever.calls) == 3 and trajs[0].stop_reason == "answer"
+
+
+def test_retrieval_failure_is_surfaced_not_swallowed(tok):
+    retriever = FakeRetriever(failures=99, error=RetrieverUnavailableError("server down"))
+    with pytest.raises(RetrieverError, match="after 3 attempts.*server down"):
+        run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), retriever)
+    assert len(retriever.calls) == 3
+
+
+def test_rejected_request_is_not_retried(tok):
+    retriever = FakeRetriever(failures=99, error=RetrieverRequestError("query too long"))
+    with pytest.raises(RetrieverRequestError):
+        run(tok, policy("<search> cats </search>", ""), retriever)
+    assert len(retriever.calls) == 1
+
+
+def test_wrong_number_of_results_is_an_error(tok):
+    class Short(FakeRetriever):
+        def search(self, queries, k):
+            return []
+
+    with pytest.raises(RetrieverError, match="0 result lists for 1 queries"):
+        run(tok, policy("<search> cats </search>", ""), Short())
+
+
+def test_no_search_mode_needs_no_retriever(tok):
+    trajs, _ = run(tok, policy("<search> cats </search>", ""), None, max_turns=0)
+    assert trajs[0].stop_reason == "max_turns" and trajs[0].num_searches == 1
+    trajs, _ = run(tok, policy("<answer> dogs </answer>", ""), None, max_turns=0)
+    assert trajs[0].answer == "dogs"
+    with pytest.raises(ValueError, match="needs a retriever"):
+        run(tok, policy("x", ""), None, max_turns=1)

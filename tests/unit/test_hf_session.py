@@ -1,0 +1,119 @@
+"""HFSession (the transformers backend) on a scripted model whose every output is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes import ScriptedLM, char_tokenizer, continue_script, scripted_logprob
+from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.hf import HFGenerator
+
+STOP = ("</search>", "</answer>")
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def searcher(context: str) -> str | None:
+    """Searches until it has seen information, then answers, then ends its text."""
+    if "<information>" not in context:
+        return continue_script(context, "<search> cats </search>")
+    return continue_script(context, "<answer> dogs </answer>")
+
+
+def make(tok, policy=searcher, **kw):
+    lm = ScriptedLM(tok, policy)
+    return lm, HFGenerator(lm, tok, **kw)
+
+
+def text(tok, sample):
+    return tok.decode(sample.token_ids)
+
+
+def test_stops_right_after_the_stop_string(tok):
+    _, gen = make(tok)
+    out = gen.generate([tok.encode("Q?")], 100, STOP, GREEDY)[0]
+    assert text(tok, out) == "<search> cats </search>"
+    assert (out.finish, out.stop) == ("stop", "</search>")
+    assert out.logprobs == pytest.approx([scripted_logprob(len(tok))] * len(out.token_ids), abs=1e-6)
+
+
+def test_budget_and_eos(tok):
+    _, gen = make(tok, lambda c: continue_script(c, "abc"))
+    short, full = gen.generate([tok.encode("Q?"), tok.encode("R?")], 2, STOP, GREEDY), None
+    assert [text(tok, s) for s in short] == ["ab", "ab"] and short[0].finish == "length"
+    full = gen.generate([tok.encode("Q?")], 50, STOP, GREEDY)[0]
+    assert full.token_ids[-1] == tok.eos_token_id and full.finish == "eos"
+    assert text(tok, full) == "abc<eos>"
+
+
+def test_rows_grow_unevenly_across_turns(tok):
+    lm, gen = make(tok)
+    s = gen.session([tok.encode("Q1?"), tok.encode("A longer question?")], GREEDY)
+    first = s.generate({0: [], 1: []}, {0: 100, 1: 5}, STOP)
+    assert text(tok, first[0]) == "<search> cats </search>"
+    assert (text(tok, first[1]), first[1].finish) == ("<sear", "length")
+    # row 0 gets an observation, row 1 continues with nothing appended
+    info = tok.encode("\n\n<information>x</information>\n\n")
+    second = s.generate({0: info, 1: []}, 100, STOP)
+    assert text(tok, second[0]) == "<answer> dogs </answer>"
+    assert text(tok, second[1]) == "ch> cats </search>"
+    assert s.contexts[0] == tok.encode("Q1?") + first[0].token_ids + info + second[0].token_ids
+    # prompts and the observation are each encoded in one forward pass; everything else one token
+    # at a time (the observation with the last sampled token, which was not fed yet)
+    widths = [width for _, width in lm.calls]
+    assert widths[0] == len(tok.encode("A longer question?"))
+    assert widths.count(len(info) + 1) == 1
+    assert set(widths) == {widths[0], len(info) + 1, 1}
+
+
+def test_finished_rows_leave_the_batch_and_others_are_unaffected(tok):
+    lm, gen = make(tok)
+    s = gen.session([tok.encode("Q1?"), tok.encode("Q2?"), tok.encode("Q3?")], GREEDY)
+    s.generate({0: [], 1: [], 2: []}, 100, STOP)
+    s.finish([1])
+    out = s.generate({0: tok.encode("<information>"), 2: []}, 100, STOP)
+    assert lm.calls[-1][0] == 2  # batch of two rows now
+    assert text(tok, out[0]) == "<answer> dogs </answer>"
+    assert (text(tok, out[2]), out[2].finish) == ("<eos>", "eos")  # its script was done
+    with pytest.raises(ValueError, match="row 1 is not live"):
+        s.generate({1: []}, 10, STOP)
+
+
+def test_paused_rows_keep_their_context(tok):
+    _, gen = make(tok)
+    s = gen.session([tok.encode("Q1?"), tok.encode("Q2?")], GREEDY)
+    s.generate({0: []}, 100, STOP)  # row 1 waits
+    out = s.generate({1: []}, 100, STOP)
+    assert text(tok, out[1]) == "<search> cats </search>"
+
+
+def test_without_cache_reuse_outputs_are_identical_but_cost_more(tok):
+    results, costs = [], []
+    for reuse in (True, False):
+        _, gen = make(tok, reuse_cache=reuse)
+        s = gen.session([tok.encode("Q1?"), tok.encode("Question 2?")], GREEDY)
+        a = s.generate({0: [], 1: []}, 100, STOP)
+        b = s.generate({0: tok.encode("<information>"), 1: tok.encode("<information>")}, 100, STOP)
+        results.append([x.token_ids for x in (*a.values(), *b.values())])
+        costs.append(s.forward_tokens)
+    assert results[0] == results[1]
+    assert costs[1] > costs[0]
+
+
+def test_context_limit_ends_with_length(tok):
+    lm = ScriptedLM(tok, searcher, max_context=6)
+    gen = HFGenerator(lm, tok)
+    out = gen.generate([tok.encode("Q?")], 100, STOP, GREEDY)[0]
+    assert len(out.token_ids) == 4 and out.finish == "length"
+    out = gen.generate([tok.encode("Q12345?")], 100, STOP, GREEDY)[0]  # already past the limit
+    assert out.token_ids == [] and out.finish == "length"
+
+
+def test_empty_prompt_is_an_error(tok):
+    _, gen = make(tok)
+    with pytest.raises(ValueError, match="at least one token"):
+        gen.session([[]], GREEDY)
