@@ -1,0 +1,315 @@
+"""Losses for PPO / GRPO on multi-turn trajectories: clipped policy loss, clipped value loss, KL
+estimators and the KL loss, entropy, log-probs from logits.
+
+Shapes: ``[B, T]`` over response tokens; ``mask`` ``[B, T]`` is 1 on generated tokens and 0 on
+injected tokens and padding (see :mod:`.masked`). Losses are aggregated over mask-1 tokens only
+with :func:`~searchr1.rl.masked.aggregate_loss` (``agg`` names its mode, ``agg_norm`` is the
+constant length of ``"seq-mean-token-sum-norm"``). Inputs at mask-0 positions are replaced before
+any arithmetic, so NaN / inf there (e.g. log-probs of padding) change nothing and receive exactly
+zero gradient.
+
+Each ``stats`` dict maps a name to a detached 0-dim tensor (no host sync; ``float()`` it to log).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .masked import aggregate_loss, masked_mean, masked_var
+
+__all__ = [
+    "KL_KINDS",
+    "entropy_from_logits",
+    "explained_variance",
+    "kl_loss",
+    "kl_penalty",
+    "logprobs_from_logits",
+    "policy_loss",
+    "value_loss",
+]
+
+#: The KL estimator names understood by :func:`kl_penalty` (aliases share a line).
+KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+
+_LOG_RATIO_LIMIT = 20.0  # exp(20) ~ 5e8: bounds ratios as veRL does, avoids inf
+_K3_LIMIT = 10.0  # veRL's clamp of the low-variance KL
+
+
+def _mask_bool(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    mask = torch.as_tensor(mask, device=like.device)
+    mask = mask if mask.dtype == torch.bool else mask != 0
+    if mask.shape != like.shape:
+        raise ValueError(f"mask must have shape {tuple(like.shape)}, got {tuple(mask.shape)}")
+    return mask
+
+
+def _keep(m: torch.Tensor, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """``x`` at mask-1 positions, ``fill`` elsewhere (gradient 0 there, even if ``x`` is NaN)."""
+    return torch.where(m, x, torch.full((), fill, dtype=x.dtype, device=x.device))
+
+
+def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs.
+
+    With ``d = logprob - ref_logprob`` (log pi(a) - log pi_ref(a), ``a`` sampled from pi):
+
+    - ``"k1"`` / ``"kl"``: ``d`` (unbiased, high variance, can be negative).
+    - ``"abs"``: ``|d|``.
+    - ``"k2"`` / ``"mse"``: ``0.5 * d**2``.
+    - ``"k3"`` / ``"low_var_kl"``: Schulman's ``exp(-d) + d - 1`` (i.e. ``exp(ref - logp) - (ref -
+      logp) - 1``; unbiased, >= 0, low variance; GRPO's KL), with ``-d`` clamped to [-20, 20]
+      before ``exp`` and the result clamped to [-10, 10], as veRL does.
+
+    Args:
+        logprob: ``[B, T]`` log-probs of the sampled tokens under the policy.
+        ref_logprob: ``[B, T]`` the same tokens under the reference.
+        kind: one of :data:`KL_KINDS`.
+
+    Returns:
+        ``[B, T]`` per-token KL (unmasked: apply the mask when aggregating).
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    d = logprob - ref_logprob
+    if kind in ("k1", "kl"):
+        return d
+    if kind == "abs":
+        return d.abs()
+    if kind in ("k2", "mse"):
+        return 0.5 * d.square()
+    if kind in ("k3", "low_var_kl"):
+        neg = (-d).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+        return (torch.exp(neg) - neg - 1).clamp(-_K3_LIMIT, _K3_LIMIT)
+    raise ValueError(f"unknown KL kind {kind!r}; expected one of {', '.join(KL_KINDS)}")
+
+
+def policy_loss(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 0.2,
+    clip_ratio_high: float | None = None,
+    dual_clip_c: float | None = None,
+    agg: str = "token-mean",
+    agg_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate loss (to minimise), per token, aggregated over mask-1 tokens.
+
+    With ``ratio = exp(logprob - old_logprob)`` (log-ratio clamped to [-20, 20]) and advantage A::
+
+        L = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio, 1 + clip_ratio_high))
+
+    ``clip_ratio_high`` defaults to ``clip_ratio`` (symmetric); a larger value is DAPO's
+    clip-higher. With ``dual_clip_c = c > 1`` (Ye et al. 2020), tokens with A < 0 are further
+    bounded: ``L = min(L, -A * c) = min(L, c * |A|)``, so a huge ratio on a bad action cannot
+    produce an unbounded loss.
+
+    Args:
+        logprob: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
+        old_logprob: ``[B, T]`` the same under the behaviour policy (no grad needed).
+        advantages: ``[B, T]``.
+        mask: ``[B, T]`` 1 = generated token.
+        clip_ratio: epsilon of the lower bound (and of the upper one unless ``clip_ratio_high``).
+        clip_ratio_high: epsilon of the upper bound.
+        dual_clip_c: dual-clip constant (> 1), or None for no dual clip.
+        agg: :func:`~searchr1.rl.masked.aggregate_loss` mode.
+        agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, stats)``: ``loss`` a 0-dim tensor; ``stats`` over mask-1 tokens:
+        ``clip_fraction`` (tokens where the clipped term is the active one, i.e. the clip binds and
+        the token's gradient is 0), ``dual_clip_fraction`` (tokens where the dual clip binds),
+        ``approx_kl`` (k3 estimate of KL(old || new): mean of ``ratio - 1 - log ratio``),
+        ``approx_kl_k1`` (mean of ``-log ratio``), ``ratio_mean``, ``ratio_max``, ``ratio_min``
+        (ratio_max / ratio_min are 1 when there is no mask-1 token).
+
+    Raises:
+        ValueError: a clip ratio outside (0, 1) for the lower bound / <= 0 for the upper one, or
+            ``dual_clip_c <= 1``.
+    """
+    if not 0 < clip_ratio < 1:
+        raise ValueError(f"clip_ratio must be in (0, 1), got {clip_ratio}")
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    if high <= 0:
+        raise ValueError(f"clip_ratio_high must be positive, got {clip_ratio_high}")
+    if dual_clip_c is not None and dual_clip_c <= 1:
+        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+    m = _mask_bool(mask, logprob)
+    log_ratio = _keep(m, logprob - old_logprob).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+    adv = _keep(m, advantages.to(logprob.dtype).detach())
+    ratio = torch.exp(log_ratio)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * ratio.clamp(1.0 - clip_ratio, 1.0 + high)
+    per_token = torch.maximum(loss_unclipped, loss_clipped)
+    clip_active = loss_clipped > loss_unclipped
+    if dual_clip_c is not None:
+        loss_dual = -adv * dual_clip_c
+        dual_active = (adv < 0) & (per_token > loss_dual)
+        per_token = torch.where(dual_active, loss_dual, per_token)
+    else:
+        dual_active = torch.zeros_like(m)
+    loss = aggregate_loss(per_token, m, agg, agg_norm)
+
+    with torch.no_grad():
+        lr = log_ratio.detach()
+        r = ratio.detach()
+        any_token = m.any()
+        one = torch.ones((), dtype=r.dtype, device=r.device)
+        stats = {
+            "clip_fraction": masked_mean(clip_active.float(), m),
+            "dual_clip_fraction": masked_mean(dual_active.float(), m),
+            "approx_kl": masked_mean(r - 1 - lr, m),
+            "approx_kl_k1": masked_mean(-lr, m),
+            "ratio_mean": masked_mean(r, m),
+            "ratio_max": torch.where(any_token, _keep(m, r, -torch.inf).max(), one) if r.numel() else one,
+            "ratio_min": torch.where(any_token, _keep(m, r, torch.inf).min(), one) if r.numel() else one,
+        }
+    return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var[returns - values] / Var[returns]`` over mask-1 tokens (pooled over the batch).
+
+    1 = perfect critic, 0 = no better than a constant, < 0 = worse than a constant.
+
+    Args:
+        values: ``[B, T]`` critic predictions.
+        returns: ``[B, T]`` targets.
+        mask: ``[B, T]``.
+
+    Returns:
+        Detached 0-dim tensor; NaN when the returns have no variance over the mask (fewer than two
+        tokens, or all equal), where the quantity is undefined.
+    """
+    with torch.no_grad():
+        m = _mask_bool(mask, values)
+        v = _keep(m, values.detach().float())
+        y = _keep(m, returns.detach().float())
+        var_y = masked_var(y, m)
+        var_res = masked_var(y - v, m)
+        nan = torch.full((), float("nan"), device=v.device)
+        return torch.where(var_y > 0, 1 - var_res / torch.where(var_y > 0, var_y, torch.ones_like(var_y)), nan)
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float | None = 0.5,
+    agg: str = "token-mean",
+    agg_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped value loss (veRL / OpenAI baselines form), aggregated over mask-1 tokens::
+
+        v_clip = old_values + clip(values - old_values, -clip_range, clip_range)
+        L      = 0.5 * max((values - returns)**2, (v_clip - returns)**2)
+
+    Args:
+        values: ``[B, T]`` current critic predictions (with grad).
+        old_values: ``[B, T]`` predictions at rollout time.
+        returns: ``[B, T]`` targets (e.g. from :func:`~searchr1.rl.advantages.gae_advantages`).
+        mask: ``[B, T]``.
+        clip_range: the clip range; None = unclipped ``0.5 * (values - returns)**2``.
+        agg: :func:`~searchr1.rl.masked.aggregate_loss` mode.
+        agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, stats)``: ``clip_fraction`` (mask-1 tokens where the clipped term is the larger),
+        ``explained_variance`` (of ``values``; see :func:`explained_variance`), ``value_mean``,
+        ``returns_mean``.
+    """
+    if clip_range is not None and clip_range <= 0:
+        raise ValueError(f"clip_range must be positive or None, got {clip_range}")
+    m = _mask_bool(mask, values)
+    v = _keep(m, values)
+    old = _keep(m, old_values.to(values.dtype).detach())
+    ret = _keep(m, returns.to(values.dtype).detach())
+    err = (v - ret).square()
+    if clip_range is None:
+        per_token = 0.5 * err
+        clip_active = torch.zeros_like(m)
+    else:
+        v_clip = old + (v - old).clamp(-clip_range, clip_range)
+        err_clip = (v_clip - ret).square()
+        per_token = 0.5 * torch.maximum(err, err_clip)
+        clip_active = err_clip > err
+    loss = aggregate_loss(per_token, m, agg, agg_norm)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean(clip_active.float(), m),
+            "explained_variance": explained_variance(v, ret, m),
+            "value_mean": masked_mean(v.detach(), m),
+            "returns_mean": masked_mean(ret, m),
+        }
+    return loss, stats
+
+
+def kl_loss(
+    logprob: torch.Tensor,
+    ref_logprob: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "low_var_kl",
+    agg: str = "token-mean",
+    agg_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL to the reference policy as a loss term (GRPO; multiply by the KL coefficient yourself).
+
+    Args:
+        logprob: ``[B, T]`` policy log-probs of the sampled tokens (with grad).
+        ref_logprob: ``[B, T]`` reference log-probs (no grad).
+        mask: ``[B, T]``.
+        kind: a :func:`kl_penalty` kind (default ``"low_var_kl"`` = k3, as Search-R1 GRPO).
+        agg: :func:`~searchr1.rl.masked.aggregate_loss` mode.
+        agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, stats)``: ``loss`` 0-dim; ``stats["kl"]`` the token mean of the estimate over
+        mask-1 tokens (equal to ``loss`` for ``agg="token-mean"``).
+    """
+    m = _mask_bool(mask, logprob)
+    per_token = kl_penalty(_keep(m, logprob), _keep(m, ref_logprob.to(logprob.dtype).detach()), kind)
+    loss = aggregate_loss(per_token, m, agg, agg_norm)
+    with torch.no_grad():
+        stats = {"kl": masked_mean(per_token.detach(), m)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution at every position, numerically stable.
+
+    ``H = -sum_v p_v log p_v`` with ``log p = log_softmax(logits)``, computed in float32 (or
+    float64 if given); ``-inf`` logits (banned tokens) contribute 0, not NaN, in value and gradient.
+    For the entropy bonus, aggregate with ``aggregate_loss(entropy, mask, agg)`` and subtract it
+    times the coefficient from the loss.
+
+    Args:
+        logits: ``[B, T, V]`` (any leading shape ``[..., V]``).
+
+    Returns:
+        ``[B, T]`` (the leading shape), float32 (float64 for float64 input).
+    """
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    return -(p * finite_logp).sum(dim=-1)
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``labels`` under ``softmax(logits)``.
+
+    Args:
+        logits: ``[B, T, V]`` (already divided by the sampling temperature if there was one), where
+            ``logits[:, t]`` predicts ``labels[:, t]``.
+        labels: ``[B, T]`` token ids.
+
+    Returns:
+        ``[B, T]`` float32 (float64 for float64 input); ``logit[label] - logsumexp(logits)``,
+        without materialising the full log-softmax.
+    """
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    picked = x.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(x, dim=-1)
