@@ -13,6 +13,11 @@ per turn, top-3 passages. They differ only in the generation backend:
              500 tokens per row (EOS still ends a row), cuts the text after the first closing tag
              afterwards, and re-encodes the whole context at the start of every turn.
 
+--prime TEXT forces every response to start with TEXT (agent.response_prefix, injected with loss
+mask 0), e.g. --prime "<search>": the response then starts inside a search tag. SmolLM2-135M never opens a tag on its own, so without it
+no turn ends at a tag and the loops differ only in cache reuse; with it every episode searches
+at least once, the multi-turn case the engine is built for. The table says which was used.
+
 Reported: wall time, useful tokens (those kept in the trajectories) per second, tokens pushed
 through the model (incl. discarded ones and re-encoded context), and how many trajectories are
 identical between the two loops (greedy: they should be, up to float round-off in long
@@ -114,6 +119,7 @@ def main() -> None:
     p.add_argument("--turn-tokens", type=int, default=500)
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
+    p.add_argument("--prime", default="", help="text every response starts with (e.g. '<search>')")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rollout.json")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,7 +142,7 @@ def main() -> None:
     baseline = SearchR1StyleGenerator(HFGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
     retriever = open_bm25(SHARED_DATA / "corpus" / "wiki18_mini.jsonl")
     questions = read_qa(SHARED_DATA / "nq" / "NQ-open.dev.jsonl", args.questions)
-    cfg = AgentConfig(max_turns=args.max_turns, max_turn_tokens=args.turn_tokens)
+    cfg = AgentConfig(max_turns=args.max_turns, max_turn_tokens=args.turn_tokens, response_prefix=args.prime)
 
     def rollout(generator):
         trajs = [new_trajectory(tok, build_prompt(q["question"], tok), q["question"], q["golden_answers"], q["id"])
@@ -165,8 +171,9 @@ def main() -> None:
         rows.append([name, m["seconds"], m["generate_s"], m["retrieve_s"], int(m["useful_tokens"]),
                      m["useful_tokens"] / m["seconds"], int(m["discarded"]), int(m["searches"]),
                      f"{base_s / m['seconds']:.2f}x"])
+    primed = f", responses start with {args.prime!r}" if args.prime else ""
     print(table(f"{args.questions} NQ dev questions, {args.model}, greedy, max {args.max_turns} turns x "
-                f"{args.turn_tokens} tokens (median of {args.repeats})",
+                f"{args.turn_tokens} tokens{primed} (median of {args.repeats})",
                 ["loop", "wall s", "generate s", "retrieve s", "kept tokens", "kept tokens/s", "discarded tokens",
                  "searches", "speed-up vs search-r1"], rows))
     print(f"\nidentical trajectories (greedy): {identical}/{len(questions)}; "
@@ -174,7 +181,7 @@ def main() -> None:
     stops = {name: {r: sum(t.stop_reason == r for t in ts) for r in ("answer", "eos", "max_turns", "length")}
              for name, ts in trajectories.items()}
     print(f"stop reasons: {stops}")
-    save_json(args.out, {"runs": runs, "median": med, "identical": identical, "stops": stops,
+    save_json(args.out, {"prime": args.prime, "runs": runs, "median": med, "identical": identical, "stops": stops,
                          "questions": len(questions), "model": args.model})
     print(f"raw results: {args.out}")
 

@@ -31,3 +31,7 @@ class RetrieverRequestError(RetrieverError):
 
 class MissingDependencyError(SearchR1Error):
     """An optional dependency is needed for the requested feature."""
+
+
+class CheckpointError(SearchR1Error):
+    """A checkpoint that is incomplete, corrupted or does not fit the model it is loaded into."""

@@ -156,3 +156,15 @@ def test_no_search_mode_needs_no_retriever(tok):
     assert trajs[0].answer == "dogs"
     with pytest.raises(ValueError, match="needs a retriever"):
         run(tok, policy("x", ""), None, max_turns=1)
+
+
+def test_forced_response_prefix_is_injected_and_parsed_with_the_first_turn(tok):
+    retriever = FakeRetriever()
+    trajs, _ = run(tok, policy("<search> cats </search>", "<answer> dogs </answer>"), retriever,
+                   response_prefix="<search>")
+    t = trajs[0]
+    obs = format_observation([Hit("id-cats", "About cats", "cats are nice.", 1.0)])
+    # the model continues the tag it was given; the prefix itself is not the policy's (mask 0)
+    assert runs(tok, t) == [(0, "<search>"), (1, " cats </search>"), (0, obs), (1, "<answer> dogs </answer>")]
+    assert [(x.action, x.content) for x in t.turns] == [("search", "cats"), ("answer", "dogs")]
+    assert retriever.calls == [(["cats"], 3)]

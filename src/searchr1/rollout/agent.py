@@ -112,7 +112,11 @@ class Agent:
         cfg, stats = self.cfg, RolloutStats()
         start = time.perf_counter()
         session = self.generator.session([t.prompt_ids for t in trajectories], params)
-        appended: dict[int, list[int]] = {i: [] for i in range(len(trajectories))}
+        prefix = encode_text(self.tokenizer, cfg.response_prefix) if cfg.response_prefix else []
+        appended: dict[int, list[int]] = {}
+        for i, traj in enumerate(trajectories):
+            traj.append(prefix, 0)
+            appended[i] = prefix
         try:
             while appended:
                 stats.turns += 1
@@ -130,7 +134,8 @@ class Agent:
                     text = self._decode(sample.token_ids)
                     traj.append(sample.token_ids, 1, sample.logprobs)
                     stats.generated_tokens += len(sample.token_ids)
-                    action = parse_action(text)
+                    # the forced prefix belongs to the first turn's action ("<search>" + " query </search>")
+                    action = parse_action(text if traj.turns else cfg.response_prefix + text)
                     traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
                                            generated_tokens=len(sample.token_ids), finish=sample.finish))
                     final_turn = len(traj.turns) > cfg.max_turns

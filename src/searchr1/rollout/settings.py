@@ -53,6 +53,8 @@ class AgentConfig:
     max_obs_tokens: int = param(500, "tokens of one <information> block (the documents are cut, the tags kept)")
     max_response_tokens: int = param(4096, "tokens of the whole response (generated + injected); the episode "
                                            "ends with stop reason 'length' when reached")
+    response_prefix: str = param("", "text every response is forced to start with (e.g. '<think>'); injected "
+                                     "with loss mask 0 and parsed as part of the first turn")
     retrieval_attempts: int = param(3, "tries of a failed retrieval call before the error is raised")
     retrieval_backoff_s: float = param(0.5, "wait before the 2nd try, doubled for each further try")
 

@@ -1,0 +1,1 @@
+"""RL trainer: the training loop, model wiring, checkpoints and metrics logging."""
