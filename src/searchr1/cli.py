@@ -5,6 +5,7 @@
   searchr1 search "who wrote hamlet" retriever.index=runs/wiki
   searchr1 ask "who wrote hamlet" retriever.index=runs/wiki model.name=HuggingFaceTB/SmolLM2-135M-Instruct
   searchr1 eval eval.datasets=nq,hotpotqa eval.limit=200 retriever.index=runs/wiki
+  searchr1 train -c paper-grpo-qwen2.5-3b retriever.url=http://127.0.0.1:8000
   searchr1 demo
   searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
   searchr1 config keys                                    (every key, its type, default and help)
@@ -130,6 +131,19 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from searchr1.train.trainer import train
+
+    cfg = _load(args)
+    console = _console()
+    result = train(cfg, console)
+    m = result["metrics"]
+    summary = ", ".join(f"{k} {m[k]:.4f}" for k in ("reward/mean", "reward/em") if k in m)
+    console.print(f"searchr1: trained {cfg.train.algorithm} to step {result['step']} ({summary}); "
+                  f"checkpoint {result['checkpoint']}; metrics in {cfg.train.run_dir}/metrics.jsonl", markup=False)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from searchr1.demo import run_demo
 
@@ -190,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="QA benchmark data").add_subparsers(dest="data_command", required=True)
     _with_config(data.add_parser("prepare", help="benchmarks -> parquet (id, question, golden_answers, prompt)")
                  ).set_defaults(func=cmd_data_prepare)
+
+    _with_config(sub.add_parser("train", help="RL-train the policy (PPO or GRPO) over multi-turn search rollouts")
+                 ).set_defaults(func=cmd_train)
 
     _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
         func=cmd_demo)

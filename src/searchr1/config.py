@@ -198,8 +198,8 @@ def preset_names() -> list[str]:
 def read_preset(name_or_path: str | Path, _seen: tuple = ()) -> dict:
     """Read a preset by bundled name or path, resolving `extends: other-preset` chains."""
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists() and (not path.suffix or (PRESET_DIR / f"{name_or_path}.yaml").is_file()):
+        path = PRESET_DIR / f"{name_or_path}.yaml"  # a bundled name (may contain dots: qwen2.5)
     if not path.is_file():
         raise ConfigError(
             f"config {str(name_or_path)!r} not found: give a YAML path or one of the bundled "

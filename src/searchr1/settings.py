@@ -14,6 +14,7 @@ from searchr1.data.settings import DataConfig
 from searchr1.eval.settings import EvalConfig
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
 from searchr1.rollout.settings import AgentConfig, ModelConfig
+from searchr1.train.settings import TrainConfig
 
 
 @dataclass
@@ -50,3 +51,4 @@ class Config:
     demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")
     data: DataConfig = param(DataConfig, "`searchr1 data prepare`: QA benchmarks -> parquet with prompts")
     eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")
+    train: TrainConfig = param(TrainConfig, "`searchr1 train`: PPO / GRPO over multi-turn search rollouts")

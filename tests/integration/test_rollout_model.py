@@ -97,12 +97,14 @@ class Passages:
 def test_smollm_agent_rollout_masks_and_logprobs(smollm):
     model, tok = smollm
     gen = HFGenerator(model, tok)
-    # The prompt opens a search for the model, so that every episode has retrieved tokens.
+    # Every response is made to start with "<search>" (SmolLM2 never opens the tag itself), so that
+    # episodes that close the tag have retrieved tokens.
     chat = tok.apply_chat_template([{"role": "user", "content": "Who wrote the novel Dracula?"}],
                                    add_generation_prompt=True, tokenize=False)
-    trajs = [new_trajectory(tok, chat + "<search>", question="Who wrote Dracula?", golden_answers=["Bram Stoker"],
+    trajs = [new_trajectory(tok, chat, question="Who wrote Dracula?", golden_answers=["Bram Stoker"],
                             id=str(i)) for i in range(3)]
-    cfg = AgentConfig(max_turns=2, max_turn_tokens=40, max_obs_tokens=80, retrieval_backoff_s=0)
+    cfg = AgentConfig(max_turns=2, max_turn_tokens=40, max_obs_tokens=80, retrieval_backoff_s=0,
+                      response_prefix="<search>")
     Agent(gen, Passages(), cfg).run(trajs, SamplingParams(temperature=1.0, seed=0))
     searched = [t for t in trajs if t.num_searches and t.turns[0].observation]
     assert searched, [t.turns[0].text for t in trajs]
@@ -111,8 +113,8 @@ def test_smollm_agent_rollout_masks_and_logprobs(smollm):
         fresh = fresh_logprobs(model, t.prompt_ids, t.response_ids)
         assert torch.allclose(torch.tensor(t.logprobs)[mask], fresh[mask], atol=2e-3)
         # the response is the turns in order: what the policy wrote (mask 1), what was injected (mask 0)
-        expected = [(1, turn.text) if k == 0 else (0, turn.observation)
-                    for turn in t.turns for k in (0, 1) if k == 0 or turn.observation]
+        expected = [(0, "<search>")] + [(1, turn.text) if k == 0 else (0, turn.observation)
+                                        for turn in t.turns for k in (0, 1) if k == 0 or turn.observation]
         assert mask_runs(tok, t) == expected
         assert sum(t.loss_mask) == sum(turn.generated_tokens for turn in t.turns)
 

@@ -75,8 +75,9 @@ def test_finished_rows_leave_the_batch_and_others_are_unaffected(tok):
     s = gen.session([tok.encode("Q1?"), tok.encode("Q2?"), tok.encode("Q3?")], GREEDY)
     s.generate({0: [], 1: [], 2: []}, 100, STOP)
     s.finish([1])
+    before = len(lm.calls)
     out = s.generate({0: tok.encode("<information>"), 2: []}, 100, STOP)
-    assert lm.calls[-1][0] == 2  # batch of two rows now
+    assert lm.calls[before][0] == 2  # batch of two rows now
     assert text(tok, out[0]) == "<answer> dogs </answer>"
     assert (text(tok, out[2]), out[2].finish) == ("<eos>", "eos")  # its script was done
     with pytest.raises(ValueError, match="row 1 is not live"):
@@ -117,3 +118,20 @@ def test_empty_prompt_is_an_error(tok):
     _, gen = make(tok)
     with pytest.raises(ValueError, match="at least one token"):
         gen.session([[]], GREEDY)
+
+
+def test_stopped_rows_are_split_off_while_others_keep_generating(tok):
+    # rows whose prompt says "long" write 30 characters, the others end at once
+    lm, gen = make(tok, lambda ctx: continue_script(ctx, "x" * 30) if ctx.startswith("long") else None)
+    prompts = [tok.encode(p) for p in ("long one", "short", "short too", "also short")]
+    s = gen.session(prompts, GREEDY)
+    first = s.generate({0: [], 1: [], 2: [], 3: []}, 100, STOP)
+    assert text(tok, first[0]) == "x" * 30 + "<eos>" and all(first[r].finish == "eos" for r in (1, 2, 3))
+    # after the first step, only the generating row goes through the model
+    assert [b for b, _ in lm.calls] == [4] + [1] * 30
+    # the stopped rows kept their context: the next turn continues all four correctly
+    lm.calls.clear()
+    nxt = s.generate({0: tok.encode("?"), 1: tok.encode("long"), 2: [], 3: []}, 100, STOP)
+    assert lm.calls[0][0] == 4
+    assert s.contexts[1] == prompts[1] + first[1].token_ids + tok.encode("long") + nxt[1].token_ids
+    assert nxt[0].finish == "eos" and nxt[2].finish == "eos"

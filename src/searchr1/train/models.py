@@ -1,0 +1,185 @@
+"""Model wiring for training: policy (optionally LoRA), reference, critic, and the forward passes
+that give per-token log-probs, entropies and values over the RESPONSE positions only.
+
+Sequence layout used everywhere in training (see `searchr1.train.trainer.collate`):
+
+    input_ids = [ prompt, left-padded to P | response, right-padded to T ]
+
+so every row's response starts at column P and the logits that predict response token t sit at
+column P - 1 + t. Position ids are computed from the attention mask (cumsum - 1), which is what
+the generator used when sampling, so the training forward sees exactly the sampled context.
+Logits are only materialised over the T response columns (the LM head is applied to a slice of
+the trunk's hidden states), which is what bounds memory for long prompts and large vocabularies.
+
+Reference model: with LoRA it is the same module with the adapter disabled (one base model in
+memory); with full fine-tuning a frozen deep copy. Critic: "separate" = a copy of the policy's
+trunk plus a linear value head (initialised from the policy's weights, as Search-R1 initialises
+its critic from the same checkpoint); "head" = a value head on the policy's own trunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from searchr1.rl import entropy_from_logits
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside `model` (unwraps a peft model; LoRA layers stay active)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trunk_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (embeddings + layers + final norm) of a causal LM, without its LM head."""
+    lm = causal_lm(model)
+    prefix = getattr(lm, "base_model_prefix", "model")
+    trunk = getattr(lm, prefix, None)
+    if trunk is None and hasattr(lm, "get_decoder"):
+        trunk = lm.get_decoder()
+    if trunk is None:
+        raise TypeError(f"cannot find the decoder stack of {type(lm).__name__}")
+    return trunk
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = causal_lm(model).config
+    return int(getattr(config, "hidden_size", None) or config.get_text_config().hidden_size)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over each row's real tokens (left padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    response_start: int) -> torch.Tensor:
+    """``[B, T_resp, H]``: the hidden states that predict the response tokens (columns P-1 .. P+T-2)."""
+    out = trunk(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    T = input_ids.shape[1] - response_start
+    return hidden[:, response_start - 1: response_start - 1 + T]
+
+
+@dataclass
+class ForwardOut:
+    logprobs: torch.Tensor  # [B, T] log p(response token) under softmax(logits / temperature)
+    entropy: torch.Tensor | None  # [B, T] entropy of that distribution (when asked)
+    values: torch.Tensor | None  # [B, T] value-head outputs (when a head was given)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_start: int, *, temperature: float = 1.0, with_entropy: bool = False,
+                      entropy_grad: bool = True, value_head: nn.Module | None = None) -> ForwardOut:
+    """Per-token log-probs of the response tokens ``input_ids[:, response_start:]``, computing logits
+    only over the response columns. `value_head` (``Linear(H, 1)``) on the same hidden states gives
+    the shared-trunk critic's values. ``entropy_grad=False`` computes the entropy as a metric only
+    (no graph is kept for it: one ``[B, T, V]`` tensor less in memory)."""
+    if response_start < 1:
+        raise ValueError("response_start must be >= 1 (the first response token needs a context)")
+    lm = causal_lm(model)
+    h = response_hidden(trunk_of(model), input_ids, attention_mask, response_start)
+    logits = lm.get_output_embeddings()(h).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, response_start:]
+    # gather - logsumexp: no second [B, T, V] tensor (log_softmax would materialise one)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    entropy = None
+    if with_entropy:
+        if entropy_grad:
+            entropy = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+    values = value_head(h.to(value_head.weight.dtype)).squeeze(-1).float() if value_head is not None else None
+    return ForwardOut(logp, entropy, values)
+
+
+class Critic(nn.Module):
+    """V(s_t) for every response position: a causal-LM trunk and a linear value head."""
+
+    def __init__(self, trunk: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
+        h = response_hidden(self.trunk, input_ids, attention_mask, response_start)
+        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+
+
+def make_value_head(hidden: int, like: nn.Module) -> nn.Linear:
+    p = next(like.parameters())
+    head = nn.Linear(hidden, 1).to(device=p.device, dtype=p.dtype)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+@dataclass
+class TrainModels:
+    policy: nn.Module  # what the optimizer trains (a peft model with LoRA)
+    reference: nn.Module | None  # frozen copy (full FT), the policy itself (LoRA: adapter disabled), or None
+    critic: nn.Module | None  # separate Critic, or the value head (critic="head"), or None (GRPO)
+    lora: bool = False
+    shared_critic: bool = False
+
+    def reference_context(self):
+        """Context in which `self.reference` computes the reference policy."""
+        if self.lora and self.reference is self.policy:
+            return self.policy.disable_adapter()
+        return contextlib.nullcontext()
+
+    @property
+    def value_head(self) -> nn.Module | None:
+        return self.critic if self.shared_critic else None
+
+
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - peft is a dependency of the train extra
+        raise ImportError("LoRA (train.lora_r > 0) needs peft: pip install peft") from e
+    target = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else list(targets)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
+                        task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def build_models(model: nn.Module, tcfg) -> TrainModels:
+    """Wire policy, reference and critic around a loaded causal LM, following a `TrainConfig`."""
+    lora = tcfg.lora_r > 0
+    if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    critic: nn.Module | None = None
+    shared = False
+    if tcfg.algorithm == "ppo" and tcfg.critic == "separate":
+        # Copied before LoRA is applied: the critic is a full trunk initialised from the policy.
+        trunk = copy.deepcopy(trunk_of(model))
+        critic = Critic(trunk, hidden_size(model))
+        p = next(model.parameters())
+        critic.to(device=p.device)
+        critic.value_head.to(dtype=torch.float32)
+    policy = apply_lora(model, tcfg.lora_r, tcfg.lora_alpha, tcfg.lora_dropout, tcfg.lora_targets) if lora else model
+    if tcfg.algorithm == "ppo" and tcfg.critic == "head":
+        critic = make_value_head(hidden_size(model), model).float()
+        shared = True
+    reference: nn.Module | None = None
+    if tcfg.needs_reference:
+        if lora:
+            reference = policy
+        else:
+            reference = copy.deepcopy(model)
+            reference.requires_grad_(False)
+            reference.eval()
+    return TrainModels(policy=policy, reference=reference, critic=critic, lora=lora, shared_critic=shared)

@@ -1,0 +1,158 @@
+"""Settings of `searchr1 train`: PPO or GRPO over multi-turn search rollouts.
+
+Defaults are the Search-R1 paper's where they apply (actor lr 1e-6, critic lr 1e-5, KL 0.001, clip
+0.2, GRPO group 5, temperature 1.0, 1005 steps, batch 512, mini-batch 256, gamma = lambda = 1).
+The paper's batch and step counts need a GPU cluster; presets such as `paper-grpo-qwen2.5-3b` set
+them, the defaults here are the paper's too so that nothing is silently smaller than it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from searchr1.config import param
+from searchr1.rl import AGG_MODES, KL_KINDS
+
+
+@dataclass
+class TrainConfig:
+    # ------------------------------------------------------------------ algorithm and batch shape
+    algorithm: Literal["grpo", "ppo"] = param(
+        "grpo", "grpo: group-normalised outcome advantages + KL loss to the reference; ppo: critic + GAE, "
+                "KL penalty in the reward")
+    steps: int = param(1005, "training steps (one rollout batch + its policy updates each)")
+    prompts_per_step: int = param(512, "distinct questions sampled per step (the paper's batch size)")
+    group_size: int = param(5, "rollouts per question (GRPO's n; must be 1 for PPO unless you want "
+                               "several samples per prompt there too)")
+    mini_batch_size: int = param(256, "trajectories per optimizer step (the paper's mini-batch, counted in "
+                                      "prompts x group_size trajectories)")
+    micro_batch_size: int = param(4, "trajectories per forward/backward pass (gradient accumulation chunk; "
+                                     "only memory, never the result, depends on it)")
+    ppo_epochs: int = param(1, "passes over each rollout batch")
+    # ------------------------------------------------------------------ optimisation
+    lr: float = param(1e-6, "policy learning rate (AdamW)")
+    critic_lr: float = param(1e-5, "critic learning rate (PPO)")
+    warmup_steps: int = param(0, "optimizer steps of linear learning-rate warm-up, then constant")
+    weight_decay: float = param(0.01, "AdamW weight decay")
+    max_grad_norm: float = param(1.0, "gradient clipping by global norm; 0 = off")
+    # ------------------------------------------------------------------ policy loss
+    clip_ratio: float = param(0.2, "PPO clip epsilon (lower bound, and upper bound unless clip_ratio_high)")
+    clip_ratio_high: float = param(0.0, "upper clip epsilon (DAPO clip-higher); 0 = same as clip_ratio")
+    dual_clip_c: float = param(0.0, "dual-clip constant (> 1) bounding the loss of negative advantages; 0 = off")
+    kl_coef: float = param(0.001, "KL coefficient (0 = no reference model is kept)")
+    kl_kind: str = param("auto", "KL estimator: k1/kl, abs, k2/mse, k3/low_var_kl; auto = k1 in the reward "
+                                 "(PPO), low_var_kl as a loss (GRPO), as Search-R1")
+    kl_in_reward: bool | None = param(None, "put the KL penalty in the token rewards (PPO style) instead of a "
+                                            "loss term; null = true for ppo, false for grpo")
+    entropy_coef: float = param(0.0, "entropy bonus coefficient")
+    loss_agg: str = param("token-mean", f"loss aggregation: {', '.join(AGG_MODES)}")
+    # ------------------------------------------------------------------ advantages and critic
+    gamma: float = param(1.0, "GAE discount per generated token (PPO)")
+    lam: float = param(1.0, "GAE lambda (PPO)")
+    whiten_advantages: bool = param(True, "standardise PPO advantages over the batch's generated tokens")
+    norm_adv_by_std: bool = param(True, "GRPO: divide by the group std (false = Dr. GRPO)")
+    value_clip: float = param(0.5, "PPO value clip range; 0 = unclipped")
+    vf_coef: float = param(1.0, "weight of the value loss in the total loss (PPO)")
+    critic: Literal["separate", "head"] = param(
+        "separate", "PPO critic: separate = its own trunk initialised from the policy (the paper), "
+                    "head = a value head on the policy's trunk (half the memory)")
+    # ------------------------------------------------------------------ model wiring
+    lora_r: int = param(0, "LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = param(32, "LoRA alpha")
+    lora_dropout: float = param(0.0, "LoRA dropout")
+    lora_targets: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    "module names LoRA adapts ('all-linear' also works)")
+    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    # ------------------------------------------------------------------ rollouts and reward
+    temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
+                                    "training forward, so ratios compare like with like)")
+    top_p: float = param(1.0, "rollout nucleus sampling mass")
+    template: str = param("search-r1", "prompt template: a name or text with {question}")
+    format_reward: bool = param(False, "add Search-R1's format score to the exact-match reward")
+    mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
+                                       "false = train on them as if generated (the paper's ablation)")
+    # ------------------------------------------------------------------ data
+    train_data: str = param("synthetic", "training questions: 'synthetic' (the demo world's train split, "
+                                         "settings in demo.world), or benchmark names / QA file paths, "
+                                         "comma-separated (e.g. nq,hotpotqa)")
+    train_split: str = param("train", "split of a benchmark given in train_data")
+    train_limit: int = param(0, "use at most this many training questions (seeded sample); 0 = all")
+    # ------------------------------------------------------------------ bookkeeping
+    eval_every: int = param(0, "run the eval harness (cfg.eval) every N steps; 0 = never")
+    save_every: int = param(100, "checkpoint every N steps (and always at the end); 0 = only at the end")
+    keep_last: int = param(3, "checkpoints kept")
+    run_dir: str = param("runs/train", "where checkpoints, metrics and eval reports go")
+    resume: bool = param(False, "continue from the latest checkpoint in run_dir")
+    seed: int = param(0, "seed of the data order, the sampling noise and the initialisation")
+    tensorboard: bool = param(True, "write TensorBoard event files to run_dir")
+    wandb: bool = param(False, "also log to Weights & Biases (needs wandb installed)")
+    progress: bool = param(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.prompts_per_step, self.group_size, self.mini_batch_size,
+               self.micro_batch_size, self.ppo_epochs) < 1:
+            raise ValueError("steps, prompts_per_step, group_size, mini_batch_size, micro_batch_size and "
+                             "ppo_epochs must all be >= 1")
+        if self.algorithm == "grpo" and self.group_size < 2:
+            raise ValueError("grpo needs group_size >= 2 (a group of one has no baseline: every advantage is 0)")
+        batch = self.prompts_per_step * self.group_size
+        if self.mini_batch_size > batch:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the trajectories per step "
+                             f"(prompts_per_step x group_size = {batch})")
+        if batch % self.mini_batch_size:
+            raise ValueError(f"the trajectories per step ({batch}) must be a multiple of mini_batch_size "
+                             f"({self.mini_batch_size})")
+        if self.lr <= 0 or self.critic_lr <= 0:
+            raise ValueError("lr and critic_lr must be positive")
+        if min(self.warmup_steps, self.weight_decay, self.max_grad_norm, self.kl_coef, self.entropy_coef,
+               self.value_clip, self.vf_coef, self.lora_r, self.lora_dropout, self.eval_every,
+               self.save_every, self.train_limit) < 0:
+            raise ValueError("warmup_steps, weight_decay, max_grad_norm, kl_coef, entropy_coef, value_clip, "
+                             "vf_coef, lora_r, lora_dropout, eval_every, save_every, train_limit must be >= 0")
+        if not 0 < self.clip_ratio < 1:
+            raise ValueError(f"clip_ratio must be in (0, 1), got {self.clip_ratio}")
+        if self.clip_ratio_high < 0:
+            raise ValueError("clip_ratio_high must be >= 0 (0 = same as clip_ratio)")
+        if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
+            raise ValueError("dual_clip_c must be > 1, or 0 for off")
+        if self.algorithm == "grpo" and self.kl_in_reward:
+            raise ValueError("grpo puts the KL in the loss: kl_in_reward=true is for ppo")
+        if self.kl_kind != "auto" and self.kl_kind not in KL_KINDS:
+            raise ValueError(f"kl_kind must be auto or one of {', '.join(KL_KINDS)}, got {self.kl_kind!r}")
+        if self.loss_agg not in AGG_MODES:
+            raise ValueError(f"loss_agg must be one of {', '.join(AGG_MODES)}, got {self.loss_agg!r}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError("gamma and lam must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ValueError("training rollouts need temperature > 0 (greedy samples have no log-probs to train on)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+        if self.lora_r > 0 and self.lora_alpha <= 0:
+            raise ValueError("lora_alpha must be positive")
+        if not self.train_data:
+            raise ValueError("train_data must be 'synthetic', a benchmark name or a QA file path")
+        from searchr1.protocol import get_template
+
+        get_template(self.template)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def use_kl_in_reward(self) -> bool:
+        return (self.algorithm == "ppo") if self.kl_in_reward is None else self.kl_in_reward
+
+    @property
+    def kl_estimator(self) -> str:
+        if self.kl_kind != "auto":
+            return self.kl_kind
+        return "k1" if self.use_kl_in_reward else "low_var_kl"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    @property
+    def trajectories_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size

@@ -1,0 +1,205 @@
+"""End to end: `train()` on a tiny random Llama with a character tokenizer (seconds on a CPU).
+
+The task is easy on purpose ("write the letter a"), so a few GRPO / PPO steps must raise the
+reward; the rest checks resume, corrupted checkpoints, the retrieved-token mask and the guards.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from searchr1.config import from_dict
+from searchr1.errors import CheckpointError
+from searchr1.retrieval.base import Hit
+from searchr1.settings import Config
+from searchr1.train.logging import read_metrics
+from searchr1.train.trainer import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fakes import char_tokenizer  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("train")
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        tie_word_embeddings=False))
+    model.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    qa = root / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}", "golden_answers": ["x"]}) + "\n"
+                          for i in range(8)))
+    return root
+
+
+def make_cfg(world, run_dir, **train):
+    base = {"algorithm": "grpo", "steps": 15, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8,
+            "micro_batch_size": 4, "lr": 3e-3, "critic_lr": 3e-3, "train_data": str(world / "qa.jsonl"),
+            "template": "Q: {question}\n", "run_dir": str(run_dir), "save_every": 0, "tensorboard": False,
+            "progress": False}
+    base.update(train)
+    return from_dict(Config, {"model": {"name": str(world / "tiny"), "device": "cpu", "chat": "raw"},
+                              "agent": {"max_turns": 0, "max_turn_tokens": 12}, "train": base})
+
+
+def share_of_a(traj) -> float:
+    return sum(c == "a" for c in traj.response_text) / max(len(traj.response_ids), 1)
+
+
+def _rewards(result):
+    return [h["reward"] for h in result["history"]]
+
+
+def test_grpo_raises_the_reward_and_logs_metrics(world, tmp_path):
+    result = train(make_cfg(world, tmp_path / "run"), reward_fn=share_of_a)
+    rewards = _rewards(result)
+    assert len(rewards) == 15
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 16))
+    for key in ("reward/mean", "reward/em", "rollout/searches_per_traj", "rollout/invalid_rate",
+                "rollout/response_length", "rollout/masked_share", "rollout/logprob_diff", "actor/kl",
+                "actor/clip_fraction", "actor/entropy", "actor/pg_loss", "actor/grad_norm", "perf/tokens_per_s",
+                "time/rollout_s", "time/retrieval_s", "time/update_s", "train/skipped_steps",
+                "adv/zero_variance_groups"):
+        assert key in rows[-1], key
+    assert rows[-1]["rollout/logprob_diff"] < 1e-3  # the recomputed log-probs are the sampled ones
+    assert result["checkpoint"] and Path(result["checkpoint"]).name == "step-000015"
+
+
+def test_ppo_raises_the_reward(world, tmp_path):
+    cfg = make_cfg(world, tmp_path / "run", algorithm="ppo", group_size=2, steps=25, ppo_epochs=2)
+    result = train(cfg, reward_fn=share_of_a)
+    rewards = _rewards(result)
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.1, rewards
+    row = read_metrics(tmp_path / "run")[-1]
+    assert "critic/value_loss" in row and "critic/explained_variance" in row
+
+
+def _params(result):
+    return {n: p.detach().clone() for n, p in result["models"].policy.named_parameters()}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_resume_continues_exactly(world, tmp_path, algorithm):
+    kw = {"algorithm": algorithm, "group_size": 4 if algorithm == "grpo" else 2, "steps": 4, "save_every": 2}
+    full = train(make_cfg(world, tmp_path / "full", **kw), reward_fn=share_of_a)
+    train(make_cfg(world, tmp_path / "split", **{**kw, "steps": 2}), reward_fn=share_of_a)
+    resumed = train(make_cfg(world, tmp_path / "split", **{**kw, "resume": True}), reward_fn=share_of_a)
+    assert _rewards(resumed) == _rewards(full)
+    a, b = _params(full), _params(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    if algorithm == "ppo":
+        for (n, p), (_, q) in zip(full["models"].critic.named_parameters(),
+                                  resumed["models"].critic.named_parameters()):
+            assert torch.equal(p, q), n
+    assert [r["step"] for r in read_metrics(tmp_path / "split")] == [1, 2, 3, 4]
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(world, tmp_path):
+    train(make_cfg(world, tmp_path / "run", steps=2), reward_fn=share_of_a)
+    weights = next((tmp_path / "run" / "checkpoints" / "step-000002" / "policy").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # same size, different bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="cannot resume.*sha256"):
+        train(make_cfg(world, tmp_path / "run", steps=4, resume=True), reward_fn=share_of_a)
+
+
+class OneDocRetriever:
+    def search(self, queries, k):
+        return [[Hit("d1", "Title", "some text", 1.0)] for _ in queries]
+
+
+def test_mask_retrieved_false_trains_on_injected_tokens(world, tmp_path):
+    # One action turn: the random policy's first turn is an invalid action, so the environment
+    # injects Search-R1's note (loss mask 0) before the final turn.
+    results = {}
+    for flag in (True, False):
+        cfg = make_cfg(world, tmp_path / f"run-{flag}", steps=1, mask_retrieved=flag)
+        cfg.agent.max_turns = 1
+        results[flag] = train(cfg, retriever=OneDocRetriever(), reward_fn=share_of_a)["metrics"]
+    assert results[True]["rollout/injected_share"] > 0.3
+    assert results[True]["rollout/injected_share"] == results[False]["rollout/injected_share"]
+    assert results[True]["rollout/masked_share"] == results[True]["rollout/injected_share"]
+    assert results[False]["rollout/masked_share"] == 0.0
+    assert results[True]["actor/entropy"] != results[False]["actor/entropy"]
+
+
+def test_non_finite_loss_skips_the_optimizer_step(world, tmp_path, monkeypatch):
+    import searchr1.train.trainer as trainer
+
+    def nan_loss(logprob, *args, **kwargs):
+        return logprob.sum() * float("nan"), {"clip_fraction": 0.0, "approx_kl": 0.0, "ratio_max": 1.0}
+
+    monkeypatch.setattr(trainer, "policy_loss", nan_loss)
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(world / "tiny").state_dict()
+    result = train(make_cfg(world, tmp_path / "run", steps=2), reward_fn=share_of_a)
+    assert result["metrics"]["train/skipped_steps"] == 4  # 2 steps x 2 mini-batches
+    assert result["metrics"]["train/optimizer_steps"] == 0
+    for name, p in result["models"].policy.state_dict().items():
+        assert torch.equal(p, before[name]), name
+
+
+def test_periodic_eval_and_cli(world, tmp_path, capsys):
+    from searchr1.cli import main
+
+    run = tmp_path / "run"
+    rc = main(["train", f"model.name={world / 'tiny'}", "model.device=cpu", "model.chat=raw", "agent.max_turns=0",
+               "agent.max_turn_tokens=8", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
+               "train.mini_batch_size=4", f"train.train_data={world / 'qa.jsonl'}", "train.template='Q: {question}'",
+               f"train.run_dir={run}", "train.tensorboard=false", "train.progress=false", "train.eval_every=2",
+               "eval.modes=direct", f"eval.datasets={world / 'qa.jsonl'}", "eval.limit=4", "eval.html=false"])
+    assert rc == 0
+    assert "trained grpo to step 2" in capsys.readouterr().out
+    assert (run / "eval" / "step_000002" / "results.json").is_file()
+    rows = read_metrics(run)
+    assert any(k.startswith("eval/") and k.endswith("/direct/em") for r in rows for k in r)
+    assert (run / "checkpoints" / "step-000002").is_dir()
+
+
+@pytest.mark.parametrize("variant", [
+    {"algorithm": "grpo", "lora_r": 4, "lora_targets": ["q_proj", "v_proj"]},
+    {"algorithm": "ppo", "group_size": 2, "critic": "head"},
+    {"algorithm": "ppo", "group_size": 2, "lora_r": 4, "lora_targets": ["q_proj", "v_proj"], "critic": "separate"},
+], ids=["grpo-lora", "ppo-head", "ppo-lora"])
+def test_variants_train_and_resume_exactly(world, tmp_path, variant):
+    kw = {**variant, "steps": 3, "save_every": 1, "lr": 1e-2}
+    full = train(make_cfg(world, tmp_path / "full", **kw), reward_fn=share_of_a)
+    train(make_cfg(world, tmp_path / "split", **{**kw, "steps": 1}), reward_fn=share_of_a)
+    resumed = train(make_cfg(world, tmp_path / "split", **{**kw, "resume": True}), reward_fn=share_of_a)
+    assert _rewards(resumed) == _rewards(full)
+    assert all(v == v for v in full["metrics"].values())  # no NaN metric
+    a, b = _params(full), _params(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    if variant.get("lora_r"):
+        trained = [n for n, p in full["models"].policy.named_parameters() if p.requires_grad]
+        assert trained and all("lora_" in n for n in trained)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batch_size_changes_memory_not_the_result(world, tmp_path, agg):
+    kw = {"steps": 2, "save_every": 0, "loss_agg": agg}
+    a = train(make_cfg(world, tmp_path / "a", micro_batch_size=1, **kw), reward_fn=share_of_a)
+    b = train(make_cfg(world, tmp_path / "b", micro_batch_size=8, **kw), reward_fn=share_of_a)
+    pa, pb = _params(a), _params(b)
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=2e-5, rtol=1e-4)

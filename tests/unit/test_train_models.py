@@ -1,0 +1,87 @@
+"""Model wiring: response-only log-probs match a plain forward, critics, reference, LoRA."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from searchr1.train.models import build_models, causal_lm, sequence_logprobs
+from searchr1.train.settings import TrainConfig
+from searchr1.train.trainer import collate
+from searchr1.rollout.trajectory import Trajectory
+
+torch.set_num_threads(1)
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                                        pad_token_id=0, eos_token_id=1, bos_token_id=None)).eval()
+
+
+def _traj(prompt, response, mask):
+    t = Trajectory(question="q", golden_answers=[], prompt_ids=prompt)
+    for tok, m in zip(response, mask):
+        t.append([tok], m)
+    return t
+
+
+def _reference_logprobs(model, prompt, response, temperature=1.0):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+def test_sequence_logprobs_match_an_unpadded_forward():
+    model = tiny_llama()
+    trajs = [_traj([3, 4, 5, 6], [7, 8, 9], [1, 0, 1]), _traj([10], [11, 12, 13, 14, 15], [1] * 5)]
+    batch = collate(trajs, pad_id=0)
+    with torch.no_grad():
+        out = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_start,
+                                temperature=0.7, with_entropy=True)
+    assert out.logprobs.shape == (2, 5) and out.entropy.shape == (2, 5)
+    for i, t in enumerate(trajs):
+        want = _reference_logprobs(model, t.prompt_ids, t.response_ids, 0.7)
+        torch.testing.assert_close(out.logprobs[i, :len(want)], want, atol=1e-5, rtol=1e-5)
+
+
+def test_full_finetune_reference_is_a_frozen_copy_and_separate_critic_starts_at_zero():
+    model = tiny_llama()
+    m = build_models(model, TrainConfig(algorithm="ppo", group_size=1, prompts_per_step=4, mini_batch_size=4))
+    assert m.reference is not m.policy and not any(p.requires_grad for p in m.reference.parameters())
+    assert m.critic is not None and not m.shared_critic
+    assert m.critic.trunk is not causal_lm(m.policy).model  # its own copy
+    ids = torch.tensor([[3, 4, 5, 6]])
+    values = m.critic(ids, torch.ones_like(ids), 2)
+    assert values.shape == (1, 2) and torch.all(values == 0)
+
+
+def test_head_critic_shares_the_policy_trunk():
+    m = build_models(tiny_llama(), TrainConfig(algorithm="ppo", group_size=1, prompts_per_step=4, mini_batch_size=4,
+                                               critic="head", kl_coef=0))
+    assert m.shared_critic and isinstance(m.critic, torch.nn.Linear) and m.reference is None
+    ids = torch.tensor([[3, 4, 5, 6]])
+    out = sequence_logprobs(m.policy, ids, torch.ones_like(ids), 1, value_head=m.critic)
+    assert out.values.shape == (1, 3)
+
+
+def test_lora_reference_is_the_policy_with_the_adapter_disabled():
+    model = tiny_llama()
+    m = build_models(model, TrainConfig(lora_r=4, lora_targets=["q_proj", "v_proj"]))
+    assert m.lora and m.reference is m.policy
+    trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():  # make the adapter do something
+        for n, p in m.policy.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        pol = sequence_logprobs(m.policy, ids, attn, 2).logprobs
+        with m.reference_context():
+            ref = sequence_logprobs(m.reference, ids, attn, 2).logprobs
+        base = tiny_llama()
+        want = sequence_logprobs(base, ids, attn, 2).logprobs
+    torch.testing.assert_close(ref, want)
+    assert not torch.allclose(pol, ref)
