@@ -1,8 +1,17 @@
 """`searchr1 demo`: the built-in end-to-end run on a synthetic world, no downloads needed.
 
-Today it exercises the search engine: it writes the synthetic encyclopedia and its questions,
-builds BM25 and dense indexes, serves them over HTTP on 127.0.0.1, and measures answer recall of
-each retriever on held-out questions, in process and through the HTTP client.
+Six stages, each printed with its time (the cpu-demo preset fits about 20 minutes on 2 cores):
+
+  1. the synthetic encyclopedia and its questions, BM25 and dense indexes, served over HTTP on
+     127.0.0.1, answer recall of each retriever in process and through the HTTP client (must agree);
+     `demo.retrieval_only=true` stops here
+  2. the policy model (default SmolLM2-135M-Instruct) evaluated as a search agent on held-out questions
+  3. optional supervised warm-up on search demonstrations (`sft.steps > 0`; said loudly, and
+     evaluated separately when `demo.eval_after_sft`)
+  4. GRPO (or PPO: `train.algorithm`) with search on the world's training questions
+  5. the trained policy evaluated on the same held-out questions
+  6. `{demo.dir}/report.md` and `report.html`: settings, the before/after table, the training curves
+     (inline SVG), example trajectories; `report.json` holds the numbers
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -55,16 +65,17 @@ def prepare_world(cfg: Config) -> tuple[Path, list[Question], list[Question]]:
     return corpus, train, test
 
 
-def run_demo(cfg: Config, console) -> dict:
+def retrieval_check(cfg: Config, console) -> dict:
+    """Stage 1: world -> corpus -> BM25 + dense indexes -> answer recall in process and over HTTP."""
     t0 = time.perf_counter()
     corpus, train, test = prepare_world(cfg)
-    console.print(f"[bold]1/3[/] synthetic world: {corpus} ({sum(1 for _ in open(corpus))} passages), "
+    console.print(f"[bold]1/6[/] synthetic world: {corpus} ({sum(1 for _ in open(corpus))} passages), "
                   f"{len(train)} train / {len(test)} test questions")
 
     index_dir = Path(cfg.demo.dir) / "index"
     index_cfg = dataclasses.replace(cfg.index, corpus=str(corpus), dir=str(index_dir), methods=cfg.demo.methods)
     meta = build_index(index_cfg, progress=True)
-    console.print(f"[bold]2/3[/] index {index_dir}: {meta['num_docs']} passages, methods {sorted(meta['methods'])}")
+    console.print(f"[bold]1/6[/] index {index_dir}: {meta['num_docs']} passages, methods {sorted(meta['methods'])}")
 
     questions = test[: cfg.demo.max_questions]
     texts = [q.question for q in questions]
@@ -86,6 +97,7 @@ def run_demo(cfg: Config, console) -> dict:
         rows.append({"method": method, "local": local, "http": remote, "example": example})
     report = {
         "questions": len(questions),
+        "passages": meta["num_docs"],
         "rows": [{"method": r["method"], **{k: r["local"][k] for k in ("recall@1", "recall@3", "recall@10")},
                   "http_matches_local": all(r["local"][k] == r["http"][k] for k in ("recall@1", "recall@3", "recall@10")),
                   "http_queries_per_s": r["http"]["queries_per_s"]} for r in rows],
@@ -101,7 +113,7 @@ def run_demo(cfg: Config, console) -> dict:
 def _print_report(console, report: dict, question: Question, row: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"[bold]3/3[/] answer recall on {report['questions']} held-out synthetic questions")
+    table = Table(title=f"[bold]1/6[/] answer recall on {report['questions']} held-out synthetic questions")
     for col in ("retriever", "recall@1", "recall@3", "recall@10", "HTTP = in-process", "HTTP q/s"):
         table.add_column(col, justify="left" if col == "retriever" else "right")
     for r in report["rows"]:
@@ -112,3 +124,301 @@ def _print_report(console, report: dict, question: Question, row: dict) -> None:
                   f"(gold: {', '.join(question.golden_answers)})")
     for i, hit in enumerate(row["example"]):
         console.print(f"  Doc {i + 1}(Title: {hit.title}) {hit.text}  [dim]score {hit.score:.3f}[/]")
+
+
+# ============================================================================ the full demo
+
+
+# The before / after rows of the report: (label, key of the eval metrics).
+COMPARE = [("EM", "em"), ("F1", "f1"), ("searches / question", "searches"), ("invalid-action rate", "invalid_rate"),
+           ("answered share", "answered")]
+
+
+def _stage(console, timings: dict, key: str, title: str):
+    """A context manager that prints the stage's title and, at the end, its seconds."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def run():
+        console.print(f"\n[bold]{title}[/]")
+        t0 = time.perf_counter()
+        yield
+        timings[key] = time.perf_counter() - t0
+        console.print(f"[dim]{title.split(':')[0]} done in {timings[key]:.1f} s[/]")
+
+    return run()
+
+
+def _eval_cfg(cfg: Config, rcfg, test_path: Path, out_dir: Path) -> Config:
+    ev = dataclasses.replace(cfg.eval, datasets=[str(test_path)], limit=cfg.demo.eval_questions, modes=["agent"],
+                             out_dir=str(out_dir))
+    return dataclasses.replace(cfg, eval=ev, retriever=rcfg)
+
+
+def _agent_metrics(results: dict) -> tuple[dict, Path]:
+    label = next(iter(results["metrics"]))
+    return results["metrics"][label]["agent"], Path(results["config"]["eval"]["out_dir"]) / results["files"][f"{label}/agent"]
+
+
+def run_demo(cfg: Config, console) -> dict:
+    """Retrieval check, then (unless demo.retrieval_only) eval -> [SFT warm-up] -> GRPO -> eval -> report."""
+    import torch
+
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(cfg.demo.dir)
+    with _stage(console, timings, "retrieval", "stage 1/6: synthetic world, indexes, retrieval recall"):
+        retrieval = retrieval_check(cfg, console)
+    if cfg.demo.retrieval_only:
+        return {"retrieval": retrieval, "timings": timings}
+
+    from searchr1.eval.harness import evaluate
+    from searchr1.retrieval.local import open_retriever
+    from searchr1.rollout.hf import HFGenerator
+    from searchr1.train.models import causal_lm
+    from searchr1.train.trainer import train
+
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    _, train_questions, _ = prepare_world(cfg)
+    test_path = out / "data" / "test.jsonl"
+    rcfg = dataclasses.replace(cfg.retriever, index=str(out / "index"), url="")
+    retriever = open_retriever(rcfg)
+    evals: dict[str, dict] = {}
+    sft_result: dict | None = None
+    try:
+        with _stage(console, timings, "eval_before",
+                    f"stage 2/6: evaluate {cfg.model.name} before training ({cfg.demo.eval_questions} held-out "
+                    "questions, agent mode)"):
+            generator = HFGenerator.from_config(cfg.model)
+            evals["before"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-before"), console, generator,
+                                       retriever)
+        rl_model = cfg.model.name
+        if cfg.sft.steps > 0:
+            with _stage(console, timings, "sft", f"stage 3/6: SUPERVISED WARM-UP on demonstrations "
+                                                 f"({cfg.sft.steps} steps) -- not pure RL, the report says so"):
+                from searchr1.train.sft import warmup
+
+                sft_result = warmup(cfg, generator.model, generator.tokenizer, retriever, train_questions, console)
+                sft_dir = out / "sft-model"
+                tmp = out / f".sft-model.tmp-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                generator.model.save_pretrained(tmp)
+                generator.tokenizer.save_pretrained(tmp)
+                shutil.rmtree(sft_dir, ignore_errors=True)
+                os.replace(tmp, sft_dir)
+                rl_model = str(sft_dir)
+                console.print(f"warm-up: {sft_result['kept']} demonstrations kept ({sft_result['dropped']} dropped), "
+                              f"loss {sft_result['first_loss']} -> {sft_result['last_loss']}; model {sft_dir}",
+                              markup=False)
+            if cfg.demo.eval_after_sft:
+                with _stage(console, timings, "eval_after_sft", "stage 3/6: evaluate after the warm-up"):
+                    evals["after_sft"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-after-sft"), console,
+                                                  generator, retriever)
+        else:
+            console.print("\n[bold]stage 3/6: no supervised warm-up[/] (sft.steps=0): pure RL from the model")
+        del generator
+        run_dir = out / "train"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
+        tcfg = dataclasses.replace(
+            cfg, retriever=rcfg, model=dataclasses.replace(cfg.model, name=rl_model),
+            train=dataclasses.replace(cfg.train, train_data="synthetic", run_dir=str(run_dir), resume=False))
+        with _stage(console, timings, "train", f"stage 4/6: {cfg.train.algorithm.upper()} with search, "
+                                               f"{cfg.train.steps} steps x {cfg.train.prompts_per_step} questions x "
+                                               f"{cfg.train.group_size} rollouts"):
+            result = train(tcfg, console, retriever=retriever)
+        with _stage(console, timings, "eval_after", "stage 5/6: evaluate after training"):
+            policy = causal_lm(result["models"].policy).eval()
+            generator = HFGenerator(policy, result["tokenizer"])
+            evals["after"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-after"), console, generator,
+                                      retriever)
+    finally:
+        getattr(retriever, "close", lambda: None)()
+    with _stage(console, timings, "report", "stage 6/6: report"):
+        from searchr1.train.logging import read_metrics
+
+        curves = read_metrics(run_dir)
+        timings["total"] = time.perf_counter() - t_all
+        report = build_report(cfg, rl_model, evals, sft_result, curves, retrieval, timings, result)
+        paths = write_report(out, report, evals)
+    print_comparison(console, report)
+    console.print(f"report: {paths['md']}  {paths['html']}  ({timings['total']:.0f} s in all)", markup=False)
+    return report
+
+
+def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | None, curves: list[dict],
+                 retrieval: dict, timings: dict, train_result: dict) -> dict:
+    tc = cfg.train
+    settings = {
+        "model": cfg.model.name,
+        "RL started from": rl_model,
+        "algorithm": tc.algorithm,
+        "train steps": tc.steps,
+        "questions per step": tc.prompts_per_step,
+        "group size": tc.group_size,
+        "learning rate": tc.lr,
+        "fine-tuning": f"LoRA r={tc.lora_r}" if tc.lora_r else "full",
+        "KL coefficient": tc.kl_coef,
+        "supervised warm-up": (f"yes: {sft_result['steps']} steps on {sft_result['kept']} demonstrations"
+                               if sft_result and sft_result["steps"] else "no"),
+        "retriever": f"{cfg.retriever.method} top-{cfg.agent.topk}",
+        "max searches / turn tokens": f"{cfg.agent.max_turns} / {cfg.agent.max_turn_tokens}",
+        "world": f"{retrieval.get('passages', '?')} passages, seed {cfg.demo.world.seed}",
+        "rollout temperature": tc.temperature,
+        "held-out questions": cfg.demo.eval_questions,
+    }
+    metrics = {name: _agent_metrics(res)[0] for name, res in evals.items()}
+    return {
+        "settings": settings,
+        "sft_used": bool(sft_result and sft_result["steps"]),
+        "sft": sft_result,
+        "eval": {name: {k: m[k] for _, k in COMPARE} | {"n": m["n"]} for name, m in metrics.items()},
+        "curves": [{"step": r["step"], "reward": r.get("reward/mean"), "em": r.get("reward/em")}
+                   for r in curves if "reward/mean" in r],
+        "train_checkpoint": train_result.get("checkpoint"),
+        "retrieval": retrieval.get("rows"),
+        "examples": cfg.demo.examples,
+        "timings": timings,
+    }
+
+
+_COLUMN = {"before": "before", "after_sft": "after warm-up", "after": "after RL"}
+
+
+def comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    names = [n for n in ("before", "after_sft", "after") if n in report["eval"]]
+    header = ["metric"] + [_COLUMN[n] for n in names]
+    rows = [[label] + [f"{report['eval'][n][key]:.3f}" for n in names] for label, key in COMPARE]
+    return header, rows
+
+
+def print_comparison(console, report: dict) -> None:
+    from rich.table import Table
+
+    header, rows = comparison_rows(report)
+    n = next(iter(report["eval"].values()))["n"]
+    table = Table(title=f"agent on {n} held-out synthetic questions", title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="right" if i else "left")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("supervised warm-up: " + ("YES (the gain is warm-up + RL, not RL alone)" if report["sft_used"]
+                                            else "no (pure RL)"))
+
+
+def line_plot_svg(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
+                  width: int = 640, height: int = 300, y_min: float | None = None,
+                  y_max: float | None = None) -> str:
+    """A self-contained SVG line plot (no plotting library): one polyline + markers per series,
+    labelled axes with ticks, and a legend. `series[name] = [(x, y), ...]`; None ys are skipped."""
+    from html import escape
+
+    colours = ["#1f6fb2", "#e07b00", "#2e9d4c", "#b2331f"]
+    left, right, top, bottom = 60, 20, 34, 46
+    pts = {k: [(float(x), float(y)) for x, y in v if y is not None] for k, v in series.items()}
+    xs = [x for v in pts.values() for x, _ in v] or [0.0, 1.0]
+    ys = [y for v in pts.values() for _, y in v] or [0.0, 1.0]
+    x0, x1 = min(xs), max(xs)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    lo = min(ys) if y_min is None else min(y_min, min(ys))
+    hi = max(ys) if y_max is None else max(y_max, max(ys))
+    if hi == lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - lo) / (hi - lo)) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for i in range(5):  # y ticks and grid
+        v = lo + (hi - lo) * i / 4
+        y = sy(v)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    ticks = sorted({round(x0 + (x1 - x0) * i / 5) for i in range(6)} & set(range(int(x0), int(x1) + 1))) or [x0, x1]
+    for v in ticks:  # x ticks (integer steps)
+        x = sx(v)
+        out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#999"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{v:g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
+    for i, (name, v) in enumerate(pts.items()):
+        c = colours[i % len(colours)]
+        if len(v) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in v)
+            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>' for x, y in v]
+        lx = left + 10 + i * 150
+        out.append(f'<line x1="{lx}" y1="{top + 12}" x2="{lx + 18}" y2="{top + 12}" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{lx + 22}" y="{top + 16}">{escape(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _curve_svgs(report: dict) -> list[str]:
+    c = report["curves"]
+    svgs = [line_plot_svg({"reward (mean)": [(r["step"], r["reward"]) for r in c],
+                           "exact match": [(r["step"], r["em"]) for r in c]},
+                          title=f"{report['settings']['algorithm'].upper()} training rollouts",
+                          xlabel="training step", ylabel="mean over the step's rollouts", y_min=0.0, y_max=1.0)]
+    if report["sft_used"]:
+        losses = report["sft"]["losses"]
+        svgs.append(line_plot_svg({"masked NLL": list(enumerate(losses, start=1))}, title="supervised warm-up",
+                                  xlabel="warm-up step", ylabel="loss (policy tokens)", y_min=0.0))
+    return svgs
+
+
+def write_report(out: Path, report: dict, evals: dict) -> dict:
+    """report.md, report.html (inline SVG curves, example trajectories), training_curves.svg, report.json."""
+    from searchr1.eval.harness import markdown_table, read_trajectories
+    from searchr1.eval.html import _CSS, _table, esc, render_episode
+
+    header, rows = comparison_rows(report)
+    svgs = _curve_svgs(report)
+    (out / "training_curves.svg").write_text(svgs[0] + "\n", encoding="utf-8")
+    _, traj_path = _agent_metrics(evals["after"])
+    examples = read_trajectories(traj_path)[:report_examples(report)]
+    warm = ("**Supervised warm-up: YES** — the model first imitated ideal search episodes, so the change "
+            "from *before* is warm-up plus RL, not RL alone." if report["sft_used"] else
+            "Supervised warm-up: no — the change from *before* is RL alone.")
+    n = next(iter(report["eval"].values()))["n"]
+    md = ["# searchr1 demo", "", warm, "", "## settings", ""]
+    md += [f"- {k}: {v}" for k, v in report["settings"].items()]
+    md += ["", f"## agent on {n} held-out synthetic questions", "", markdown_table(header, rows), "",
+           "## training curves", "", "![training curves](training_curves.svg)", "",
+           "| step | reward | EM |", "|---:|---:|---:|"]
+    md += [f"| {r['step']} | {r['reward']:.3f} | {r['em']:.3f} |" for r in report["curves"]]
+    md += ["", "## stage timings (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings"].items()]
+    md += ["", f"## {len(examples)} example trajectories after training", ""]
+    for i, ex in enumerate(examples, 1):
+        s = ex.get("scores", {})
+        md += [f"### {i}. {ex.get('question')}", "",
+               f"gold: {' | '.join(ex.get('golden_answers', []))}; answer: {s.get('answer')}; EM {s.get('em')}; "
+               f"searches {ex.get('num_searches')}", "", "```", ex.get("response_text", "").strip(), "```", ""]
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    body = ["<h1>searchr1 demo</h1>",
+            f'<p class="note">{esc(warm.replace("**", "").replace("*", ""))}</p>',
+            "<h2>settings</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in report["settings"].items()]),
+            f"<h2>agent on {n} held-out synthetic questions</h2>", _table(header, rows),
+            "<h2>training curves</h2>", *[f"<div>{s}</div>" for s in svgs],
+            "<h2>stage timings</h2>", _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in report["timings"].items()]),
+            f"<h2>{len(examples)} example trajectories after training</h2>"]
+    body += [render_episode(r, i) for i, r in enumerate(examples, start=1)]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>searchr1 demo</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return {"md": out / "report.md", "html": out / "report.html"}
+
+
+def report_examples(report: dict) -> int:
+    return int(report.get("examples", 3))

@@ -14,7 +14,7 @@ from searchr1.data.settings import DataConfig
 from searchr1.eval.settings import EvalConfig
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
 from searchr1.rollout.settings import AgentConfig, ModelConfig
-from searchr1.train.settings import TrainConfig
+from searchr1.train.settings import SFTConfig, TrainConfig
 
 
 @dataclass
@@ -39,6 +39,11 @@ class DemoConfig:
     world: WorldConfig = param(WorldConfig, "the synthetic world the demo searches")
     methods: list[Literal["bm25", "dense"]] = param(["bm25", "dense"], "indexes the demo builds")
     max_questions: int = param(200, "held-out questions used to measure retrieval")
+    retrieval_only: bool = param(False, "stop after the retrieval check (no model is loaded)")
+    eval_questions: int = param(32, "held-out questions the agent is evaluated on, before and after training")
+    eval_after_sft: bool = param(True, "also evaluate between the warm-up and RL (when the warm-up runs), so "
+                                       "the report separates what the warm-up and what RL changed")
+    examples: int = param(3, "example trajectories (after training) shown in the report")
 
 
 @dataclass
@@ -52,3 +57,4 @@ class Config:
     data: DataConfig = param(DataConfig, "`searchr1 data prepare`: QA benchmarks -> parquet with prompts")
     eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")
     train: TrainConfig = param(TrainConfig, "`searchr1 train`: PPO / GRPO over multi-turn search rollouts")
+    sft: SFTConfig = param(SFTConfig, "optional supervised warm-up on search demonstrations before RL (demo)")

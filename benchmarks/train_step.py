@@ -1,0 +1,437 @@
+"""RL training-step benchmark: our trainer's update phase against TRL's GRPOTrainer, same run.
+
+    python benchmarks/train_step.py                                   # B=8, P=128, R=256, 3 repeats
+    python benchmarks/train_step.py --batch 2 --prompt-len 16 --response-len 32 --repeats 1   # smoke test
+    python benchmarks/train_step.py --only ours-grpo-full,trl-grpo-full --threads 2
+
+What one "step" is (the work between two rollouts, generation excluded):
+  both frameworks get the same fixed synthetic batch each step: B sequences = B/G groups of G
+  (--group) sharing one prompt of P random token ids, each with its own response of R random token
+  ids, one random reward in [0, 1) per sequence, and a loss mask that is 1 on the response except
+  an "injected" block of R/4 tokens in its middle (where Search-R1 puts an <information> block).
+  The step then does, as `searchr1.train.trainer.train` does in its steps 4-6:
+    pad into tensors -> old log-probs (no grad) -> reference log-probs (no grad; KL 0.001)
+    [-> critic values (PPO)] -> advantages (GRPO group-normalised; PPO KL-in-reward + GAE)
+    -> 1 epoch, 1 mini-batch of B (gradient accumulation over --micro rows, default B)
+    -> clip grad norm 1.0 -> AdamW step (lr 1e-6, critic 1e-5, weight decay 0.01) -> zero grads.
+  Same model weights (`searchr1.modelhub.load_causal_lm`, offline GGUF copies), float32 on CPU.
+
+Rows (`--only` takes these names):
+  ours-grpo-full            our GRPO, full fine-tuning (frozen deep copy as reference)
+  ours-grpo-lora            our GRPO, LoRA r=16 alpha=32 on all 7 projections (reference = adapter off)
+  ours-ppo-full             our PPO, full fine-tuning + separate critic (its own trunk copy + value head)
+  ours-ppo-lora             our PPO, LoRA policy + separate full critic
+  ours-grpo-lora-qwen0.5b   our GRPO LoRA on Qwen2.5-Coder-0.5B-Instruct (skipped with a note if it cannot load)
+  trl-grpo-full             TRL GRPOTrainer as shipped (see below), full fine-tuning
+  trl-grpo-full-oldlp       the same, forced to compute old log-probs too (the pass ours always makes)
+  trl-grpo-lora             TRL, LoRA with the same LoraConfig
+  trl-grpo-lora-qwen0.5b    TRL, LoRA, Qwen2.5-Coder-0.5B-Instruct
+
+How TRL is driven (trl 1.16, `pip install trl`; an optional benchmark dependency, not in pyproject):
+  `GRPOTrainer.train()` itself runs, with generation replaced through its (experimental)
+  `rollout_func` argument: it returns the step's precomputed prompt/completion ids and the same
+  loss mask as `env_mask` (TRL masks those tokens from the loss, as ours does), and a reward
+  function returns the step's rewards. Everything after generation is TRL's own code: padding,
+  reference log-probs (beta=0.001; full FT loads a second copy from the model directory, LoRA
+  disables the adapter), group-normalised advantages (scale_rewards="group"), loss "bnpo"
+  (token mean over the mini-batch = our "token-mean"), epsilon 0.2, backward, clip 1.0,
+  optim "adamw_torch", constant lr 1e-6, weight decay 0.01, no gradient checkpointing, no bf16.
+  A TrainerCallback times on_step_begin -> on_step_end: one optimizer step including rollout_func,
+  ref forward, rewards, advantages, loss, backward, clipping, optimizer and scheduler step.
+  Not like-for-like, and why:
+  - TRL as shipped (num_iterations=1, steps_per_generation = gradient_accumulation_steps) does NOT
+    compute old log-probs: the ratio uses the current log-probs detached (equal on-policy). Ours
+    always makes that extra no-grad forward. `trl-grpo-full-oldlp` forces TRL to make it too
+    (num_iterations=2, with a subclass that regenerates every step so each timed step does the
+    same work): compare ours-grpo-full with it for equal work, with trl-grpo-full for what users get.
+  - TRL computes log-probs with its fused, chunked LM head (never the full [B, R, V] logits);
+    ours materialises the logits over the response columns (not over the prompt).
+  - TRL's step also decodes the completions to text (for reward functions and logs) and keeps
+    metrics; ours computes its own metrics. Both are small next to the forward/backward passes.
+  - TRL has no PPO (removed in 1.x) and no search loop: the PPO rows have no TRL counterpart.
+    The "x TRL" column divides by the TRL GRPO row of the same model and fine-tuning (for PPO
+    that shows the price of the critic, not a framework difference).
+
+Reported per row (each row runs in its own child process, so models, allocator and peak memory
+never mix): seconds per step = median of --repeats steps after one warm-up step (excluded);
+tokens/s = B x (P + R) / that median; peak RSS = the child's peak resident memory
+(getrusage ru_maxrss, whole process: model load and reference/critic copies included); loaded RSS
+= resident memory after the models are built, before the first step (not comparable across
+frameworks: TRL's reference is a memory-mapped safetensors load whose pages count only once touched,
+ours a deep copy); x TRL = s/step / s/step of the
+matching TRL row (same model, same fine-tuning) of the same run (> 1: slower than TRL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, machine, run_measured, save_json, table  # noqa: E402
+
+PY = sys.executable
+MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "qwen2.5-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
+LORA_R, LORA_ALPHA = 16, 32
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LR, CRITIC_LR, WEIGHT_DECAY, KL_COEF, CLIP, MAX_GRAD_NORM = 1e-6, 1e-5, 0.01, 0.001, 0.2, 1.0
+
+# name -> (framework, algorithm, model key, lora, extra)
+ROWS: dict[str, tuple[str, str, str, bool, dict]] = {
+    "ours-grpo-full": ("searchr1", "grpo", "smollm2-135m", False, {}),
+    "ours-grpo-lora": ("searchr1", "grpo", "smollm2-135m", True, {}),
+    "ours-ppo-full": ("searchr1", "ppo", "smollm2-135m", False, {}),
+    "ours-ppo-lora": ("searchr1", "ppo", "smollm2-135m", True, {}),
+    "ours-grpo-lora-qwen0.5b": ("searchr1", "grpo", "qwen2.5-0.5b", True, {}),
+    "trl-grpo-full": ("trl", "grpo", "smollm2-135m", False, {}),
+    "trl-grpo-full-oldlp": ("trl", "grpo", "smollm2-135m", False, {"old_logprobs": True}),
+    "trl-grpo-lora": ("trl", "grpo", "smollm2-135m", True, {}),
+    "trl-grpo-lora-qwen0.5b": ("trl", "grpo", "qwen2.5-0.5b", True, {}),
+}
+
+
+def trl_reference(name: str) -> str:
+    """The TRL row an `x TRL` ratio divides by: TRL as shipped, same model and fine-tuning."""
+    _, _, model, lora, _ = ROWS[name]
+    return "trl-grpo-" + ("lora" if lora else "full") + ("" if model == "smollm2-135m" else "-qwen0.5b")
+
+
+# ============================================================================ synthetic data (shared)
+
+
+class Synthetic:
+    """The fixed-shape batch of step `step`: identical for both frameworks (seeded by the step)."""
+
+    def __init__(self, tokenizer, B: int, P: int, R: int, G: int, seed: int) -> None:
+        import torch
+
+        self.B, self.P, self.R, self.G, self.seed = B, P, R, G, seed
+        self.hi = int(tokenizer.vocab_size)
+        self.specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.filler = min(1000, self.hi - 1)
+        start = R // 2 - R // 8
+        self.block = (start, start + R // 4) if R >= 4 else (R, R)  # injected tokens [a, b)
+
+    def ids(self, gen, shape):
+        import torch
+
+        x = torch.randint(0, self.hi, shape, generator=gen)
+        x[torch.isin(x, self.specials)] = self.filler  # never an EOS / pad / BOS id
+        return x
+
+    def step(self, step: int) -> dict:
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        prompts = self.ids(gen, (self.B // self.G, self.P)).repeat_interleave(self.G, 0)  # one prompt per group
+        responses = self.ids(gen, (self.B, self.R))
+        rewards = torch.rand(self.B, generator=gen)
+        a, b = self.block
+        mask = [1] * a + [0] * (b - a) + [1] * (self.R - b)
+        return {"prompt_ids": prompts.tolist(), "response_ids": responses.tolist(), "mask": mask,
+                "rewards": rewards.tolist(), "groups": [i // self.G for i in range(self.B)]}
+
+
+def _load(model_key: str):
+    from searchr1.modelhub import load_causal_lm
+
+    model, tokenizer = load_causal_lm(MODELS[model_key], device="cpu", dtype="float32")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ============================================================================ ours
+
+
+def child_ours(spec: dict) -> dict:
+    import torch
+
+    from searchr1.rl import gae_advantages, grpo_advantages, kl_penalized_rewards, kl_penalty, masked_mean
+    from searchr1.rollout.trajectory import Trajectory
+    from searchr1.train.models import build_models
+    from searchr1.train.settings import TrainConfig
+    from searchr1.train.trainer import _params, _warmup, batch_forward, collate, update
+
+    B, G = spec["batch"], spec["group"]
+    model, tokenizer = _load(spec["model"])
+    ppo = spec["algorithm"] == "ppo"
+    tc = TrainConfig(algorithm=spec["algorithm"], steps=1 + spec["repeats"],
+                     prompts_per_step=B if ppo else B // G, group_size=1 if ppo else G,
+                     mini_batch_size=B, micro_batch_size=spec["micro"], ppo_epochs=1, lr=LR, critic_lr=CRITIC_LR,
+                     weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM, clip_ratio=CLIP, kl_coef=KL_COEF,
+                     lora_r=LORA_R if spec["lora"] else 0, lora_alpha=LORA_ALPHA, lora_targets=list(LORA_TARGETS),
+                     critic="separate", tensorboard=False, progress=False, seed=spec["seed"])
+    torch.manual_seed(tc.seed)
+    models = build_models(model, tc)
+    optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
+    if models.critic is not None:
+        optimizers["critic"] = torch.optim.AdamW(_params(models.critic), lr=tc.critic_lr, weight_decay=tc.weight_decay)
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _warmup(tc.warmup_steps)) for k, o in optimizers.items()}
+    pad_id = tokenizer.pad_token_id
+    data = Synthetic(tokenizer, B, spec["prompt_len"], spec["response_len"], G, spec["seed"])
+    loaded_rss = _rss_mib()
+    a, b = data.block
+
+    batches = [data.step(s) for s in range(1 + spec["repeats"])]
+
+    def one_step(step: int) -> float:
+        d = batches[step]
+        trajs = []
+        for i in range(B):  # built as the agent builds them: generated / injected / generated
+            t = Trajectory(question="", golden_answers=[], prompt_ids=d["prompt_ids"][i], id=str(i), group=d["groups"][i])
+            r = d["response_ids"][i]
+            t.append(r[:a], 1, [0.0] * a)
+            t.append(r[a:b], 0)
+            t.append(r[b:], 1, [0.0] * (len(r) - b))
+            trajs.append(t)
+        scores = torch.tensor(d["rewards"], dtype=torch.float32)
+        start = time.perf_counter()
+        # --- searchr1.train.trainer.train, steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
+        batch = collate(trajs, pad_id, tc.mask_retrieved)
+        mb = tc.micro_batch_size
+        old = batch_forward(models, batch, mb, tc.temperature)
+        ref = batch_forward(models, batch, mb, tc.temperature, reference=True) if models.reference is not None else None
+        old_values = batch_forward(models, batch, mb, tc.temperature, critic=True) if models.critic is not None else None
+        mask = batch.loss_mask
+        kl = kl_penalty(old, ref, tc.kl_estimator) if ref is not None else torch.zeros_like(old)
+        float(masked_mean(kl, mask))  # the trainer's actor/kl metric
+        returns = None
+        if tc.algorithm == "grpo":
+            adv, _ = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
+        else:
+            kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref is not None) else 0.0
+            adv, returns = gae_advantages(kl_penalized_rewards(scores, kl, mask, kl_coef), old_values, mask,
+                                          tc.gamma, tc.lam, whiten=tc.whiten_advantages)
+        out = update(models, batch, old, ref, adv, old_values, returns, optimizers, schedulers, tc, step)
+        seconds = time.perf_counter() - start
+        if out["train/optimizer_steps"] != 1:
+            raise RuntimeError(f"step {step}: {out['train/optimizer_steps']} optimizer steps (skipped: non-finite?)")
+        return seconds
+
+    times = [one_step(s) for s in range(1 + spec["repeats"])]
+    return {"step_seconds": times[1:], "warmup_seconds": times[0], "loaded_rss_mib": loaded_rss}
+
+
+# ============================================================================ TRL
+
+
+def child_trl(spec: dict) -> dict:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        import trl
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        return {"skipped": "trl is not installed (pip install trl)"}
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    B, G, R = spec["batch"], spec["group"], spec["response_len"]
+    micro = spec["micro"]
+    model, tokenizer = _load(spec["model"])
+    data = Synthetic(tokenizer, B, spec["prompt_len"], R, G, spec["seed"])
+    steps = 1 + spec["repeats"]
+    force_old = bool(spec.get("old_logprobs"))
+    batches = [data.step(s) for s in range(steps)]  # made before timing, as ours
+    state = {"step": -1, "current": None}
+
+    def rollout_func(prompts, trainer):
+        # Called once per optimizer step with the B prompts of the generation batch: returns the
+        # step's precomputed tokens instead of sampling (one completion per prompt, as TRL requires).
+        if len(prompts) != B:
+            raise RuntimeError(f"rollout_func got {len(prompts)} prompts, expected {B}")
+        state["step"] += 1
+        d = state["current"] = batches[state["step"]]
+        return {"prompt_ids": d["prompt_ids"], "completion_ids": d["response_ids"], "logprobs": None,
+                "env_mask": [list(d["mask"]) for _ in range(B)]}
+
+    def reward(prompts, completions, **kwargs):
+        return list(state["current"]["rewards"])
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, st, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, st, control, **kw):
+            self.times.append(time.perf_counter() - self.t0)
+
+    class RegenerateEveryStep(GRPOTrainer):
+        """num_iterations=2 makes TRL compute old log-probs; regenerating every step keeps it on-policy,
+        one optimizer step per batch, as ours (and as the timed steps of the plain trainer)."""
+
+        def _prepare_inputs(self, generation_batch):
+            if self.model.training and self._step % self.args.steps_per_generation == 0:
+                self._buffered_inputs = None  # a new batch at every optimizer step
+            return super()._prepare_inputs(generation_batch)
+
+    peft_config = None
+    if spec["lora"]:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
+                                 task_type="CAUSAL_LM", bias="none")
+    out_dir = CACHE / f"trl-out-{os.getpid()}"
+    args = GRPOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=micro, gradient_accumulation_steps=B // micro,
+        num_generations=G, max_completion_length=R, max_steps=steps, num_iterations=2 if force_old else 1,
+        learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="constant", warmup_steps=0,
+        optim="adamw_torch", max_grad_norm=MAX_GRAD_NORM, beta=KL_COEF, epsilon=CLIP, loss_type="bnpo",
+        scale_rewards="group", temperature=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=True, report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
+        log_completions=False, seed=spec["seed"], dataloader_num_workers=0)
+    dataset = Dataset.from_dict({"prompt": [f"question {i}" for i in range(max(64, steps * B))]})
+    timer = Timer()
+    cls = RegenerateEveryStep if force_old else GRPOTrainer
+    trainer = cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+                  peft_config=peft_config, rollout_func=rollout_func, callbacks=[timer])
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])  # the trainer may reset it; set again after building
+    loaded_rss = _rss_mib()
+    trainer.train()
+    if len(timer.times) != steps or state["step"] != steps - 1:
+        raise RuntimeError(f"TRL ran {len(timer.times)} timed steps and {state['step'] + 1} rollouts, expected {steps}")
+    import shutil
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"step_seconds": timer.times[1:], "warmup_seconds": timer.times[0], "loaded_rss_mib": loaded_rss,
+            "trl_version": trl.__version__}
+
+
+def child(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    try:
+        result = (child_trl if spec["framework"] == "trl" else child_ours)(spec)
+    except Exception as e:  # a model that cannot load is a skipped row, not a crash
+        from searchr1.errors import SearchR1Error
+
+        if not isinstance(e, SearchR1Error):
+            raise
+        result = {"skipped": str(e).splitlines()[0][:300]}
+    result["threads"] = torch.get_num_threads()
+    result["peak_rss_mib_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+# ============================================================================ main
+
+
+def run_row(name: str, args) -> dict:
+    framework, algorithm, model, lora, extra = ROWS[name]
+    spec = {"framework": framework, "algorithm": algorithm, "model": model, "lora": lora, "batch": args.batch,
+            "group": args.group, "micro": args.micro or args.batch, "prompt_len": args.prompt_len,
+            "response_len": args.response_len, "repeats": args.repeats, "threads": args.threads,
+            "seed": args.seed, **extra}
+    env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else None
+    try:
+        wall, rss, out = run_measured([PY, __file__, "_child", json.dumps(spec)], env=env)
+    except RuntimeError as e:
+        return {"name": name, "spec": spec, "error": str(e).strip().splitlines()[-1][:300]}
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    return {"name": name, "spec": spec, "wall_s": wall, "peak_rss_mib": rss, **result}
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_child":
+        return child(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8, help="B: sequences per step (= the mini-batch)")
+    p.add_argument("--group", type=int, default=0,
+                   help="G: GRPO group size (sequences sharing a prompt), divides B; 0 = 4 (2 when B is not a multiple of 4)")
+    p.add_argument("--micro", type=int, default=0, help="rows per forward/backward (gradient accumulation); 0 = B")
+    p.add_argument("--prompt-len", type=int, default=128, help="P: prompt tokens")
+    p.add_argument("--response-len", type=int, default=256, help="R: response tokens (R/4 of them injected)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per row (after one warm-up step)")
+    p.add_argument("--only", default="", help=f"comma list of rows: {', '.join(ROWS)}")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
+    args = p.parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    micro = args.micro or args.batch
+    args.group = args.group or (4 if args.batch % 4 == 0 else 2)
+    if args.batch % args.group or args.batch % micro or args.group < 2:
+        p.error("--group (>= 2) and --micro must divide --batch")
+    if min(args.prompt_len, args.response_len, args.repeats) < 1:
+        p.error("--prompt-len, --response-len and --repeats must be >= 1")
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = "not installed"
+    import torch
+    import transformers
+
+    print(f"# searchr1 training-step benchmark — {time.strftime('%Y-%m-%d')} — {machine()}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}, "
+          f"threads {args.threads or torch.get_num_threads()}; B={args.batch} (groups of {args.group}, micro-batch "
+          f"{micro}), P={args.prompt_len}, R={args.response_len} ({args.response_len // 4} injected), "
+          f"float32 CPU, median of {args.repeats} steps after 1 warm-up")
+    results = {}
+    for name in names:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = run_row(name, args)
+    tokens = args.batch * (args.prompt_len + args.response_len)
+    rows, notes = [], []
+    for name in names:
+        r = results[name]
+        framework, algorithm, model, lora, extra = ROWS[name]
+        ft = f"LoRA r={LORA_R}" if lora else "full"
+        if algorithm == "ppo":
+            ft += " + critic"
+        shape = f"{args.batch} x ({args.prompt_len}+{args.response_len})"
+        if "step_seconds" not in r:
+            reason = r.get("skipped") or r.get("error")
+            notes.append(f"- {name}: {'skipped' if 'skipped' in r else 'FAILED'}: {reason}")
+            rows.append([name, framework, algorithm, model, ft, shape, "-", "-", "-", "-", "-"])
+            continue
+        r["median_s"] = statistics.median(r["step_seconds"])
+        ref = results.get(trl_reference(name), {})
+        ref_s = statistics.median(ref["step_seconds"]) if "step_seconds" in ref else None
+        ratio = f"{r['median_s'] / ref_s:.2f}" if ref_s else "-"
+        rows.append([name, framework, algorithm, model, ft, shape, r["median_s"], tokens / r["median_s"],
+                     r["peak_rss_mib"], r["loaded_rss_mib"], ratio])
+    print(table("seconds and memory per RL update step (generation excluded; same synthetic batch for all rows)",
+                ["row", "framework", "algorithm", "model", "fine-tuning", "B x (P+R)", "s/step (median)", "tokens/s",
+                 "peak RSS MiB", "loaded RSS MiB", "x TRL time"], rows))
+    print("\nx TRL time: s/step / s/step of the TRL row with the same model and fine-tuning, as shipped "
+          "(trl-grpo-full, trl-grpo-lora, trl-grpo-lora-qwen0.5b); PPO rows compare with TRL GRPO (TRL has no PPO).")
+    print("trl-grpo-*: TRL skips the old-log-prob forward on-policy; trl-grpo-full-oldlp makes it, as ours does.")
+    if notes:
+        print("\n" + "\n".join(notes))
+    save_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
+                         "trl": trl_version, "rows": results})
+    print(f"\nraw results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
