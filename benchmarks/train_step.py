@@ -6,8 +6,8 @@
 
 What one "step" is (the work between two rollouts, generation excluded):
   both frameworks get the same fixed synthetic batch each step: B sequences = B/G groups of G
-  (--group) sharing one prompt of P random token ids, each with its own response of R random token
-  ids, one random reward in [0, 1) per sequence, and a loss mask that is 1 on the response except
+  (--group, default 4) sharing one prompt of P random token ids, each with its own response of R
+  random token ids, one random reward in [0, 1) per sequence, and a loss mask that is 1 on the response except
   an "injected" block of R/4 tokens in its middle (where Search-R1 puts an <information> block).
   The step then does, as `searchr1.train.trainer.train` does in its steps 4-6:
     pad into tensors -> old log-probs (no grad) -> reference log-probs (no grad; KL 0.001)
@@ -161,11 +161,10 @@ def _rss_mib() -> float:
 def child_ours(spec: dict) -> dict:
     import torch
 
-    from searchr1.rl import gae_advantages, grpo_advantages, kl_penalized_rewards, kl_penalty, masked_mean
     from searchr1.rollout.trajectory import Trajectory
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
-    from searchr1.train.trainer import _params, _warmup, batch_forward, collate, update
+    from searchr1.train.trainer import _params, _warmup, collate, learn
 
     B, G = spec["batch"], spec["group"]
     model, tokenizer = _load(spec["model"])
@@ -201,23 +200,8 @@ def child_ours(spec: dict) -> dict:
             trajs.append(t)
         scores = torch.tensor(d["rewards"], dtype=torch.float32)
         start = time.perf_counter()
-        # --- searchr1.train.trainer.train, steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
-        batch = collate(trajs, pad_id, tc.mask_retrieved)
-        mb = tc.micro_batch_size
-        old = batch_forward(models, batch, mb, tc.temperature)
-        ref = batch_forward(models, batch, mb, tc.temperature, reference=True) if models.reference is not None else None
-        old_values = batch_forward(models, batch, mb, tc.temperature, critic=True) if models.critic is not None else None
-        mask = batch.loss_mask
-        kl = kl_penalty(old, ref, tc.kl_estimator) if ref is not None else torch.zeros_like(old)
-        float(masked_mean(kl, mask))  # the trainer's actor/kl metric
-        returns = None
-        if tc.algorithm == "grpo":
-            adv, _ = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
-        else:
-            kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref is not None) else 0.0
-            adv, returns = gae_advantages(kl_penalized_rewards(scores, kl, mask, kl_coef), old_values, mask,
-                                          tc.gamma, tc.lam, whiten=tc.whiten_advantages)
-        out = update(models, batch, old, ref, adv, old_values, returns, optimizers, schedulers, tc, step)
+        # the trainer's steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
+        out = learn(models, collate(trajs, pad_id, tc.mask_retrieved), scores, optimizers, schedulers, tc, step)
         seconds = time.perf_counter() - start
         if out["train/optimizer_steps"] != 1:
             raise RuntimeError(f"step {step}: {out['train/optimizer_steps']} optimizer steps (skipped: non-finite?)")

@@ -435,6 +435,53 @@ def _progress(tc, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc=f"train {tc.algorithm}", unit="step", dynamic_ncols=True)
 
 
+def learn(models: TrainModels, batch: Batch, scores: torch.Tensor, optimizers: dict, schedulers: dict, tc,
+          step: int) -> dict[str, float]:
+    """One batch of scored trajectories -> one round of updates; returns the step's learning metrics.
+
+    Old log-probs are recomputed with the current weights (the sampling log-probs are only compared,
+    as `rollout/logprob_diff`), reference log-probs and critic values too; advantages are GRPO's
+    group-normalised scores, or GAE over the KL-penalised token rewards (PPO).
+    """
+    t_prep = time.perf_counter()
+    mb = tc.micro_batch_size
+    old_logprobs = batch_forward(models, batch, mb, tc.temperature)
+    ref_logprobs = (batch_forward(models, batch, mb, tc.temperature, reference=True)
+                    if models.reference is not None else None)
+    old_values = batch_forward(models, batch, mb, tc.temperature, critic=True) if models.critic is not None else None
+    mask = batch.loss_mask
+    metrics: dict[str, float] = {}
+    gen_mask = batch.generated.bool()
+    diff = (old_logprobs - batch.sample_logprobs).abs()
+    metrics["rollout/logprob_diff"] = float(diff[gen_mask].max()) if gen_mask.any() else 0.0
+    kl = kl_penalty(old_logprobs, ref_logprobs, tc.kl_estimator) \
+        if ref_logprobs is not None else torch.zeros_like(old_logprobs)
+    metrics["actor/kl"] = float(masked_mean(kl_penalty(old_logprobs, ref_logprobs, "k1"), mask)) \
+        if ref_logprobs is not None else 0.0
+    returns = None
+    if tc.algorithm == "grpo":
+        advantages, gstats = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
+        metrics["adv/zero_variance_groups"] = float(gstats["zero_variance_groups"])
+        metrics["adv/zero_variance_fraction"] = float(gstats["zero_variance_fraction"])
+    else:
+        kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref_logprobs is not None) else 0.0
+        token_rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
+        advantages, returns = gae_advantages(token_rewards, old_values, mask, tc.gamma, tc.lam,
+                                             whiten=tc.whiten_advantages)
+        from searchr1.rl import explained_variance
+
+        metrics["critic/explained_variance"] = float(explained_variance(old_values, returns, mask))
+        metrics["critic/values_mean"] = float(masked_mean(old_values, mask))
+    metrics["adv/mean"] = float(masked_mean(advantages, mask))
+    metrics["adv/abs_mean"] = float(masked_mean(advantages.abs(), mask))
+    t_update = time.perf_counter()
+    metrics.update(update(models, batch, old_logprobs, ref_logprobs, advantages, old_values, returns,
+                          optimizers, schedulers, tc, step))
+    metrics["time/prepare_s"] = t_update - t_prep
+    metrics["time/update_s"] = time.perf_counter() - t_update
+    return metrics
+
+
 def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: RewardFn | None = None) -> dict:
     """Run `cfg.train`; returns {"step", "metrics" (last step), "history" (per step), "checkpoint", "run_dir",
     "models" (the trained `TrainModels`), "tokenizer"}.
@@ -540,44 +587,10 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             rollout = agent.run(trajs, params)
             # 3. rewards
             scores = score_trajectories(trajs, reward_fn)
-            # 4. tensors, old / reference log-probs, values
-            t_prep = time.perf_counter()
+            # 4-6. tensors -> old / reference log-probs, values -> advantages -> policy (and critic) update
             batch = collate(trajs, pad_id, tc.mask_retrieved).to(device)
-            mb = tc.micro_batch_size
-            old_logprobs = batch_forward(models, batch, mb, tc.temperature)
-            ref_logprobs = (batch_forward(models, batch, mb, tc.temperature, reference=True)
-                            if models.reference is not None else None)
-            old_values = batch_forward(models, batch, mb, tc.temperature, critic=True) if models.critic is not None else None
-            # 5. advantages
-            mask = batch.loss_mask
             metrics = _rollout_metrics(trajs, batch, scores)
-            gen_mask = batch.generated.bool()
-            diff = (old_logprobs - batch.sample_logprobs).abs()
-            metrics["rollout/logprob_diff"] = float(diff[gen_mask].max()) if gen_mask.any() else 0.0
-            kl = kl_penalty(old_logprobs, ref_logprobs, tc.kl_estimator) \
-                if ref_logprobs is not None else torch.zeros_like(old_logprobs)
-            metrics["actor/kl"] = float(masked_mean(kl_penalty(old_logprobs, ref_logprobs, "k1"), mask)) \
-                if ref_logprobs is not None else 0.0
-            returns = None
-            if tc.algorithm == "grpo":
-                advantages, gstats = grpo_advantages(scores.to(device), batch.group_ids, mask, tc.norm_adv_by_std)
-                metrics["adv/zero_variance_groups"] = float(gstats["zero_variance_groups"])
-                metrics["adv/zero_variance_fraction"] = float(gstats["zero_variance_fraction"])
-            else:
-                kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref_logprobs is not None) else 0.0
-                token_rewards = kl_penalized_rewards(scores.to(device), kl, mask, kl_coef)
-                advantages, returns = gae_advantages(token_rewards, old_values, mask, tc.gamma, tc.lam,
-                                                     whiten=tc.whiten_advantages)
-                from searchr1.rl import explained_variance
-
-                metrics["critic/explained_variance"] = float(explained_variance(old_values, returns, mask))
-                metrics["critic/values_mean"] = float(masked_mean(old_values, mask))
-            metrics["adv/mean"] = float(masked_mean(advantages, mask))
-            metrics["adv/abs_mean"] = float(masked_mean(advantages.abs(), mask))
-            # 6. policy (and critic) update
-            t_update = time.perf_counter()
-            up = update(models, batch, old_logprobs, ref_logprobs, advantages, old_values, returns,
-                        optimizers, schedulers, tc, step)
+            up = learn(models, batch, scores.to(device), optimizers, schedulers, tc, step)
             skipped_total += int(up.pop("train/skipped_updates"))
             metrics.update(up)
             t_end = time.perf_counter()
@@ -589,8 +602,6 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "time/rollout_s": rollout.seconds,
                 "time/generate_s": rollout.generate_seconds,
                 "time/retrieval_s": rollout.retrieve_seconds,
-                "time/prepare_s": t_update - t_prep,
-                "time/update_s": t_end - t_update,
                 "time/step_s": t_end - t_step,
                 "perf/tokens_per_s": tokens / max(t_end - t_step, 1e-9),
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
