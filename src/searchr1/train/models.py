@@ -146,8 +146,10 @@ class TrainModels:
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) -> nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
-    except ImportError as e:  # pragma: no cover - peft is a dependency of the train extra
-        raise ImportError("LoRA (train.lora_r > 0) needs peft: pip install peft") from e
+    except ImportError:  # peft is a dependency; a trimmed environment gets a clear message
+        from searchr1.errors import MissingDependencyError
+
+        raise MissingDependencyError("LoRA (train.lora_r > 0) needs peft: pip install peft") from None
     target = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else list(targets)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                         task_type="CAUSAL_LM", bias="none")
