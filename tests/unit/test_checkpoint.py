@@ -162,21 +162,26 @@ def _llama_step(model, opts, schs) -> None:
     schs["policy"].step()
 
 
-def test_exact_resume_tiny_llama(tmp_path):
+def _reference_and_checkpoint(make_model, tmp_path, **save_kwargs):
+    """(parameters after 4 uninterrupted steps, checkpoint of a second run stopped after step 2)."""
     _seed_all(0)
-    model = _tiny_llama(1)
+    model = make_model()
     opts, schs = _llama_opt(model)
     for _ in range(4):
         _llama_step(model, opts, schs)
     reference = _params(model)
 
     _seed_all(0)
-    model = _tiny_llama(1)
+    model = make_model()
     opts, schs = _llama_opt(model)
     for _ in range(2):
         _llama_step(model, opts, schs)
-    path = save_checkpoint(tmp_path, 2, policy=model, tokenizer=_tiny_tokenizer(), optimizers=opts,
-                           schedulers=schs, state={"step": 2})
+    return reference, save_checkpoint(tmp_path, 2, policy=model, optimizers=opts, schedulers=schs, **save_kwargs)
+
+
+def test_exact_resume_tiny_llama(tmp_path):
+    reference, path = _reference_and_checkpoint(lambda: _tiny_llama(1), tmp_path, tokenizer=_tiny_tokenizer(),
+                                                state={"step": 2})
     names = {p.name for p in (path / "policy").iterdir()}
     assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
 
@@ -203,19 +208,7 @@ def _lora_llama(lora_seed: int):
 
 
 def test_exact_resume_lora(tmp_path):
-    _seed_all(0)
-    model = _lora_llama(3)
-    opts, schs = _llama_opt(model)
-    for _ in range(4):
-        _llama_step(model, opts, schs)
-    reference = _params(model)
-
-    _seed_all(0)
-    model = _lora_llama(3)
-    opts, schs = _llama_opt(model)
-    for _ in range(2):
-        _llama_step(model, opts, schs)
-    path = save_checkpoint(tmp_path, 2, policy=model, optimizers=opts, schedulers=schs, state={})
+    reference, path = _reference_and_checkpoint(lambda: _lora_llama(3), tmp_path, state={})
     names = {p.name for p in (path / "policy").iterdir()}
     assert "adapter_model.safetensors" in names and "model.safetensors" not in names  # adapter only
 

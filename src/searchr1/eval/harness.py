@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from searchr1.atomic import write_text_atomic
 from searchr1.errors import SearchR1Error
 from searchr1.eval.settings import MODES
 from searchr1.rollout.trajectory import Trajectory
@@ -348,18 +349,12 @@ def environment(cfg, generator, retriever, model_name: str | None = None) -> dic
 # ----------------------------------------------------------------------------- output
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def trajectories_path(out_dir: str | os.PathLike, dataset: str, mode: str) -> Path:
     return Path(out_dir) / f"trajectories.{dataset}.{mode}.jsonl"
 
 
 def write_trajectories(path: Path, records: Sequence[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def read_trajectories(path: str | os.PathLike) -> list[dict]:
@@ -368,13 +363,13 @@ def read_trajectories(path: str | os.PathLike) -> list[dict]:
 
 
 def _write_reports(out: Path, results: dict, runs: list[Run], html: bool, html_max: int) -> None:
-    _write_atomic(out / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    _write_atomic(out / "results.md", markdown_report(results))
+    write_text_atomic(out / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown_report(results))
     if html:
         from searchr1.eval.html import render_report
 
         page = render_report(results, {(r.dataset, r.mode): r.records() for r in runs}, max_per_run=html_max)
-        _write_atomic(out / "report.html", page)
+        write_text_atomic(out / "report.html", page)
 
 
 # ----------------------------------------------------------------------------- the harness
@@ -431,8 +426,8 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
         params = SamplingParams(temperature=ev.temperature, seed=ev.seed + b)
         on_turn: Callable[[int, int], None] | None = None
         if progress is not None:
-            def on_turn(turn: int, live: int, b=b) -> None:
-                progress.describe(f"{label}/{mode} batch {b + 1}/{batches} turn {turn} ({live} live)")
+            on_turn = lambda turn, live, b=b: progress.describe(  # noqa: E731
+                f"{label}/{mode} batch {b + 1}/{batches} turn {turn} ({live} live)")
         stats = agent.run(batch, params, on_turn)
         timing["generate_seconds"] += stats.generate_seconds
         timing["retrieve_seconds"] += stats.retrieve_seconds

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from searchr1 import __version__
+from searchr1.atomic import write_text_atomic
 from searchr1.errors import CorpusFormatError, IndexFormatError
 from searchr1.retrieval.corpus import BadLine, file_fingerprint, iter_passages
 from searchr1.retrieval.docstore import DocStore, write_docstore
@@ -48,9 +49,7 @@ def read_index_meta(index_dir: str | os.PathLike) -> dict:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
