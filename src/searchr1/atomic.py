@@ -12,3 +12,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_parquet_atomic(table, path: str | os.PathLike) -> None:
+    """Write a pyarrow `table` as parquet to a temporary sibling, then rename it over `path`;
+    an OSError becomes a `SearchR1Error` naming the file."""
+    import pyarrow.parquet as pq
+
+    from searchr1.errors import SearchR1Error
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SearchR1Error(f"cannot write {path}: {e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -6,6 +6,7 @@
   searchr1 ask "who wrote hamlet" retriever.index=runs/wiki model.name=HuggingFaceTB/SmolLM2-135M-Instruct
   searchr1 eval eval.datasets=nq,hotpotqa eval.limit=200 retriever.index=runs/wiki
   searchr1 train -c paper-grpo-qwen2.5-3b retriever.url=http://127.0.0.1:8000
+  searchr1 export verl -c paper-grpo-qwen2.5-3b --out runs/verl --retriever-url http://HOST:8000
   searchr1 demo
   searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
   searchr1 config keys                                    (every key, its type, default and help)
@@ -144,6 +145,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export_verl(args) -> int:
+    from searchr1.export.verl import ExportOptions, export_verl
+
+    cfg = _load(args)
+    opts = ExportOptions(out_dir=args.out, force=args.force, agent=args.agent, retriever_url=args.retriever_url or "",
+                         rollout=args.rollout, nnodes=args.nnodes, gpus_per_node=args.gpus_per_node,
+                         config_name=args.config or "")
+    summary = export_verl(cfg, opts)
+    print(f"searchr1: veRL export in {summary['out_dir']}: {summary['train_rows']} train / {summary['val_rows']} val "
+          f"questions, agent {summary['agent_name']}, retriever {summary['retriever_url']}; "
+          f"run `bash {summary['out_dir']}/train.sh` on the GPU cluster (see README.md there)")
+    for note in summary["notes"]:
+        print(f"searchr1: note: {note}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from searchr1.demo import run_demo
 
@@ -207,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     _with_config(sub.add_parser("train", help="RL-train the policy (PPO or GRPO) over multi-turn search rollouts")
                  ).set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="export data, reward and retrieval wiring to other trainers").add_subparsers(
+        dest="export_command", required=True)
+    p = _with_config(export.add_parser(
+        "verl", help="veRL (multi-node, vLLM/SGLang rollouts): parquet data, reward, agent loop / tool, launch script"))
+    p.add_argument("-o", "--out", default="runs/verl", help="output directory (default runs/verl)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    p.add_argument("--agent", choices=["searchr1", "tool"], default="searchr1",
+                   help="searchr1: the paper's <search>/<information> protocol as a veRL agent loop (default); "
+                        "tool: veRL's JSON tool-calling loop with a search tool")
+    p.add_argument("--retriever-url", default=None,
+                   help="URL of `searchr1 serve` that every rollout worker reaches (default retriever.url, "
+                        "else http://127.0.0.1:8000)")
+    p.add_argument("--rollout", choices=["vllm", "sglang"], default="vllm", help="veRL rollout engine")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes (train.sh default; NNODES overrides)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (GPUS_PER_NODE overrides)")
+    p.set_defaults(func=cmd_export_verl)
 
     _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
         func=cmd_demo)

@@ -30,6 +30,7 @@ from searchr1.data.benchmarks import (
     local_file,
     resolve_split,
 )
+from searchr1.atomic import write_parquet_atomic
 from searchr1.errors import ConfigError, MissingDependencyError, SearchR1Error
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def prepare(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     data_dir = None if data_dir in (None, "") else data_dir
-    pa, pq = _pyarrow()
+    pa, _ = _pyarrow()
 
     jobs: list[tuple[str, str, str, str, list[dict]]] = []  # (label, split, source, path name, rows)
     seen: dict[str, str] = {}
@@ -149,7 +150,7 @@ def prepare(
     files: dict[str, dict] = {}
     for label, this_split, src, filename, table in tables:
         path = out / filename
-        _write_atomic(pq, table, path)
+        write_parquet_atomic(table, path)
         files[label] = {"path": str(path), "rows": table.num_rows, "split": this_split, "source": src}
         log.info("wrote %s (%d rows from %s)", path, table.num_rows, src)
     return {
@@ -168,16 +169,6 @@ def prepare_from_config(cfg, tokenizer: Any = None) -> dict:
     )
 
 
-def _write_atomic(pq, table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SearchR1Error(f"cannot write {path}: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_prepared(path: str | os.PathLike) -> list[dict]:

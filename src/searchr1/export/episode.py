@@ -1,0 +1,154 @@
+"""One Search-R1 episode against any async token generator: the core of the veRL agent loop.
+
+veRL's rollout hands an agent loop one prompt at a time and an async `generate(prompt_ids)` on a
+vLLM/SGLang server; our own `searchr1.rollout.agent.Agent` drives a batch through a stateful
+session. This module plays one episode by the same rules as that agent, so a policy trained under
+veRL sees the same text as one trained (or evaluated) by `searchr1 train` / `searchr1 eval`:
+
+    generate a turn (at most max_turn_tokens), cut right after the first </search> or </answer>
+      </answer> q        -> done (answer)
+      EOS                -> done (eos)
+      response budget    -> done (length)
+      final turn         -> done (max_turns): after max_turns action turns the next turn ends it
+      </search> q        -> append "\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n"
+      anything else      -> append Search-R1's invalid-action note
+
+Generated tokens get loss mask 1, injected tokens 0. Tokens are never re-tokenised from text: a
+turn keeps exactly the ids the engine sampled, up to and including the token that completed the
+stop string (an engine started with `skip_tokenizer_init`, as veRL starts vLLM, cannot stop on a
+string, so the cut is done here and anything sampled after it is discarded).
+
+Nothing here imports veRL (the unit tests run it with a fake generator); `verl_agent` adapts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
+                               format_documents, parse_action, truncate_tokens)
+
+#: async (context ids, max new tokens) -> (sampled ids, their log-probs or None)
+GenerateFn = Callable[[list[int], int], Awaitable[tuple[list[int], list[float] | None]]]
+#: async (query) -> hits (Hit objects or Search-R1 result dicts), best first
+SearchFn = Callable[[str], Awaitable[Sequence[Any]]]
+
+
+@dataclass
+class EpisodeSettings:
+    """The agent's limits (the same meaning and defaults as `searchr1.rollout.settings.AgentConfig`)."""
+
+    max_turns: int = 4
+    max_turn_tokens: int = 500
+    max_obs_tokens: int = 500
+    max_response_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 0:
+            raise ValueError("max_turns must be >= 0")
+        if min(self.max_turn_tokens, self.max_obs_tokens, self.max_response_tokens) < 1:
+            raise ValueError("token limits must be positive")
+
+
+@dataclass
+class Episode:
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    response_logprobs: list[float] | None = None
+    turns: int = 0  # generation turns
+    queries: list[str] = field(default_factory=list)
+    answer: str | None = None
+    stop_reason: str = ""  # answer | eos | length | max_turns
+
+    def append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None) -> None:
+        self.response_ids += list(ids)
+        self.response_mask += [mask] * len(ids)
+        if self.response_logprobs is not None:
+            self.response_logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def decode(tokenizer, ids: Sequence[int]) -> str:
+    # Special tokens (EOS, <|im_end|>) are structure, not text (as in our agent and veRL's reward).
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def cut_at_stop(ids: Sequence[int], decode_fn: Callable[[Sequence[int]], str],
+                stop: Sequence[str] = STOP_STRINGS) -> tuple[int, bool]:
+    """(n, True) with n the length of the shortest prefix of `ids` whose text contains a stop
+    string, or (len(ids), False) when there is none.
+
+    Containing a stop string is monotone in the prefix length, so a binary search needs
+    O(log n) decodes of prefixes.
+    """
+    if not ids or not any(s in decode_fn(ids) for s in stop):
+        return len(ids), False
+    lo, hi = 1, len(ids)  # invariant: prefix hi contains a stop string, prefix lo - 1 does not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in decode_fn(ids[:mid]) for s in stop):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, True
+
+
+def observation_ids(tokenizer, hits: Sequence[Any], max_tokens: int) -> list[int]:
+    """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
+    the documents are cut, the tags kept (as `searchr1.rollout.agent.Agent._observation`)."""
+    head, tail = encode_text(tokenizer, OBSERVATION_OPEN), encode_text(tokenizer, OBSERVATION_CLOSE)
+    docs = encode_text(tokenizer, format_documents(hits).strip())
+    room = max_tokens - len(head) - len(tail)
+    if room <= 0:
+        return (head + tail)[:max_tokens]
+    return head + truncate_tokens(docs, room) + tail
+
+
+async def run_episode(prompt_ids: Sequence[int], generate: GenerateFn, search: SearchFn, tokenizer,
+                      settings: EpisodeSettings, eos_ids: set[int] | frozenset[int] = frozenset(),
+                      with_logprobs: bool = False) -> Episode:
+    """Play one episode from `prompt_ids`; see the module docstring for the rules."""
+    ep = Episode(response_logprobs=[] if with_logprobs else None)
+    note = encode_text(tokenizer, INVALID_ACTION_NOTE)
+    prompt = list(prompt_ids)
+    while True:
+        budget = min(settings.max_turn_tokens, settings.max_response_tokens - len(ep.response_ids))
+        sampled, logprobs = await generate(prompt + ep.response_ids, budget)
+        sampled = list(sampled)[:budget]
+        n, stopped = cut_at_stop(sampled, lambda ids: decode(tokenizer, ids))
+        ids = sampled[:n]
+        ep.append(ids, 1, list(logprobs)[:n] if (with_logprobs and logprobs is not None) else None)
+        ep.turns += 1
+        action = parse_action(decode(tokenizer, ids))
+        hit_eos = not stopped and ((ids and ids[-1] in eos_ids) or len(sampled) < budget)
+        if action.kind == "answer":
+            ep.answer, ep.stop_reason = action.content, "answer"
+        elif hit_eos:
+            ep.stop_reason = "eos"
+        elif len(ep.response_ids) >= settings.max_response_tokens:
+            ep.stop_reason = "length"
+        elif ep.turns > settings.max_turns:
+            ep.stop_reason = "max_turns"
+        if ep.stop_reason:
+            return ep
+        room = settings.max_response_tokens - len(ep.response_ids)
+        if action.kind == "search":
+            ep.queries.append(action.content)
+            hits = await search(action.content)
+            ep.append(observation_ids(tokenizer, hits, min(settings.max_obs_tokens, room)), 0)
+        else:
+            ep.append(note[:room], 0)
+        if len(ep.response_ids) >= settings.max_response_tokens:
+            ep.stop_reason = "length"  # the injected tokens filled the response
+            return ep
+
+
+def run_episode_sync(*args, **kwargs) -> Episode:
+    """`run_episode` from synchronous code (tests, scripts)."""
+    return asyncio.run(run_episode(*args, **kwargs))
