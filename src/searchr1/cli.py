@@ -138,6 +138,8 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     console = _console()
     result = train(cfg, console)
+    if result["rank"] != 0:  # under torchrun / accelerate launch, rank 0 reports
+        return 0
     m = result["metrics"]
     summary = ", ".join(f"{k} {m[k]:.4f}" for k in ("reward/mean", "reward/em") if k in m)
     console.print(f"searchr1: trained {cfg.train.algorithm} to step {result['step']} ({summary}); "

@@ -124,6 +124,22 @@ def make_value_head(hidden: int, like: nn.Module) -> nn.Linear:
     return head
 
 
+class PolicyForward(nn.Module):
+    """The policy's training forward (`sequence_logprobs`, with the shared value head if any) as one
+    module call, so that DDP (which synchronises gradients of what goes through its forward)
+    can wrap it. Holds the policy and head, no parameters of its own."""
+
+    def __init__(self, policy: nn.Module, value_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, *,
+                temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True) -> ForwardOut:
+        return sequence_logprobs(self.policy, input_ids, attention_mask, response_start, temperature=temperature,
+                                 with_entropy=with_entropy, entropy_grad=entropy_grad, value_head=self.value_head)
+
+
 @dataclass
 class TrainModels:
     policy: nn.Module  # what the optimizer trains (a peft model with LoRA)
@@ -131,6 +147,34 @@ class TrainModels:
     critic: nn.Module | None  # separate Critic, or the value head (critic="head"), or None (GRPO)
     lora: bool = False
     shared_critic: bool = False
+    # What training calls: the policy forward (with the shared head) and the separate critic, each
+    # wrapped in DDP under data parallelism (`distribute`); the fields above stay unwrapped for
+    # generation and checkpoints.
+    actor: nn.Module | None = None
+    value_model: nn.Module | None = None
+    autocast_dtype: torch.dtype | None = None  # bf16 under bf16-mixed precision (`resolve_precision`)
+
+    def compute(self):
+        """Context for forward passes (rollouts included): autocast under mixed precision."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.policy.parameters()).device.type, dtype=self.autocast_dtype)
+
+    def __post_init__(self) -> None:
+        if self.actor is None:
+            self.actor = PolicyForward(self.policy, self.critic if self.shared_critic else None)
+        if self.value_model is None and self.critic is not None and not self.shared_critic:
+            self.value_model = self.critic
+
+    def distribute(self, dist) -> None:
+        """Wrap the trained modules for `dist` (a `searchr1.train.distributed.DataParallel`)."""
+        self.actor = dist.wrap(self.actor)
+        self.value_model = dist.wrap(self.value_model)
+
+    def undistribute(self) -> None:
+        """Drop the DDP wrappers again (before the process group is destroyed)."""
+        self.actor = getattr(self.actor, "module", self.actor)
+        self.value_model = getattr(self.value_model, "module", self.value_model)
 
     def reference_context(self):
         """Context in which `self.reference` computes the reference policy."""
@@ -156,8 +200,23 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) ->
     return get_peft_model(model, config)
 
 
-def build_models(model: nn.Module, tcfg) -> TrainModels:
-    """Wire policy, reference and critic around a loaded causal LM, following a `TrainConfig`."""
+def resolve_precision(precision: str, device: str) -> tuple[str, torch.dtype | None]:
+    """`TrainConfig.precision` on `device` -> (dtype to load the weights in, autocast dtype or None)."""
+    if precision == "auto":
+        precision = "bf16-mixed" if str(device).startswith("cuda") else "fp32"
+    if precision == "bf16":
+        return "bfloat16", None
+    if precision == "bf16-mixed":
+        return "float32", torch.bfloat16
+    if precision == "fp32":
+        return "float32", None
+    raise ValueError(f"unknown precision {precision!r}: auto, fp32, bf16-mixed or bf16")
+
+
+def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = None) -> TrainModels:
+    """Wire policy, reference and critic around a loaded causal LM, following a `TrainConfig`.
+    Under mixed precision (`autocast_dtype`) a frozen reference copy is stored in that dtype (it
+    never takes an update, so fp32 would only cost memory)."""
     lora = tcfg.lora_r > 0
     if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -184,4 +243,7 @@ def build_models(model: nn.Module, tcfg) -> TrainModels:
             reference = copy.deepcopy(model)
             reference.requires_grad_(False)
             reference.eval()
-    return TrainModels(policy=policy, reference=reference, critic=critic, lora=lora, shared_critic=shared)
+            if autocast_dtype is not None:
+                reference.to(autocast_dtype)
+    return TrainModels(policy=policy, reference=reference, critic=critic, lora=lora, shared_critic=shared,
+                       autocast_dtype=autocast_dtype)

@@ -64,6 +64,13 @@ class TrainConfig:
     lora_targets: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     "module names LoRA adapts ('all-linear' also works)")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = param(
+        "auto", "training precision. bf16-mixed: fp32 master weights, gradients and optimizer state, forward "
+                "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
+                "update below bf16's resolution rounds away: at lr 1e-6 about 2% of the weights move); "
+                "fp32; auto = bf16-mixed on CUDA, fp32 elsewhere. Training ignores model.dtype")
+    shard_optimizer: bool = param(False, "under torchrun / accelerate launch: split the optimizer state over the "
+                                         "processes (ZeRO stage 1); no effect in one process")
     # ------------------------------------------------------------------ rollouts and reward
     temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
                                     "training forward, so ratios compare like with like)")

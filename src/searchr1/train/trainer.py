@@ -29,12 +29,16 @@ from pathlib import Path
 
 import torch
 
+from searchr1.atomic import write_text_atomic
 from searchr1.errors import SearchR1Error
 from searchr1.rewards import compute_score
 from searchr1.rl import (aggregate_loss, gae_advantages, grpo_advantages, kl_loss, kl_penalized_rewards,
                          kl_penalty, masked_mean, policy_loss, value_loss)
 from searchr1.rollout.trajectory import Trajectory
-from searchr1.train.models import TrainModels, build_models, causal_lm, sequence_logprobs
+from searchr1.train.distributed import DataParallel
+from searchr1.train.models import TrainModels, build_models, causal_lm, resolve_precision, sequence_logprobs
+
+ALONE = DataParallel()  # the single-process group: every collective is a no-op
 
 RewardFn = Callable[[Trajectory], float]
 
@@ -90,8 +94,8 @@ def load_training_questions(cfg, run_dir: Path) -> tuple[list[dict], str | None]
                  "data_source": "synthetic"} for q in train]
         held_out = run_dir / "data" / "synthetic_test.jsonl"
         held_out.parent.mkdir(parents=True, exist_ok=True)
-        held_out.write_text("".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in test),
-                            encoding="utf-8")
+        # atomic: under data parallelism every rank writes the same file
+        write_text_atomic(held_out, "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in test))
         eval_path: str | None = str(held_out)
     else:
         from searchr1.data.benchmarks import load_benchmark
@@ -108,13 +112,13 @@ def load_training_questions(cfg, run_dir: Path) -> tuple[list[dict], str | None]
 
 
 def make_trajectories(rows: Sequence[dict], tokenizer, template: str, chat: bool | None,
-                      group_size: int) -> list[Trajectory]:
-    """group_size fresh episodes per row, all of one row sharing `group` = the row's position."""
+                      group_size: int, first_group: int = 0) -> list[Trajectory]:
+    """group_size fresh episodes per row, all of one row sharing `group` = first_group + the row's position."""
     from searchr1.protocol import build_prompt
     from searchr1.rollout.agent import new_trajectory
 
     out = []
-    for g, row in enumerate(rows):
+    for g, row in enumerate(rows, start=first_group):
         prompt = build_prompt(row["question"], tokenizer, template=template, chat=chat)
         for k in range(group_size):
             out.append(new_trajectory(tokenizer, prompt, row["question"], row["golden_answers"],
@@ -227,27 +231,29 @@ def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
 
 @torch.no_grad()
 def batch_forward(models: TrainModels, batch: Batch, micro: int, temperature: float, *, reference: bool = False,
-                  critic: bool = False) -> torch.Tensor:
-    """``[B, T]`` log-probs of the policy (or the reference) or the critic's values, in micro-batches."""
+                  critic: bool = False, dist: DataParallel = ALONE) -> torch.Tensor:
+    """``[B, T]`` log-probs of the policy (or the reference) or the critic's values, in micro-batches.
+    Under data parallelism each rank computes its block of rows and the blocks are all-gathered."""
     T = batch.valid.shape[1]
     outs = []
-    for idx in torch.arange(batch.size, device=batch.input_ids.device).split(micro):
+    mine = torch.arange(batch.size, device=batch.input_ids.device)[dist.shard(batch.size)]
+    for idx in mine.split(micro):
         mb = batch.rows(idx)
-        if critic:
-            if models.shared_critic:
-                out = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_start,
-                                        temperature=temperature, value_head=models.critic).values
+        with models.compute():
+            if critic and models.shared_critic:
+                out = models.actor(mb.input_ids, mb.attention_mask, mb.response_start,
+                                   temperature=temperature).values
+            elif critic:
+                out = models.value_model(mb.input_ids, mb.attention_mask, mb.response_start)
+            elif reference:
+                with models.reference_context():
+                    out = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_start,
+                                            temperature=temperature).logprobs
             else:
-                out = models.critic(mb.input_ids, mb.attention_mask, mb.response_start)
-        elif reference:
-            with models.reference_context():
-                out = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_start,
-                                        temperature=temperature).logprobs
-        else:
-            out = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_start,
-                                    temperature=temperature).logprobs
+                out = models.actor(mb.input_ids, mb.attention_mask, mb.response_start,
+                                   temperature=temperature).logprobs
         outs.append(_pad_to(out.float(), T))
-    return torch.cat(outs, 0)
+    return dist.gather_rows(torch.cat(outs, 0))
 
 
 # ============================================================================ the update
@@ -264,11 +270,18 @@ def _params(module) -> list[torch.nn.Parameter]:
 
 
 class _Mean:
-    """Weighted running means of scalar stats."""
+    """Weighted running means of scalar stats (and running maxima of others)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+
+    def peak(self, stats: dict) -> None:
+        for k, v in stats.items():
+            v = float(v)
+            if math.isfinite(v):
+                self.maxima[k] = max(v, self.maxima.get(k, v))
 
     def add(self, stats: dict, weight: float = 1.0) -> None:
         for k, v in stats.items():
@@ -278,13 +291,69 @@ class _Mean:
                 self.weights[k] = self.weights.get(k, 0.0) + weight
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        out = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        out.update(self.maxima)
+        return out
 
 
-def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
+def _micro_step(models: TrainModels, mb: Batch, old: torch.Tensor | None, adv: torch.Tensor,
+                ref: torch.Tensor | None, old_values: torch.Tensor | None, returns: torch.Tensor | None,
+                weight: float, tc, use_kl_loss: bool, stats: "_Mean") -> bool:
+    """Forward and backward of one micro-batch (its rows' ``[b, T]`` slices); False if the loss was not
+    finite. The backward runs even then under data parallelism (the other ranks wait for its
+    all-reduce); the optimizer step is skipped everywhere instead. ``old=None``: the old log-probs
+    are this forward's own, detached (see `learn`)."""
+    mask = mb.loss_mask
+    agg = tc.loss_agg
+    with models.compute():
+        out = models.actor(mb.input_ids, mb.attention_mask, mb.response_start, temperature=tc.temperature,
+                           with_entropy=True, entropy_grad=tc.entropy_coef > 0)
+        if models.critic is None:
+            values = None
+        elif models.shared_critic:
+            values = out.values
+        else:
+            values = models.value_model(mb.input_ids, mb.attention_mask, mb.response_start)
+    if old is None:
+        old = out.logprobs.detach()
+        generated = mb.generated.bool()
+        if generated.any():
+            stats.peak({"rollout/logprob_diff": (old - mb.sample_logprobs).abs()[generated].max()})
+        if ref is not None:
+            stats.add({"actor/kl": masked_mean(kl_penalty(old, ref, "k1"), mask)}, weight)
+    pg, pg_stats = policy_loss(out.logprobs, old, adv, mask, tc.clip_ratio, tc.clip_ratio_high or None,
+                               tc.dual_clip_c or None, agg)
+    loss = pg
+    micro_stats = {"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
+                   "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]}
+    entropy = aggregate_loss(out.entropy, mask, agg)
+    micro_stats["actor/entropy"] = entropy
+    if tc.entropy_coef > 0:
+        loss = loss - tc.entropy_coef * entropy
+    if use_kl_loss:
+        kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, agg)
+        loss = loss + tc.kl_coef * kl
+        micro_stats["actor/kl_loss"] = kl
+    if values is not None:
+        vl, v_stats = value_loss(values, old_values, returns, mask, tc.value_clip or None, agg)
+        loss = loss + tc.vf_coef * vl
+        micro_stats["critic/value_loss"] = vl
+        micro_stats["critic/clip_fraction"] = v_stats["clip_fraction"]
+    finite = bool(torch.isfinite(loss))
+    (loss * weight).backward()
+    if finite:
+        stats.add(micro_stats, weight)
+    return finite
+
+
+def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
            advantages: torch.Tensor, old_values: torch.Tensor | None, returns: torch.Tensor | None,
-           optimizers: dict, schedulers: dict, tc, step: int) -> dict[str, float]:
-    """ppo_epochs x shuffled mini-batches; gradient accumulation over micro-batches."""
+           optimizers: dict, schedulers: dict, tc, step: int, dist: DataParallel = ALONE) -> dict[str, float]:
+    """ppo_epochs x shuffled mini-batches; gradient accumulation over micro-batches.
+
+    `batch` and the ``[B, T]`` tensors are the whole step's, on every rank; under data parallelism
+    rank r trains on its 1/W of each mini-batch with the loss scaled by W (DDP averages gradients).
+    """
     _set_mode(models, True)
     policy_params = _params(models.policy)
     critic_params = [] if models.critic is None else _params(models.critic)
@@ -304,7 +373,8 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor, ref_lo
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
             finite = True
-            for micro in mini.split(tc.micro_batch_size):
+            micros = mini[dist.shard(len(mini))].split(tc.micro_batch_size)
+            for i, micro in enumerate(micros):
                 mb = batch.rows(micro)
                 T = mb.valid.shape[1]
                 mask = mb.loss_mask
@@ -312,38 +382,18 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor, ref_lo
                     weight = float(mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
                 else:
                     weight = len(micro) / len(mini)
-                out = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_start,
-                                        temperature=tc.temperature, with_entropy=True,
-                                        entropy_grad=tc.entropy_coef > 0,
-                                        value_head=models.critic if models.shared_critic else None)
-                old = old_logprobs[micro][:, :T]
-                adv = advantages[micro][:, :T]
-                pg, pg_stats = policy_loss(out.logprobs, old, adv, mask, tc.clip_ratio,
-                                           tc.clip_ratio_high or None, tc.dual_clip_c or None, agg)
-                loss = pg
-                micro_stats = {"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
-                               "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]}
-                entropy = aggregate_loss(out.entropy, mask, agg)
-                micro_stats["actor/entropy"] = entropy
-                if tc.entropy_coef > 0:
-                    loss = loss - tc.entropy_coef * entropy
-                if use_kl_loss:
-                    kl, kl_stats = kl_loss(out.logprobs, ref_logprobs[micro][:, :T], mask, tc.kl_estimator, agg)
-                    loss = loss + tc.kl_coef * kl
-                    micro_stats["actor/kl_loss"] = kl
-                if models.critic is not None:
-                    values = out.values if models.shared_critic else models.critic(
-                        mb.input_ids, mb.attention_mask, mb.response_start)
-                    vl, v_stats = value_loss(values, old_values[micro][:, :T], returns[micro][:, :T], mask,
-                                             tc.value_clip or None, agg)
-                    loss = loss + tc.vf_coef * vl
-                    micro_stats["critic/value_loss"] = vl
-                    micro_stats["critic/clip_fraction"] = v_stats["clip_fraction"]
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                (loss * weight).backward()
-                stats.add(micro_stats, weight)
+                weight *= dist.world
+                sync_later = i < len(micros) - 1  # gradients are all-reduced once, after the last micro-batch
+                with dist.no_sync(models.actor, sync_later), dist.no_sync(models.value_model, sync_later):
+                    finite = _micro_step(models, mb, None if old_logprobs is None else old_logprobs[micro][:, :T],
+                                         advantages[micro][:, :T],
+                                         None if ref_logprobs is None else ref_logprobs[micro][:, :T],
+                                         None if old_values is None else old_values[micro][:, :T],
+                                         None if returns is None else returns[micro][:, :T],
+                                         weight, tc, use_kl_loss, stats) and finite
+                if not finite and not dist.distributed:
+                    break  # alone, no other rank waits for this backward
+            finite = dist.all_true(finite)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, max_norm) if policy_params else torch.tensor(0.)
             critic_norm = (torch.nn.utils.clip_grad_norm_(critic_params, max_norm)
                            if separate_critic and critic_params else None)
@@ -366,7 +416,7 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor, ref_lo
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     _set_mode(models, False)
-    out = stats.means()
+    out = dist.mean_stats(stats.means())
     out["train/skipped_updates"] = skipped
     out["train/optimizer_steps"] = optimizer_steps
     return out
@@ -436,28 +486,38 @@ def _progress(tc, total: int, initial: int):
 
 
 def learn(models: TrainModels, batch: Batch, scores: torch.Tensor, optimizers: dict, schedulers: dict, tc,
-          step: int) -> dict[str, float]:
+          step: int, dist: DataParallel = ALONE) -> dict[str, float]:
     """One batch of scored trajectories -> one round of updates; returns the step's learning metrics.
+
+    Under data parallelism `batch` and `scores` are the whole step's (the same on every rank); the
+    forward passes and the update are split between the ranks (see `searchr1.train.distributed`).
 
     Old log-probs are recomputed with the current weights (the sampling log-probs are only compared,
     as `rollout/logprob_diff`), reference log-probs and critic values too; advantages are GRPO's
     group-normalised scores, or GAE over the KL-penalised token rewards (PPO).
+
+    GRPO with a single optimizer step per batch (one epoch, one mini-batch) skips the recomputation:
+    the policy taking that step is the one that would recompute them, so the update uses its own
+    forward's log-probs, detached (as TRL does on-policy): one forward pass less, same update.
     """
     t_prep = time.perf_counter()
     mb = tc.micro_batch_size
-    old_logprobs = batch_forward(models, batch, mb, tc.temperature)
-    ref_logprobs = (batch_forward(models, batch, mb, tc.temperature, reference=True)
+    single_step = tc.algorithm == "grpo" and tc.ppo_epochs == 1 and tc.mini_batch_size >= batch.size
+    old_logprobs = None if single_step else batch_forward(models, batch, mb, tc.temperature, dist=dist)
+    ref_logprobs = (batch_forward(models, batch, mb, tc.temperature, reference=True, dist=dist)
                     if models.reference is not None else None)
-    old_values = batch_forward(models, batch, mb, tc.temperature, critic=True) if models.critic is not None else None
+    old_values = (batch_forward(models, batch, mb, tc.temperature, critic=True, dist=dist)
+                  if models.critic is not None else None)
     mask = batch.loss_mask
     metrics: dict[str, float] = {}
-    gen_mask = batch.generated.bool()
-    diff = (old_logprobs - batch.sample_logprobs).abs()
-    metrics["rollout/logprob_diff"] = float(diff[gen_mask].max()) if gen_mask.any() else 0.0
-    kl = kl_penalty(old_logprobs, ref_logprobs, tc.kl_estimator) \
-        if ref_logprobs is not None else torch.zeros_like(old_logprobs)
-    metrics["actor/kl"] = float(masked_mean(kl_penalty(old_logprobs, ref_logprobs, "k1"), mask)) \
-        if ref_logprobs is not None else 0.0
+    if old_logprobs is None and ref_logprobs is None:
+        metrics["actor/kl"] = 0.0
+    if old_logprobs is not None:  # else the update reports both from its own forward
+        gen_mask = batch.generated.bool()
+        diff = (old_logprobs - batch.sample_logprobs).abs()
+        metrics["rollout/logprob_diff"] = float(diff[gen_mask].max()) if gen_mask.any() else 0.0
+        metrics["actor/kl"] = float(masked_mean(kl_penalty(old_logprobs, ref_logprobs, "k1"), mask)) \
+            if ref_logprobs is not None else 0.0
     returns = None
     if tc.algorithm == "grpo":
         advantages, gstats = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
@@ -465,6 +525,8 @@ def learn(models: TrainModels, batch: Batch, scores: torch.Tensor, optimizers: d
         metrics["adv/zero_variance_fraction"] = float(gstats["zero_variance_fraction"])
     else:
         kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref_logprobs is not None) else 0.0
+        kl = kl_penalty(old_logprobs, ref_logprobs, tc.kl_estimator) \
+            if ref_logprobs is not None else torch.zeros_like(old_logprobs)
         token_rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
         advantages, returns = gae_advantages(token_rewards, old_values, mask, tc.gamma, tc.lam,
                                              whiten=tc.whiten_advantages)
@@ -476,7 +538,7 @@ def learn(models: TrainModels, batch: Batch, scores: torch.Tensor, optimizers: d
     metrics["adv/abs_mean"] = float(masked_mean(advantages.abs(), mask))
     t_update = time.perf_counter()
     metrics.update(update(models, batch, old_logprobs, ref_logprobs, advantages, old_values, returns,
-                          optimizers, schedulers, tc, step))
+                          optimizers, schedulers, tc, step, dist))
     metrics["time/prepare_s"] = t_update - t_prep
     metrics["time/update_s"] = time.perf_counter() - t_update
     return metrics
@@ -484,14 +546,18 @@ def learn(models: TrainModels, batch: Batch, scores: torch.Tensor, optimizers: d
 
 def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: RewardFn | None = None) -> dict:
     """Run `cfg.train`; returns {"step", "metrics" (last step), "history" (per step), "checkpoint", "run_dir",
-    "models" (the trained `TrainModels`), "tokenizer"}.
+    "models" (the trained `TrainModels`), "tokenizer", "rank", "world_size"}.
 
     `generator_factory(model, tokenizer) -> Generator` samples from the trained model itself
     (default `HFGenerator`); `retriever`: an open retriever (default: `cfg.retriever`'s, opened
     when `cfg.agent.max_turns > 0`); `reward_fn(trajectory) -> float` (default: exact match of the
     last answer, with Search-R1's format score when `train.format_reward`).
+
+    Launched by `torchrun` / `accelerate launch` with N processes, every process runs this function
+    and the step's work is split between them (`searchr1.train.distributed`); rank 0 logs, validates
+    and checkpoints. The result is that of the calling rank.
     """
-    from searchr1.modelhub import load_causal_lm
+    from searchr1.modelhub import load_causal_lm, pick_device
     from searchr1.rollout.agent import Agent
     from searchr1.rollout.generator import SamplingParams
     from searchr1.errors import CheckpointError
@@ -504,18 +570,28 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
+    dist = DataParallel.from_env(cfg.model.device)
+    dist.check_divisible("train.prompts_per_step", tc.prompts_per_step)
+    dist.check_divisible("train.mini_batch_size", tc.mini_batch_size)
     _seed_everything(tc.seed)
-    say = (lambda text: console.print(text, markup=False)) if console is not None else (lambda text: None)
+    say = (lambda text: console.print(text, markup=False)) if console is not None and dist.is_main \
+        else (lambda text: None)
 
     # ---------------------------------------------------------------- data, models, optimizers
     rows, eval_path = load_training_questions(cfg, run_dir)
     say(f"train: {len(rows)} questions; loading {cfg.model.name} ...")
-    model, tokenizer = load_causal_lm(cfg.model.name, cfg.model.device, cfg.model.dtype)
-    models = build_models(model, tc)
-    optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
+    device = str(dist.device) if dist.distributed else cfg.model.device
+    weights_dtype, autocast_dtype = resolve_precision(tc.precision, pick_device(device))
+    model, tokenizer = load_causal_lm(cfg.model.name, device, weights_dtype)
+    models = build_models(model, tc, autocast_dtype)
+    models.distribute(dist)
+    if dist.distributed:
+        say(f"train: data parallel over {dist.world} processes ({tc.prompts_per_step // dist.world} prompts each)")
+    optimizers = {"policy": dist.optimizer(_params(models.policy), shard=tc.shard_optimizer, lr=tc.lr,
+                                           weight_decay=tc.weight_decay)}
     if models.critic is not None:
-        optimizers["critic"] = torch.optim.AdamW(_params(models.critic), lr=tc.critic_lr,
-                                                 weight_decay=tc.weight_decay)
+        optimizers["critic"] = dist.optimizer(_params(models.critic), shard=tc.shard_optimizer, lr=tc.critic_lr,
+                                              weight_decay=tc.weight_decay)
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _warmup(tc.warmup_steps))
                   for name, opt in optimizers.items()}
     sampler = PromptSampler(len(rows), tc.seed)
@@ -523,7 +599,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
 
     # ---------------------------------------------------------------- resume
     start, skipped_total, history = 0, 0, []
-    logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
+    logger = (MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
+              if dist.is_main else None)
     if tc.resume:
         latest = find_latest_checkpoint(run_dir)
         saved = list_checkpoints(run_dir)
@@ -542,7 +619,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             sampler.load_state_dict(state["sampler"])
             skipped_total = int(state.get("skipped_steps", 0))
             history = list(state.get("history", []))
-            logger.truncate_after(start + 1)  # drop what was logged after the checkpoint
+            if logger is not None:
+                logger.truncate_after(start + 1)  # drop what was logged after the checkpoint
             say(f"train: resumed from {latest} (step {start})")
         else:
             say(f"train: resume asked but {run_dir} has no checkpoint; starting fresh")
@@ -571,26 +649,30 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         return save_checkpoint(run_dir, step, policy=models.policy, tokenizer=tokenizer, critic=models.critic,
                                optimizers=optimizers, schedulers=schedulers, state=state, keep_last=tc.keep_last)
 
-    bar = _progress(tc, tc.steps, start)
+    bar = _progress(tc, tc.steps, start) if dist.is_main else None
     last_ckpt: Path | None = None
     metrics: dict[str, float] = {}
     step = start
     try:
         for step in range(start + 1, tc.steps + 1):
             t_step = time.perf_counter()
-            # 1. questions -> episodes
+            # 1. questions -> episodes (this rank's share of the prompts, whole groups)
             batch_rows = [rows[i] for i in sampler.take(tc.prompts_per_step)]
-            trajs = make_trajectories(batch_rows, tokenizer, tc.template, chat, tc.group_size)
-            # 2. rollouts with the policy itself
+            mine = dist.shard(len(batch_rows))
+            trajs = make_trajectories(batch_rows[mine], tokenizer, tc.template, chat, tc.group_size, mine.start)
+            # 2. rollouts with the policy itself, then every rank gets every rank's trajectories
             _set_mode(models, False)
-            params = SamplingParams(temperature=tc.temperature, top_p=tc.top_p, seed=tc.seed * 1_000_003 + step)
-            rollout = agent.run(trajs, params)
+            params = SamplingParams(temperature=tc.temperature, top_p=tc.top_p,
+                                    seed=tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007)
+            with models.compute():
+                rollout = agent.run(trajs, params)
+            trajs = dist.gather_objects(trajs)
             # 3. rewards
             scores = score_trajectories(trajs, reward_fn)
             # 4-6. tensors -> old / reference log-probs, values -> advantages -> policy (and critic) update
             batch = collate(trajs, pad_id, tc.mask_retrieved).to(device)
             metrics = _rollout_metrics(trajs, batch, scores)
-            up = learn(models, batch, scores.to(device), optimizers, schedulers, tc, step)
+            up = learn(models, batch, scores.to(device), optimizers, schedulers, tc, step, dist)
             skipped_total += int(up.pop("train/skipped_updates"))
             metrics.update(up)
             t_end = time.perf_counter()
@@ -607,29 +689,41 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
             })
             history.append({"step": step, "reward": metrics["reward/mean"], "em": metrics["reward/em"]})
-            logger.log(metrics, step)
+            if logger is not None:
+                logger.log(metrics, step)
             if bar is not None:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", em=f"{metrics['reward/em']:.3f}")
                 bar.update(1)
-            # 8. evaluation and checkpoints
+            # 8. evaluation and checkpoints (rank 0; the others wait)
             if tc.eval_every and step % tc.eval_every == 0:
-                from searchr1.eval.harness import evaluate
+                if dist.is_main:
+                    from searchr1.eval.harness import evaluate
 
-                _set_mode(models, False)
-                results = evaluate(_eval_config(cfg, run_dir, step, eval_path), console, generator, retriever)
-                eval_metrics = _eval_metrics(results)
-                logger.log(eval_metrics, step)
-                metrics.update(eval_metrics)
+                    _set_mode(models, False)
+                    with models.compute():
+                        results = evaluate(_eval_config(cfg, run_dir, step, eval_path), console, generator,
+                                           retriever)
+                    eval_metrics = _eval_metrics(results)
+                    logger.log(eval_metrics, step)
+                    metrics.update(eval_metrics)
+                dist.barrier()
             if step == tc.steps or (tc.save_every and step % tc.save_every == 0):
-                last_ckpt = save(step)
+                dist.consolidate(optimizers)
+                last_ckpt = save(step) if dist.is_main else None
+                dist.barrier()
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
         if own_retriever:
             getattr(retriever, "close", lambda: None)()
+    # Leave the process group only on success: after an error torchrun stops every rank anyway,
+    # and a barrier here could pair with another rank's unrelated collective.
+    models.undistribute()
+    dist.close()
     if last_ckpt is None and start >= tc.steps:
         say(f"train: already at step {start} of {tc.steps}; nothing to do")
     return {"step": step, "metrics": metrics, "history": history,
             "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(run_dir),
-            "models": models, "tokenizer": tokenizer}
+            "models": models, "tokenizer": tokenizer, "rank": dist.rank, "world_size": dist.world}

@@ -1,0 +1,84 @@
+"""One `learn()` update on fixed trajectories, alone or as one rank of `torchrun`: writes the
+trained parameters (rank 0) so that tests/e2e/test_distributed.py can compare 1 vs 2 processes.
+
+    python dp_worker.py OUT.pt                      # one process, the whole batch
+    torchrun --standalone --nproc_per_node 2 dp_worker.py OUT.pt
+"""
+
+import random
+import sys
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from searchr1.rollout.trajectory import Trajectory
+from searchr1.train.distributed import DataParallel
+from searchr1.train.models import build_models
+from searchr1.train.settings import TrainConfig
+from searchr1.train.trainer import _params, collate, learn
+
+VOCAB = 40
+# name -> TrainConfig overrides; 4 prompts x 4 rollouts = 16 trajectories, mini-batches of 8 (two
+# optimizer steps an epoch), micro-batches of 2 (two accumulation steps per rank and mini-batch)
+CASES = {
+    "grpo": dict(algorithm="grpo", ppo_epochs=2),
+    "grpo-seq-mean": dict(algorithm="grpo", loss_agg="seq-mean-token-mean"),
+    "ppo-critic": dict(algorithm="ppo", critic="separate"),
+    "ppo-head-lora": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"]),
+    "ppo-critic-zero1": dict(algorithm="ppo", critic="separate", shard_optimizer=True),
+}
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                        pad_token_id=0, eos_token_id=1, tie_word_embeddings=False))
+
+
+def trajectories(n_prompts: int, group: int) -> tuple[list[Trajectory], torch.Tensor]:
+    """Uneven lengths, generated and injected (mask-0) runs, rewards that differ within groups."""
+    rng = random.Random(0)
+    out, scores = [], []
+    for g in range(n_prompts):
+        prompt = [rng.randrange(2, VOCAB) for _ in range(rng.randint(3, 7))]
+        for k in range(group):
+            t = Trajectory(question=f"q{g}", golden_answers=["x"], prompt_ids=prompt, id=f"{g}#{k}", group=g)
+            for _ in range(rng.randint(1, 3)):
+                ids = [rng.randrange(2, VOCAB) for _ in range(rng.randint(2, 5))]
+                t.append(ids, 1, [-rng.uniform(1.0, 4.0) for _ in ids])
+                t.append([rng.randrange(2, VOCAB) for _ in range(rng.randint(1, 4))], 0)
+            out.append(t)
+            scores.append(float(rng.random() < 0.5) + 0.1 * k)
+    return out, torch.tensor(scores)
+
+
+def main(out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist = DataParallel.from_env("cpu")
+    result = {}
+    for name, overrides in CASES.items():
+        tc = TrainConfig(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01,
+                         lr=0.5, critic_lr=0.5, max_grad_norm=0.0, **overrides)
+        models = build_models(tiny_llama(), tc)
+        models.distribute(dist)
+        # SGD: parameters move linearly with the gradient, so a wrong gradient scale shows directly
+        optimizers = {"policy": dist.optimizer(_params(models.policy), torch.optim.SGD, shard=tc.shard_optimizer,
+                                               lr=tc.lr)}
+        if models.critic is not None:
+            optimizers["critic"] = dist.optimizer(_params(models.critic), torch.optim.SGD, shard=tc.shard_optimizer,
+                                                  lr=tc.critic_lr)
+        trajs, scores = trajectories(tc.prompts_per_step, tc.group_size)
+        metrics = learn(models, collate(trajs, 0), scores, optimizers, {}, tc, step=1, dist=dist)
+        state = {f"policy.{k}": v.detach().clone() for k, v in models.policy.named_parameters() if v.requires_grad}
+        if models.critic is not None:
+            state.update({f"critic.{k}": v.detach().clone() for k, v in models.critic.named_parameters()})
+        result[name] = {"params": state, "metrics": metrics}
+    if dist.is_main:
+        torch.save(result, out_path)
+    del models, optimizers  # DDP must go before its process group
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

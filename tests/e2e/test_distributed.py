@@ -1,0 +1,128 @@
+"""Data parallelism on CPU (gloo): 2 processes must train exactly like 1 on the same global batch,
+and `searchr1 train` must run, checkpoint and resume under `torchrun` with 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from searchr1.train.checkpoint import find_latest_checkpoint, verify_checkpoint
+from searchr1.train.logging import read_metrics
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import dp_worker  # noqa: E402
+
+LAUNCHER_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+
+
+@pytest.fixture(scope="module")
+def updates(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp")
+    _run([sys.executable, str(HERE / "dp_worker.py"), str(root / "one.pt")], root)
+    _run(torchrun(2) + [str(HERE / "dp_worker.py"), str(root / "two.pt")], root)
+    return torch.load(root / "one.pt"), torch.load(root / "two.pt")
+
+
+@pytest.mark.parametrize("case", list(dp_worker.CASES))
+def test_two_processes_update_like_one(updates, case):
+    one, two = updates[0][case], updates[1][case]
+    assert one["metrics"]["train/optimizer_steps"] == two["metrics"]["train/optimizer_steps"] > 0
+    assert one["params"].keys() == two["params"].keys()
+    initial = dict(dp_worker.build_models(dp_worker.tiny_llama(), _tc(case)).policy.named_parameters())
+    moved = max((one["params"][k] - initial[k.removeprefix("policy.")]).abs().max().item()
+                for k in one["params"] if k.startswith("policy."))
+    diff = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
+    # the update is large (lr 0.5, SGD) and the two runs agree to float rounding: a gradient off by
+    # the world size (a sum where DDP averages, or a lost rank) would differ by about `moved`
+    assert moved > 1e-3
+    assert diff < 1e-6 * max(1.0, moved), (case, diff, moved)
+
+
+def _tc(case):
+    from searchr1.train.settings import TrainConfig
+
+    return TrainConfig(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01,
+                       **dp_worker.CASES[case])
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fakes import char_tokenizer
+
+    root = tmp_path_factory.mktemp("dp-train")
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                 pad_token_id=0, eos_token_id=1, bos_token_id=None)).save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    (root / "qa.jsonl").write_text("".join(json.dumps({"id": str(i), "question": f"q{i}", "golden_answers": ["x"]})
+                                           + "\n" for i in range(8)))
+    return root
+
+
+def _train_args(world: Path, run: Path, steps: int, resume: bool = False) -> list[str]:
+    return ["-m", "searchr1", "train", f"model.name={world / 'tiny'}", "model.device=cpu", "model.chat=raw",
+            "agent.max_turns=0", "agent.max_turn_tokens=8", f"train.train_data={world / 'qa.jsonl'}",
+            'train.template="Q: {question}"', "train.prompts_per_step=4", "train.group_size=2",
+            "train.mini_batch_size=4", "train.micro_batch_size=2", "train.lr=1e-3", f"train.steps={steps}",
+            "train.save_every=1", "train.keep_last=5", "train.tensorboard=false", "train.progress=false",
+            f"train.run_dir={run}", f"train.resume={str(resume).lower()}"]
+
+
+@pytest.mark.parametrize("shard_optimizer", [False, True])
+def test_searchr1_train_under_torchrun_checkpoints_and_resumes(tiny_world, tmp_path, shard_optimizer):
+    run = tmp_path / "run"
+    extra = [f"train.shard_optimizer={str(shard_optimizer).lower()}"]
+    first = _run(torchrun(2) + _train_args(tiny_world, run, steps=2) + extra, tmp_path)
+    assert "data parallel over 2 processes" in first.stdout
+    assert first.stdout.count("searchr1: trained grpo to step 2") == 1  # rank 0 reports, once
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]  # one writer
+    verify_checkpoint(find_latest_checkpoint(run))
+    _run(torchrun(2) + _train_args(tiny_world, run, steps=3, resume=True) + extra, tmp_path)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    latest = find_latest_checkpoint(run)
+    assert latest.name == "step-000003"
+    verify_checkpoint(latest)
+
+
+def test_searchr1_train_under_accelerate_launch(tiny_world, tmp_path):
+    config = HERE.parents[1] / "configs" / "accelerate" / "ddp.yaml"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                "--num_processes", "2", "--main_process_port", "0"]
+    proc = _run(launcher + _train_args(tiny_world, tmp_path / "run", steps=1), tmp_path)
+    assert "data parallel over 2 processes" in proc.stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
+    verify_checkpoint(find_latest_checkpoint(tmp_path / "run"))
+
+
+def test_batch_that_does_not_split_over_the_processes_is_a_clear_error(tiny_world, tmp_path):
+    args = _train_args(tiny_world, tmp_path / "run", steps=1)
+    args[args.index("train.prompts_per_step=4")] = "train.prompts_per_step=3"
+    args[args.index("train.mini_batch_size=4")] = "train.mini_batch_size=6"
+    proc = subprocess.run(torchrun(2) + args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "train.prompts_per_step (3) must be a multiple of the number of processes (2)" in proc.stdout + proc.stderr
