@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from searchr1.atomic import write_parquet_atomic
 from searchr1.data.benchmarks import (
     BenchmarkError,
     HUB_ID,
@@ -30,7 +31,6 @@ from searchr1.data.benchmarks import (
     local_file,
     resolve_split,
 )
-from searchr1.atomic import write_parquet_atomic
 from searchr1.errors import ConfigError, MissingDependencyError, SearchR1Error
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,6 @@ def prepare_from_config(cfg, tokenizer: Any = None) -> dict:
         list(cfg.datasets), cfg.split, cfg.out_dir, template=cfg.template, data_dir=cfg.data_dir or None,
         limit=cfg.limit, seed=cfg.seed, tokenizer=tokenizer, source=cfg.source,
     )
-
-
 
 
 def read_prepared(path: str | os.PathLike) -> list[dict]:

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
-                               format_documents, parse_action, truncate_tokens)
+from searchr1.protocol import INVALID_ACTION_NOTE, STOP_STRINGS, parse_action
+from searchr1.rollout.agent import encode_text, observation_ids
 
 #: async (context ids, max new tokens) -> (sampled ids, their log-probs or None)
 GenerateFn = Callable[[list[int], int], Awaitable[tuple[list[int], list[float] | None]]]
@@ -70,10 +70,6 @@ class Episode:
             self.response_logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def decode(tokenizer, ids: Sequence[int]) -> str:
     # Special tokens (EOS, <|im_end|>) are structure, not text (as in our agent and veRL's reward).
     return tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -97,17 +93,6 @@ def cut_at_stop(ids: Sequence[int], decode_fn: Callable[[Sequence[int]], str],
         else:
             lo = mid + 1
     return hi, True
-
-
-def observation_ids(tokenizer, hits: Sequence[Any], max_tokens: int) -> list[int]:
-    """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
-    the documents are cut, the tags kept (as `searchr1.rollout.agent.Agent._observation`)."""
-    head, tail = encode_text(tokenizer, OBSERVATION_OPEN), encode_text(tokenizer, OBSERVATION_CLOSE)
-    docs = encode_text(tokenizer, format_documents(hits).strip())
-    room = max_tokens - len(head) - len(tail)
-    if room <= 0:
-        return (head + tail)[:max_tokens]
-    return head + truncate_tokens(docs, room) + tail
 
 
 async def run_episode(prompt_ids: Sequence[int], generate: GenerateFn, search: SearchFn, tokenizer,

@@ -33,7 +33,8 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
-from searchr1.export.episode import EpisodeSettings, encode_text, run_episode
+from searchr1.export.episode import EpisodeSettings, run_episode
+from searchr1.rollout.agent import encode_text
 from searchr1.retrieval.client import HttpRetriever
 from searchr1.rollout.agent import search_with_retries
 

@@ -20,8 +20,9 @@ empty information.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from searchr1.errors import RetrieverError, RetrieverRequestError
 from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
@@ -48,6 +49,20 @@ class RolloutStats:
 
 def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def observation_ids(tokenizer, hits: Sequence[Hit | Mapping[str, Any]], max_tokens: int, head: list[int] | None = None,
+                    tail: list[int] | None = None) -> list[int]:
+    """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
+    the documents are cut, the tags kept (Search-R1 cuts the whole block, closing tag included).
+    `head` / `tail`: the encoded tags, when the caller keeps them."""
+    head = encode_text(tokenizer, OBSERVATION_OPEN) if head is None else head
+    tail = encode_text(tokenizer, OBSERVATION_CLOSE) if tail is None else tail
+    docs = encode_text(tokenizer, format_documents(hits).strip())
+    room = max_tokens - len(head) - len(tail)
+    if room <= 0:
+        return (head + tail)[:max_tokens]
+    return head + truncate_tokens(docs, room) + tail
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
@@ -184,18 +199,9 @@ class Agent:
         for i, hits in zip(searching, results):
             traj = trajectories[i]
             room = cfg.max_response_tokens - len(traj.response_ids)
-            obs = self._observation(hits, min(cfg.max_obs_tokens, room))
+            obs = observation_ids(self.tokenizer, hits, min(cfg.max_obs_tokens, room), self._head, self._tail)
             traj.turns[-1].doc_ids = [h.doc_id for h in hits]
             appended[i] = self._inject(traj, obs)
-
-    def _observation(self, hits: Sequence[Hit], max_tokens: int) -> list[int]:
-        """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
-        the documents are cut, the tags kept (Search-R1 cuts the whole block, closing tag included)."""
-        docs = encode_text(self.tokenizer, format_documents(hits).strip())
-        room = max_tokens - len(self._head) - len(self._tail)
-        if room <= 0:
-            return (self._head + self._tail)[:max_tokens]
-        return self._head + truncate_tokens(docs, room) + self._tail
 
     def _decode(self, ids: list[int]) -> str:
         # Special tokens (EOS, <|im_end|>) are structure, not text: a reward that checks the tag
