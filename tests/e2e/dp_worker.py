@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.rollout.trajectory import Trajectory
-from searchr1.train.distributed import DataParallel
+from searchr1.train.distributed import DataParallel, resolve_sharding
 from searchr1.train.models import build_models
 from searchr1.train.settings import TrainConfig
 from searchr1.train.trainer import _params, collate, learn
@@ -23,10 +23,23 @@ VOCAB = 40
 CASES = {
     "grpo": dict(algorithm="grpo", ppo_epochs=2),
     "grpo-seq-mean": dict(algorithm="grpo", loss_agg="seq-mean-token-mean"),
+    # one optimizer step: old log-probs come from the update's own forward, their metrics per rank
+    "grpo-one-step": dict(algorithm="grpo", mini_batch_size=16),
     "ppo-critic": dict(algorithm="ppo", critic="separate"),
     "ppo-head-lora": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"]),
-    "ppo-critic-zero1": dict(algorithm="ppo", critic="separate", shard_optimizer=True),
+    "ppo-critic-zero1": dict(algorithm="ppo", critic="separate", sharding="zero1"),
+    # FSDP2: parameters, gradients and optimizer state sharded; the frozen reference sharded too
+    "grpo-zero3": dict(algorithm="grpo", ppo_epochs=2, sharding="zero3"),
+    "grpo-zero2": dict(algorithm="grpo", sharding="zero2"),
+    "ppo-critic-zero3": dict(algorithm="ppo", critic="separate", sharding="zero3"),
+    "ppo-head-lora-zero3": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"],
+                                sharding="zero3"),
 }
+
+
+def config(case: str, **extra) -> TrainConfig:
+    settings = dict(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01)
+    return TrainConfig(**{**settings, **extra, **CASES[case]})
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -53,31 +66,40 @@ def trajectories(n_prompts: int, group: int) -> tuple[list[Trajectory], torch.Te
     return out, torch.tensor(scores)
 
 
+def _whole(module, dist: DataParallel, trainable_only: bool = False) -> dict:
+    """Parameters as whole tensors (gathered from the shards under FSDP; every rank must call)."""
+    full = dist.full_state_dict(module)
+    names = [k for k, p in module.named_parameters() if p.requires_grad or not trainable_only]
+    if full is None and dist.sharded:
+        return {}  # not rank 0
+    if full is None:
+        full = dict(module.named_parameters())
+    return {k: full[k].detach().clone() for k in names}
+
+
 def main(out_path: str) -> None:
     torch.set_num_threads(1)
-    dist = DataParallel.from_env("cpu")
+    group = DataParallel.from_env("cpu")
     result = {}
     for name, overrides in CASES.items():
-        tc = TrainConfig(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01,
-                         lr=0.5, critic_lr=0.5, max_grad_norm=0.0, **overrides)
+        tc = config(name, lr=0.5, critic_lr=0.5, max_grad_norm=0.0)
+        dist = DataParallel(group.accelerator, resolve_sharding(tc.sharding, {}))
         models = build_models(tiny_llama(), tc)
         models.distribute(dist)
         # SGD: parameters move linearly with the gradient, so a wrong gradient scale shows directly
-        optimizers = {"policy": dist.optimizer(_params(models.policy), torch.optim.SGD, shard=tc.shard_optimizer,
-                                               lr=tc.lr)}
+        optimizers = {"policy": dist.optimizer(_params(models.policy), torch.optim.SGD, lr=tc.lr)}
         if models.critic is not None:
-            optimizers["critic"] = dist.optimizer(_params(models.critic), torch.optim.SGD, shard=tc.shard_optimizer,
-                                                  lr=tc.critic_lr)
+            optimizers["critic"] = dist.optimizer(_params(models.critic), torch.optim.SGD, lr=tc.critic_lr)
         trajs, scores = trajectories(tc.prompts_per_step, tc.group_size)
         metrics = learn(models, collate(trajs, 0), scores, optimizers, {}, tc, step=1, dist=dist)
-        state = {f"policy.{k}": v.detach().clone() for k, v in models.policy.named_parameters() if v.requires_grad}
+        state = {f"policy.{k}": v for k, v in _whole(models.policy, dist, trainable_only=True).items()}
         if models.critic is not None:
-            state.update({f"critic.{k}": v.detach().clone() for k, v in models.critic.named_parameters()})
+            state.update({f"critic.{k}": v for k, v in _whole(models.critic, dist).items()})
         result[name] = {"params": state, "metrics": metrics}
     if dist.is_main:
         torch.save(result, out_path)
     del models, optimizers  # DDP must go before its process group
-    dist.close()
+    group.close()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ def test_two_processes_update_like_one(updates, case):
     one, two = updates[0][case], updates[1][case]
     assert one["metrics"]["train/optimizer_steps"] == two["metrics"]["train/optimizer_steps"] > 0
     assert one["params"].keys() == two["params"].keys()
-    initial = dict(dp_worker.build_models(dp_worker.tiny_llama(), _tc(case)).policy.named_parameters())
+    # the norm is taken over the gradients the optimizer applies (sharded ones under FSDP)
+    assert two["metrics"]["actor/grad_norm"] == pytest.approx(one["metrics"]["actor/grad_norm"], rel=1e-5)
+    # metrics describe the whole batch: means of means, and maxima (rollout/logprob_diff) of maxima
+    for key in ("actor/kl", "actor/entropy", "actor/pg_loss", "rollout/logprob_diff"):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-7), key
+    initial = dict(dp_worker.build_models(dp_worker.tiny_llama(), dp_worker.config(case)).policy.named_parameters())
     moved = max((one["params"][k] - initial[k.removeprefix("policy.")]).abs().max().item()
                 for k in one["params"] if k.startswith("policy."))
     diff = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
@@ -57,13 +62,6 @@ def test_two_processes_update_like_one(updates, case):
     # the world size (a sum where DDP averages, or a lost rank) would differ by about `moved`
     assert moved > 1e-3
     assert diff < 1e-6 * max(1.0, moved), (case, diff, moved)
-
-
-def _tc(case):
-    from searchr1.train.settings import TrainConfig
-
-    return TrainConfig(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01,
-                       **dp_worker.CASES[case])
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +91,12 @@ def _train_args(world: Path, run: Path, steps: int, resume: bool = False) -> lis
             f"train.run_dir={run}", f"train.resume={str(resume).lower()}"]
 
 
-@pytest.mark.parametrize("shard_optimizer", [False, True])
-def test_searchr1_train_under_torchrun_checkpoints_and_resumes(tiny_world, tmp_path, shard_optimizer):
+@pytest.mark.parametrize("sharding", ["none", "zero1", "zero3"])
+def test_searchr1_train_under_torchrun_checkpoints_and_resumes(tiny_world, tmp_path, sharding):
     run = tmp_path / "run"
-    extra = [f"train.shard_optimizer={str(shard_optimizer).lower()}"]
+    extra = [f"train.sharding={sharding}"]
     first = _run(torchrun(2) + _train_args(tiny_world, run, steps=2) + extra, tmp_path)
-    assert "data parallel over 2 processes" in first.stdout
+    assert f"data parallel over 2 processes (2 prompts each; sharding {sharding})" in first.stdout
     assert first.stdout.count("searchr1: trained grpo to step 2") == 1  # rank 0 reports, once
     assert [r["step"] for r in read_metrics(run)] == [1, 2]  # one writer
     verify_checkpoint(find_latest_checkpoint(run))
@@ -109,14 +107,34 @@ def test_searchr1_train_under_torchrun_checkpoints_and_resumes(tiny_world, tmp_p
     verify_checkpoint(latest)
 
 
-def test_searchr1_train_under_accelerate_launch(tiny_world, tmp_path):
-    config = HERE.parents[1] / "configs" / "accelerate" / "ddp.yaml"
+@pytest.mark.parametrize("config, sharding", [("ddp.yaml", "none"), ("fsdp.yaml", "zero3"),
+                                              ("fsdp-shard-grad-op.yaml", "zero2")])
+def test_searchr1_train_under_accelerate_launch(tiny_world, tmp_path, config, sharding):
+    config = HERE.parents[1] / "configs" / "accelerate" / config
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                 "--num_processes", "2", "--main_process_port", "0"]
     proc = _run(launcher + _train_args(tiny_world, tmp_path / "run", steps=1), tmp_path)
-    assert "data parallel over 2 processes" in proc.stdout
+    assert f"data parallel over 2 processes (2 prompts each; sharding {sharding})" in proc.stdout
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
     verify_checkpoint(find_latest_checkpoint(tmp_path / "run"))
+
+
+def test_a_sharded_checkpoint_is_a_whole_model_that_resumes_in_one_process(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    _run(torchrun(2) + _train_args(tiny_world, run, steps=1) + ["train.sharding=zero3"], tmp_path)
+    ckpt = find_latest_checkpoint(run)
+    trained = AutoModelForCausalLM.from_pretrained(ckpt / "policy")  # plain files, whole tensors
+    initial = AutoModelForCausalLM.from_pretrained(tiny_world / "tiny")
+    assert trained.state_dict().keys() == initial.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values()))
+    # the optimizer state was saved keyed by parameter name; one process (no sharding) takes it up
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    assert isinstance(state["optimizers"]["policy"]["param_groups"][0]["params"][0], str)
+    _run([sys.executable] + _train_args(tiny_world, run, steps=2, resume=True), tmp_path)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    verify_checkpoint(find_latest_checkpoint(run))
 
 
 def test_batch_that_does_not_split_over_the_processes_is_a_clear_error(tiny_world, tmp_path):
@@ -126,3 +144,23 @@ def test_batch_that_does_not_split_over_the_processes_is_a_clear_error(tiny_worl
     proc = subprocess.run(torchrun(2) + args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "train.prompts_per_step (3) must be a multiple of the number of processes (2)" in proc.stdout + proc.stderr
+
+
+def test_a_resumed_sharded_run_continues_exactly(tiny_world, tmp_path):
+    """zero3, 2 processes: 3 steps straight == 2 steps, stop, resume for the 3rd (weights, AdamW
+    moments, data position and RNG all come back from the gathered checkpoint)."""
+    from transformers import AutoModelForCausalLM
+
+    extra = ["train.sharding=zero3", "train.lr=1e-2"]
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "straight", steps=3) + extra, tmp_path)
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=2) + extra, tmp_path)
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=3, resume=True) + extra, tmp_path)
+    a, b = (AutoModelForCausalLM.from_pretrained(find_latest_checkpoint(tmp_path / r) / "policy").state_dict()
+            for r in ("straight", "resumed"))
+    initial = AutoModelForCausalLM.from_pretrained(tiny_world / "tiny").state_dict()
+    moved = max((a[k] - initial[k]).abs().max().item() for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-3
+    assert diff < 1e-6, diff
+    assert [r["reward/mean"] for r in read_metrics(tmp_path / "straight")] == \
+        [r["reward/mean"] for r in read_metrics(tmp_path / "resumed")]

@@ -31,7 +31,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -97,6 +97,9 @@ def save_checkpoint(
     schedulers: Mapping[str, Any] = {},  # noqa: B006 - never mutated
     state: Mapping[str, Any],
     keep_last: int = 3,
+    policy_state: Mapping[str, torch.Tensor] | None = None,
+    critic_state: Mapping[str, torch.Tensor] | None = None,
+    optimizer_states: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically and return its final path.
 
@@ -110,6 +113,10 @@ def save_checkpoint(
     new one), as are checkpoints with a *higher* step (left by a timeline abandoned when the run was
     resumed from an earlier step; they would otherwise shadow this one on the next resume) and
     temp directories of writers that are no longer alive.
+
+    ``policy_state`` / ``critic_state`` / ``optimizer_states`` replace the modules' and optimizers'
+    own state dicts: a sharded run passes the whole tensors it gathered (`DataParallel.full_state_dict`),
+    so the files are the same as an unsharded run's.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -126,17 +133,18 @@ def save_checkpoint(
     trainer_state = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
-        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "optimizers": (dict(optimizer_states) if optimizer_states is not None
+                       else {name: opt.state_dict() for name, opt in optimizers.items()}),
         "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
         "rng": _get_rng_state(),
         "state": _to_safe(dict(state), "state"),
     }
     try:
-        _save_module(policy, tmp / "policy", "policy")
+        _save_module(policy, tmp / "policy", "policy", policy_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "policy"))
         if critic is not None:
-            _save_module(critic, tmp / "critic", "critic")
+            _save_module(critic, tmp / "critic", "critic", critic_state)
         torch.save(trainer_state, tmp / TRAINER_STATE_NAME)
         del trainer_state
 
@@ -177,14 +185,15 @@ def save_checkpoint(
     return final
 
 
-def _save_module(module: torch.nn.Module, out: Path, name: str) -> None:
+def _save_module(module: torch.nn.Module, out: Path, name: str, state_dict: Mapping | None = None) -> None:
     module = _unwrap(module)
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(module, "save_pretrained"):
         # safetensors, and for peft models only the adapter (+ modules_to_save).
-        module.save_pretrained(str(out), safe_serialization=True)
+        kwargs = {"state_dict": dict(state_dict)} if state_dict is not None else {}
+        module.save_pretrained(str(out), safe_serialization=True, **kwargs)
     else:
-        torch.save(module.state_dict(), out / f"{name}.pt")
+        torch.save(dict(state_dict) if state_dict is not None else module.state_dict(), out / f"{name}.pt")
 
 
 def _unwrap(module: Any) -> Any:
@@ -450,15 +459,45 @@ def load_checkpoint(
     map_location: Any = "cpu",
     verify: bool = True,
 ) -> dict[str, Any]:
-    """Load a checkpoint into freshly built objects and return the trainer's ``state`` dict.
+    """Load a checkpoint into freshly built objects and return the trainer's ``state`` dict:
+    `load_weights`, then `load_trainer_state` (see both). ``verify=False`` skips the deep re-hash
+    (e.g. right after ``find_latest_checkpoint`` did it)."""
+    path = Path(path)
+    verify_checkpoint(path, deep=verify)
+    load_weights(path, policy=policy, critic=critic, verify=False)
+    return load_trainer_state(path, optimizers=optimizers, schedulers=schedulers, restore_rng=restore_rng,
+                              map_location=map_location, verify=False)
 
-    Weights are loaded *into* ``policy`` (and ``critic``): full models from the safetensors in
+
+def load_weights(path: str | os.PathLike, *, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
+                 verify: bool = True) -> None:
+    """Load the weights *into* ``policy`` (and ``critic``): full models from the safetensors in
     ``policy/``, peft models (``hasattr(policy, "peft_config")``) from their adapter weights, plain
-    modules from ``policy.pt``. Optimizers and schedulers must be built the same way as when saving,
-    with the same names; their states are restored, then (``restore_rng``) the Python, numpy,
-    torch and CUDA RNG states, so that training continues bit-for-bit as if never interrupted.
-    ``verify=False`` skips the deep re-hash (e.g. right after ``find_latest_checkpoint`` did it).
-    """
+    modules from ``policy.pt``. Sharded training loads them before sharding the modules."""
+    path = Path(path)
+    verify_checkpoint(path, deep=verify)
+    _load_module(policy, path / "policy", "policy", path)
+    if critic is not None:
+        if not (path / "critic").is_dir():
+            raise CheckpointError(f"checkpoint {path} has no critic/ but a critic was given to load into")
+        _load_module(critic, path / "critic", "critic", path)
+
+
+def load_trainer_state(
+    path: str | os.PathLike,
+    *,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, Any] = {},  # noqa: B006 - never mutated
+    restore_rng: bool = True,
+    map_location: Any = "cpu",
+    verify: bool = True,
+    load_optimizer: Callable[[str, torch.optim.Optimizer, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Restore optimizers and schedulers (built the same way as when saving, with the same names),
+    then (``restore_rng``) the Python, numpy, torch and CUDA RNG states, so that training continues
+    bit-for-bit as if never interrupted; return the trainer's ``state`` dict as saved.
+    ``load_optimizer(name, optimizer, saved_state)`` replaces ``optimizer.load_state_dict`` (sharded
+    runs: `DataParallel.optimizer_loader`)."""
     path = Path(path)
     verify_checkpoint(path, deep=verify)
     try:
@@ -469,17 +508,12 @@ def load_checkpoint(
     if not isinstance(ts, dict) or ts.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE_NAME} has an unexpected format")
 
-    _load_module(policy, path / "policy", "policy", path)
-    if critic is not None:
-        if not (path / "critic").is_dir():
-            raise CheckpointError(f"checkpoint {path} has no critic/ but a critic was given to load into")
-        _load_module(critic, path / "critic", "critic", path)
-
     _check_names(path, "optimizers", set(optimizers), set(ts["optimizers"]))
     _check_names(path, "schedulers", set(schedulers), set(ts["schedulers"]))
+    load = load_optimizer or (lambda _name, opt, state: opt.load_state_dict(state))
     for name, opt in optimizers.items():
         try:
-            opt.load_state_dict(ts["optimizers"][name])
+            load(name, opt, ts["optimizers"][name])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {path}: optimizer {name!r} does not match the saved one "
                                   f"(different parameters or parameter groups?): {e}") from e

@@ -20,6 +20,25 @@ x group_size trajectories; both prompts_per_step and mini_batch_size must divide
 Gradients are synchronised only on the last micro-batch of a mini-batch (`no_sync` before it). A
 non-finite loss on any rank makes every rank skip that optimizer step (the flag is all-reduced), so
 ranks never disagree about the weights.
+
+Sharding (`train.sharding`; ZeRO's stage numbers, torch's implementations):
+
+    none    DDP: every rank holds the whole model, gradients and optimizer state
+    zero1   + the optimizer state split over the ranks (torch's ZeroRedundancyOptimizer)
+    zero2   FSDP2 (`fully_shard` per decoder layer, reshard_after_forward=False): gradients and
+            optimizer state sharded, parameters gathered for the forward and kept until the
+            backward is done (FSDP's SHARD_GRAD_OP)
+    zero3   FSDP2 with reshard_after_forward=True: parameters sharded too, all-gathered per layer
+            in the forward and again in the backward (FSDP's FULL_SHARD)
+    auto    what the `accelerate launch` config asked for (configs/accelerate/fsdp*.yaml), else none
+
+Under zero2/zero3 the model is called outside its training forward, a different number of times
+on each rank: rollouts and validation. Sharded parameters cannot do that (every forward is an
+all-gather that all ranks must join), so `gathered` all-gathers the whole policy once, before the
+rollouts, and frees it after (what veRL does when it hands the weights to vLLM). Checkpoints hold
+whole tensors gathered on rank 0 (`full_state_dict`, `optimizer_states`): the same files as an
+unsharded run, loadable by `searchr1 eval`, resumable with any process count. DeepSpeed's engine is
+not used: it would own backward and optimizer step, and torch's FSDP2 gives the same stages.
 """
 
 from __future__ import annotations
@@ -27,16 +46,63 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from searchr1.errors import SearchR1Error
 
+SHARDINGS = ("auto", "none", "zero1", "zero2", "zero3")
+
 
 def launched_world_size() -> int:
     """The process count set by `torchrun` / `accelerate launch` (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sharding_from_launcher(env: Mapping[str, str]) -> str:
+    """The stage an `accelerate launch` config asked for, read from the variables accelerate sets
+    for its processes: an FSDP config -> zero3 (FULL_SHARD / reshard_after_forward: true) or zero2
+    (SHARD_GRAD_OP / false); anything else -> none. What this trainer cannot do is an error, not a
+    silently different run."""
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise SearchR1Error("DeepSpeed launch configs are not supported: searchr1 shards with torch FSDP2. Use "
+                            "configs/accelerate/fsdp.yaml (ZeRO-3) or fsdp-shard-grad-op.yaml (ZeRO-2), or "
+                            "train.sharding=zero1|zero2|zero3 with any launcher")
+    if env.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return "none"
+    if env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+        raise SearchR1Error("fsdp_offload_params is not supported (rollouts gather the whole policy on the GPU)")
+    if env.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
+        raise SearchR1Error("fsdp_activation_checkpointing: set train.gradient_checkpointing=true instead "
+                            "(and fsdp_activation_checkpointing: false)")
+    if env.get("FSDP_VERSION", "1") == "1":  # FSDP1 configs name a strategy
+        how = env.get("FSDP_SHARDING_STRATEGY") or env.get("FSDP_RESHARD_AFTER_FORWARD") or "FULL_SHARD"
+    else:
+        how = env.get("FSDP_RESHARD_AFTER_FORWARD") or env.get("FSDP_SHARDING_STRATEGY") or "true"
+    stage = {"true": "zero3", "full_shard": "zero3", "1": "zero3", "false": "zero2", "shard_grad_op": "zero2",
+             "2": "zero2", "no_shard": "none", "3": "none"}.get(how.strip().lower())
+    if stage is None:
+        raise SearchR1Error(f"FSDP sharding {how!r} is not supported: FULL_SHARD (zero3), SHARD_GRAD_OP (zero2) "
+                            "or NO_SHARD")
+    return stage
+
+
+def resolve_sharding(setting: str, env: Mapping[str, str]) -> str:
+    """`train.sharding` -> none | zero1 | zero2 | zero3 (an explicit setting wins over the launcher)."""
+    if setting not in SHARDINGS:
+        raise SearchR1Error(f"train.sharding must be one of {', '.join(SHARDINGS)}, got {setting!r}")
+    return sharding_from_launcher(env) if setting == "auto" else setting
+
+
+def _block_classes(module: nn.Module) -> set[str]:
+    """Class names of the transformer blocks inside `module` (transformers lists them per model as
+    `_no_split_modules`): the units FSDP shards and gathers one at a time."""
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return names
 
 
 class DataParallel:
@@ -47,30 +113,35 @@ class DataParallel:
     and gloo on CPUs).
     """
 
-    def __init__(self, accelerator=None) -> None:
+    def __init__(self, accelerator=None, sharding: str = "none") -> None:
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.world = accelerator.num_processes if accelerator is not None else 1
+        self.sharding = sharding if self.world > 1 else "none"
+        self._reshard: dict[int, bool] = {}  # FSDP module -> its reshard_after_forward
 
     @classmethod
-    def from_env(cls, device: str = "auto", timeout_minutes: int = 120) -> "DataParallel":
+    def from_env(cls, device: str = "auto", sharding: str = "auto", timeout_minutes: int = 120) -> "DataParallel":
+        stage = resolve_sharding(sharding, os.environ)
         if launched_world_size() <= 1:
             return cls()
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+        from accelerate.utils import InitProcessGroupKwargs
 
         cpu = device == "cpu" or not torch.cuda.is_available()
-        # broadcast_buffers=False: buffers (rotary tables) are identical on every rank, and a
-        # broadcast per forward would make ranks that run different numbers of forwards hang.
         # The long timeout covers rank 0's validation while the other ranks wait at a barrier.
-        kwargs = [DistributedDataParallelKwargs(broadcast_buffers=False),
-                  InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=timeout_minutes))]
-        return cls(Accelerator(cpu=cpu, kwargs_handlers=kwargs))
+        kwargs = [InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=timeout_minutes))]
+        return cls(Accelerator(cpu=cpu, kwargs_handlers=kwargs), stage)
 
     # ------------------------------------------------------------------ facts
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters and gradients sharded (zero2 / zero3: FSDP2)."""
+        return self.sharding in ("zero2", "zero3")
 
     @property
     def is_main(self) -> bool:
@@ -92,33 +163,156 @@ class DataParallel:
         return slice(self.rank * per, (self.rank + 1) * per)
 
     # ------------------------------------------------------------------ models
-    def wrap(self, module: nn.Module | None) -> nn.Module | None:
-        """`module` as DDP (or whatever the launch config asks accelerate for); itself when alone."""
+    def wrap(self, module: nn.Module | None, *, compute_dtype: torch.dtype | None = None) -> nn.Module | None:
+        """`module` made data-parallel: DDP, or sharded in place by FSDP2 (zero2/zero3); itself when
+        alone. A frozen module (a reference policy) is only sharded, never DDP-wrapped.
+        `compute_dtype` (bf16-mixed): FSDP gathers parameters in it, reduces gradients in fp32."""
         if module is None or not self.distributed:
             return module
-        return self.accelerator.prepare_model(module)
+        trainable = any(p.requires_grad for p in module.parameters())
+        if self.sharded:
+            return self._fully_shard(module, compute_dtype, reshard=self.sharding == "zero3" or not trainable)
+        if not trainable:
+            return module
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = self.device
+        # Buffers (rotary tables) are identical on every rank, and a broadcast per forward would
+        # make ranks that run different numbers of forwards hang. torch >= 2.13 names the switch
+        # forward_sync_buffers (broadcast_buffers is deprecated there).
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                   inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers")
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                       **{no_sync: False})
+
+    def _fully_shard(self, module: nn.Module, compute_dtype: torch.dtype | None, reshard: bool) -> nn.Module:
+        try:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        except ImportError:
+            from searchr1.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"train.sharding={self.sharding} needs FSDP2 (torch >= 2.6; this is "
+                                         f"torch {torch.__version__})") from None
+
+        kwargs = {"reshard_after_forward": reshard}
+        if compute_dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        blocks = _block_classes(module)
+        for sub in list(module.modules()):
+            if sub is not module and type(sub).__name__ in blocks:
+                fully_shard(sub, **kwargs)
+                self._reshard[id(sub)] = reshard
+        # the rest (embeddings, norm, LM head, value head); FSDP keeps a root gathered after its
+        # forward, as its backward needs it first
+        self._reshard[id(module)] = False
+        return fully_shard(module, **kwargs)
+
+    def _fsdp_parts(self, module: nn.Module) -> list[nn.Module]:
+        from torch.distributed.fsdp import FSDPModule
+
+        return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+    def reshard(self, module: nn.Module | None) -> None:
+        """Free gathered parameters of a sharded `module` (a no-grad forward under zero2 keeps them,
+        and until they are resharded `module.parameters()` are the gathered copies, not the shards
+        an optimizer must hold)."""
+        if self.sharded and module is not None:
+            for m in self._fsdp_parts(module):
+                m.reshard()
+
+    @contextlib.contextmanager
+    def gathered(self, module: nn.Module | None):
+        """The whole parameters of a sharded `module` on every rank while inside (nothing to do
+        unsharded): rollouts and validation call the model outside its training forward, and not
+        the same number of times on every rank, so per-forward all-gathers would deadlock. Every
+        rank must enter; inside, forward passes communicate nothing."""
+        if not self.sharded or module is None:
+            yield
+            return
+        parts = self._fsdp_parts(module)
+        for m in parts:
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in parts:
+                m.reshard()
+                m.set_reshard_after_forward(self._reshard.get(id(m), True), recurse=False)
 
     def no_sync(self, module: nn.Module | None, skip: bool):
-        """Skip the gradient all-reduce of this backward (True for all but the last micro-batch)."""
-        if not skip or not self.distributed or module is None:
+        """Skip the gradient all-reduce of this backward (True for all but the last micro-batch).
+        Sharded modules reduce-scatter every micro-batch instead: accumulating whole gradients
+        would give back the memory that sharding them saves."""
+        if not skip or not self.distributed or module is None or self.sharded:
             return contextlib.nullcontext()
-        return self.accelerator.no_sync(module)
+        return module.no_sync()
 
-    def optimizer(self, params, cls=torch.optim.AdamW, *, shard: bool = False, **kwargs) -> torch.optim.Optimizer:
-        """`cls(params, **kwargs)`; with ``shard`` under data parallelism its state is split over the
-        ranks (ZeRO stage 1, torch's ZeroRedundancyOptimizer): each rank keeps and updates 1/W of
-        the parameters' optimizer state (AdamW: two fp32 moments) and broadcasts its updated slice."""
-        if shard and self.distributed:
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """`clip_grad_norm_` over (possibly sharded) gradients; the global norm as a plain tensor."""
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def optimizer(self, params, cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
+        """`cls(params, **kwargs)`. Under zero1 its state is split over the ranks (torch's
+        ZeroRedundancyOptimizer): each rank keeps and updates 1/W of the parameters' optimizer
+        state (AdamW: two fp32 moments) and broadcasts its updated slice. Under zero2/zero3 the
+        parameters are already shards, so a plain optimizer keeps sharded state. Build it after `wrap`."""
+        if self.sharding == "zero1":
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             return ZeroRedundancyOptimizer(list(params), optimizer_class=cls, **kwargs)
         return cls(params, **kwargs)
 
-    def consolidate(self, optimizers: dict) -> None:
-        """Collect sharded optimizer states on rank 0 before it saves them (every rank must call this)."""
+    # ------------------------------------------------------------------ checkpoints
+    def full_state_dict(self, module: nn.Module | None) -> dict | None:
+        """The whole state dict of a sharded `module` (CPU tensors) on rank 0, None on the others
+        and when nothing is sharded (then `module.state_dict()` is whole). Every rank must call."""
+        if module is None or not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.is_main else None
+
+    def optimizer_states(self, optimizers: dict, modules: dict) -> dict | None:
+        """{name: whole optimizer state} on rank 0 (None on the others). ZeRO-1 states are
+        consolidated on rank 0; FSDP states are gathered and keyed by parameter name, relative
+        to ``modules[name]`` (the module whose parameters the optimizer updates). Every rank must call."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            states = {name: get_optimizer_state_dict(modules[name], opt, options=options)
+                      for name, opt in optimizers.items()}
+            return states if self.is_main else None
         for opt in optimizers.values():
             if hasattr(opt, "consolidate_state_dict"):
                 opt.consolidate_state_dict(to=0)
+        return {name: opt.state_dict() for name, opt in optimizers.items()} if self.is_main else None
+
+    def optimizer_loader(self, modules: dict):
+        """``load(name, optimizer, state)`` for `searchr1.train.checkpoint.load_trainer_state`: states
+        keyed by parameter name (saved by a sharded run) load into any run through torch's
+        distributed-checkpoint helpers; positional ones (unsharded runs) only into unsharded runs."""
+
+        def load(name: str, opt: torch.optim.Optimizer, state: dict) -> None:
+            groups = state.get("param_groups") or [{}]
+            by_name = any(isinstance(p, str) for g in groups for p in g.get("params", ()))
+            if by_name:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(modules[name], opt, optim_state_dict=state,
+                                         options=StateDictOptions(full_state_dict=self.sharded))
+            elif self.sharded:
+                raise SearchR1Error(f"optimizer {name!r} was saved by an unsharded run; resume it with "
+                                    "train.sharding=none or zero1 (or start a sharded run from its weights)")
+            else:
+                opt.load_state_dict(state)
+
+        return load
 
     # ------------------------------------------------------------------ collectives
     def gather_objects(self, items: list) -> list:
@@ -141,17 +335,20 @@ class DataParallel:
         t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(t, reduction="sum").item() == self.world)
 
-    def mean_stats(self, stats: dict[str, float]) -> dict[str, float]:
-        """Average each key over the ranks that reported it."""
-        if not self.distributed:
-            return stats
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for part in self.gather_objects([stats]):
-            for k, v in part.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-                counts[k] = counts.get(k, 0) + 1
-        return {k: sums[k] / counts[k] for k in sums}
+    def merge_stats(self, sums: dict[str, float], weights: dict[str, float],
+                    peaks: dict[str, float]) -> dict[str, float]:
+        """Weighted means over all ranks (sum of weighted values / sum of weights, per key) and maxima
+        over all ranks: the statistics of the whole batch, as one process would report them."""
+        total: dict[str, float] = {}
+        weight: dict[str, float] = {}
+        highest: dict[str, float] = {}
+        for part_sums, part_weights, part_peaks in self.gather_objects([(sums, weights, peaks)]):
+            for k, v in part_sums.items():
+                total[k] = total.get(k, 0.0) + float(v)
+                weight[k] = weight.get(k, 0.0) + float(part_weights[k])
+            for k, v in part_peaks.items():
+                highest[k] = max(float(v), highest.get(k, float(v)))
+        return {**{k: total[k] / weight[k] for k in total if weight[k] > 0}, **highest}
 
     def barrier(self) -> None:
         if self.distributed:

@@ -97,8 +97,14 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         else:
             with torch.no_grad():
                 entropy = entropy_from_logits(logits.detach())
-    values = value_head(h.to(value_head.weight.dtype)).squeeze(-1).float() if value_head is not None else None
+    values = _value_output(value_head, h) if value_head is not None else None
     return ForwardOut(logp, entropy, values)
+
+
+def _value_output(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` fp32 values of ``Linear(H, 1)`` over ``[B, T, H]``, as a tensor of its own rather than a
+    view (FSDP2 warns about views returned by a sharded module: an in-place op on one skips its hooks)."""
+    return head(hidden.to(head.weight.dtype)).squeeze(-1).to(torch.float32, copy=True)
 
 
 class Critic(nn.Module):
@@ -113,7 +119,7 @@ class Critic(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
         h = response_hidden(self.trunk, input_ids, attention_mask, response_start)
-        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return _value_output(self.value_head, h)
 
 
 def make_value_head(hidden: int, like: nn.Module) -> nn.Linear:
@@ -147,11 +153,12 @@ class TrainModels:
     critic: nn.Module | None  # separate Critic, or the value head (critic="head"), or None (GRPO)
     lora: bool = False
     shared_critic: bool = False
-    # What training calls: the policy forward (with the shared head) and the separate critic, each
-    # wrapped in DDP under data parallelism (`distribute`); the fields above stay unwrapped for
-    # generation and checkpoints.
+    # What training calls: the policy forward (with the shared head), the separate critic and the
+    # reference forward, made data-parallel by `distribute` (DDP-wrapped, or sharded in place);
+    # the fields above stay the unwrapped modules for generation and checkpoints.
     actor: nn.Module | None = None
     value_model: nn.Module | None = None
+    ref_model: nn.Module | None = None  # LoRA: the actor itself, called under `reference_context`
     autocast_dtype: torch.dtype | None = None  # bf16 under bf16-mixed precision (`resolve_precision`)
 
     def compute(self):
@@ -165,16 +172,36 @@ class TrainModels:
             self.actor = PolicyForward(self.policy, self.critic if self.shared_critic else None)
         if self.value_model is None and self.critic is not None and not self.shared_critic:
             self.value_model = self.critic
+        if self.ref_model is None and self.reference is not None:
+            self.ref_model = self.actor if self.reference is self.policy else PolicyForward(self.reference)
 
     def distribute(self, dist) -> None:
-        """Wrap the trained modules for `dist` (a `searchr1.train.distributed.DataParallel`)."""
-        self.actor = dist.wrap(self.actor)
-        self.value_model = dist.wrap(self.value_model)
+        """Make the training modules data-parallel for `dist` (a `searchr1.train.distributed.DataParallel`)."""
+        shares_actor = self.ref_model is self.actor
+        self.actor = dist.wrap(self.actor, compute_dtype=self.autocast_dtype)
+        self.value_model = dist.wrap(self.value_model, compute_dtype=self.autocast_dtype)
+        self.ref_model = self.actor if shares_actor else dist.wrap(self.ref_model, compute_dtype=self.autocast_dtype)
+        if dist.sharded:
+            # FSDP2 sets up its root state on the root module's first call. Generation calls the
+            # causal LM inside the actor directly; without this call each layer would become a root.
+            device = next(self.policy.parameters()).device
+            ids = torch.ones(1, 2, dtype=torch.long, device=device)
+            with torch.no_grad(), self.compute():
+                self.actor(ids, torch.ones_like(ids), 1)
+            dist.reshard(self.actor)
 
     def undistribute(self) -> None:
         """Drop the DDP wrappers again (before the process group is destroyed)."""
         self.actor = getattr(self.actor, "module", self.actor)
         self.value_model = getattr(self.value_model, "module", self.value_model)
+        self.ref_model = getattr(self.ref_model, "module", self.ref_model)
+
+    def optimized_modules(self) -> dict[str, nn.Module]:
+        """The module whose parameters each optimizer updates (names as in the trainer's optimizers)."""
+        out = {"policy": self.actor}
+        if self.critic is not None:
+            out["critic"] = self.actor if self.shared_critic else self.value_model
+        return out
 
     def reference_context(self):
         """Context in which `self.reference` computes the reference policy."""

@@ -69,8 +69,11 @@ class TrainConfig:
                 "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
                 "update below bf16's resolution rounds away: at lr 1e-6 about 2% of the weights move); "
                 "fp32; auto = bf16-mixed on CUDA, fp32 elsewhere. Training ignores model.dtype")
-    shard_optimizer: bool = param(False, "under torchrun / accelerate launch: split the optimizer state over the "
-                                         "processes (ZeRO stage 1); no effect in one process")
+    sharding: Literal["auto", "none", "zero1", "zero2", "zero3"] = param(
+        "auto", "under torchrun / accelerate launch (no effect in one process): none = DDP; zero1 = optimizer "
+                "state split over the processes; zero2 = + gradients (FSDP2, parameters gathered per step); "
+                "zero3 = + parameters (FSDP2, gathered layer by layer); auto = what the accelerate config "
+                "asks for (configs/accelerate/fsdp.yaml: zero3), else none")
     # ------------------------------------------------------------------ rollouts and reward
     temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
                                     "training forward, so ratios compare like with like)")

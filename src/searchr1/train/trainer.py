@@ -18,6 +18,7 @@ weights, optimizer and scheduler state, data position and RNG; rollout seeds der
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,7 +37,7 @@ from searchr1.rl import (aggregate_loss, gae_advantages, grpo_advantages, kl_los
                          kl_penalty, masked_mean, policy_loss, value_loss)
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.distributed import DataParallel
-from searchr1.train.models import TrainModels, build_models, causal_lm, resolve_precision, sequence_logprobs
+from searchr1.train.models import TrainModels, build_models, causal_lm, resolve_precision
 
 ALONE = DataParallel()  # the single-process group: every collective is a no-op
 
@@ -237,22 +238,24 @@ def batch_forward(models: TrainModels, batch: Batch, micro: int, temperature: fl
     T = batch.valid.shape[1]
     outs = []
     mine = torch.arange(batch.size, device=batch.input_ids.device)[dist.shard(batch.size)]
-    for idx in mine.split(micro):
-        mb = batch.rows(idx)
-        with models.compute():
-            if critic and models.shared_critic:
-                out = models.actor(mb.input_ids, mb.attention_mask, mb.response_start,
-                                   temperature=temperature).values
-            elif critic:
-                out = models.value_model(mb.input_ids, mb.attention_mask, mb.response_start)
-            elif reference:
-                with models.reference_context():
-                    out = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_start,
-                                            temperature=temperature).logprobs
-            else:
-                out = models.actor(mb.input_ids, mb.attention_mask, mb.response_start,
-                                   temperature=temperature).logprobs
-        outs.append(_pad_to(out.float(), T))
+    if critic:
+        module = models.actor if models.shared_critic else models.value_model
+    else:
+        module = models.ref_model if reference else models.actor
+    # every rank runs the same number of forwards here: one all-gather of a sharded model for all of them
+    with dist.gathered(module):
+        for idx in mine.split(micro):
+            mb = batch.rows(idx)
+            with models.compute():
+                if critic and models.shared_critic:
+                    out = module(mb.input_ids, mb.attention_mask, mb.response_start, temperature=temperature).values
+                elif critic:
+                    out = module(mb.input_ids, mb.attention_mask, mb.response_start)
+                else:
+                    with models.reference_context() if reference else contextlib.nullcontext():
+                        out = module(mb.input_ids, mb.attention_mask, mb.response_start,
+                                     temperature=temperature).logprobs
+            outs.append(_pad_to(out.float(), T))
     return dist.gather_rows(torch.cat(outs, 0))
 
 
@@ -289,11 +292,6 @@ class _Mean:
             if math.isfinite(v):
                 self.sums[k] = self.sums.get(k, 0.0) + v * weight
                 self.weights[k] = self.weights.get(k, 0.0) + weight
-
-    def means(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
-        out.update(self.maxima)
-        return out
 
 
 def _micro_step(models: TrainModels, mb: Batch, old: torch.Tensor | None, adv: torch.Tensor,
@@ -357,7 +355,6 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor | None,
     _set_mode(models, True)
     policy_params = _params(models.policy)
     critic_params = [] if models.critic is None else _params(models.critic)
-    separate_critic = models.critic is not None and not models.shared_critic
     use_kl_loss = ref_logprobs is not None and not tc.use_kl_in_reward and tc.kl_coef > 0
     agg = tc.loss_agg
     stats = _Mean()
@@ -394,11 +391,8 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor | None,
                 if not finite and not dist.distributed:
                     break  # alone, no other rank waits for this backward
             finite = dist.all_true(finite)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, max_norm) if policy_params else torch.tensor(0.)
-            critic_norm = (torch.nn.utils.clip_grad_norm_(critic_params, max_norm)
-                           if separate_critic and critic_params else None)
-            if models.shared_critic and critic_params:
-                critic_norm = torch.nn.utils.clip_grad_norm_(critic_params, max_norm)
+            grad_norm = dist.clip_grad_norm(policy_params, max_norm) if policy_params else torch.tensor(0.)
+            critic_norm = dist.clip_grad_norm(critic_params, max_norm) if critic_params else None
             norms_finite = bool(torch.isfinite(grad_norm)) and (critic_norm is None or bool(torch.isfinite(critic_norm)))
             if not finite or not norms_finite:
                 skipped += 1
@@ -416,7 +410,7 @@ def update(models: TrainModels, batch: Batch, old_logprobs: torch.Tensor | None,
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     _set_mode(models, False)
-    out = dist.mean_stats(stats.means())
+    out = dist.merge_stats(stats.sums, stats.weights, stats.maxima)
     out["train/skipped_updates"] = skipped
     out["train/optimizer_steps"] = optimizer_steps
     return out
@@ -561,8 +555,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     from searchr1.rollout.agent import Agent
     from searchr1.rollout.generator import SamplingParams
     from searchr1.errors import CheckpointError
-    from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints, load_checkpoint,
-                                           save_checkpoint, verify_checkpoint)
+    from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints, load_trainer_state,
+                                           load_weights, save_checkpoint, verify_checkpoint)
     from searchr1.train.logging import MetricsLogger
 
     tc = cfg.train
@@ -570,7 +564,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    dist = DataParallel.from_env(cfg.model.device)
+    dist = DataParallel.from_env(cfg.model.device, tc.sharding)
     dist.check_divisible("train.prompts_per_step", tc.prompts_per_step)
     dist.check_divisible("train.mini_batch_size", tc.mini_batch_size)
     _seed_everything(tc.seed)
@@ -584,23 +578,11 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     weights_dtype, autocast_dtype = resolve_precision(tc.precision, pick_device(device))
     model, tokenizer = load_causal_lm(cfg.model.name, device, weights_dtype)
     models = build_models(model, tc, autocast_dtype)
-    models.distribute(dist)
-    if dist.distributed:
-        say(f"train: data parallel over {dist.world} processes ({tc.prompts_per_step // dist.world} prompts each)")
-    optimizers = {"policy": dist.optimizer(_params(models.policy), shard=tc.shard_optimizer, lr=tc.lr,
-                                           weight_decay=tc.weight_decay)}
-    if models.critic is not None:
-        optimizers["critic"] = dist.optimizer(_params(models.critic), shard=tc.shard_optimizer, lr=tc.critic_lr,
-                                              weight_decay=tc.weight_decay)
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _warmup(tc.warmup_steps))
-                  for name, opt in optimizers.items()}
     sampler = PromptSampler(len(rows), tc.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-    # ---------------------------------------------------------------- resume
-    start, skipped_total, history = 0, 0, []
-    logger = (MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
-              if dist.is_main else None)
+    # ---------------------------------------------------------------- resume: weights, before sharding
+    latest = None
     if tc.resume:
         latest = find_latest_checkpoint(run_dir)
         saved = list_checkpoints(run_dir)
@@ -613,17 +595,36 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         if latest is not None and saved and latest != saved[-1]:
             say(f"train: the newest checkpoint {saved[-1].name} does not verify; resuming from {latest.name}")
         if latest is not None:
-            state = load_checkpoint(latest, policy=models.policy, critic=models.critic, optimizers=optimizers,
-                                    schedulers=schedulers, restore_rng=True)
-            start = int(state["step"])
-            sampler.load_state_dict(state["sampler"])
-            skipped_total = int(state.get("skipped_steps", 0))
-            history = list(state.get("history", []))
-            if logger is not None:
-                logger.truncate_after(start + 1)  # drop what was logged after the checkpoint
-            say(f"train: resumed from {latest} (step {start})")
+            load_weights(latest, policy=models.policy, critic=models.critic, verify=False)
         else:
             say(f"train: resume asked but {run_dir} has no checkpoint; starting fresh")
+
+    # ---------------------------------------------------------------- data parallelism, optimizers
+    models.distribute(dist)
+    if dist.distributed:
+        say(f"train: data parallel over {dist.world} processes ({tc.prompts_per_step // dist.world} prompts each; "
+            f"sharding {dist.sharding})")
+    optimizers = {"policy": dist.optimizer(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
+    if models.critic is not None:
+        optimizers["critic"] = dist.optimizer(_params(models.critic), lr=tc.critic_lr, weight_decay=tc.weight_decay)
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _warmup(tc.warmup_steps))
+                  for name, opt in optimizers.items()}
+    optimized = models.optimized_modules()
+
+    # ---------------------------------------------------------------- resume: optimizer, data position, RNG
+    start, skipped_total, history = 0, 0, []
+    logger = (MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
+              if dist.is_main else None)
+    if latest is not None:
+        state = load_trainer_state(latest, optimizers=optimizers, schedulers=schedulers, restore_rng=True,
+                                   load_optimizer=dist.optimizer_loader(optimized))
+        start = int(state["step"])
+        sampler.load_state_dict(state["sampler"])
+        skipped_total = int(state.get("skipped_steps", 0))
+        history = list(state.get("history", []))
+        if logger is not None:
+            logger.truncate_after(start + 1)  # drop what was logged after the checkpoint
+        say(f"train: resumed from {latest} (step {start})")
 
     # ---------------------------------------------------------------- rollout machinery
     policy_lm = causal_lm(models.policy)  # the generator samples from the trained weights themselves
@@ -643,11 +644,18 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     device = next(models.policy.parameters()).device
     chat = cfg.model.use_chat_template
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
+        """Every rank gathers its shards (sharded runs); rank 0 writes."""
+        policy_state, critic_state = dist.full_state_dict(models.policy), dist.full_state_dict(models.critic)
+        optimizer_states = dist.optimizer_states(optimizers, optimized)
+        if not dist.is_main:
+            return None
         state = {"step": step, "sampler": sampler.state_dict(), "skipped_steps": skipped_total,
                  "history": history, "algorithm": tc.algorithm}
         return save_checkpoint(run_dir, step, policy=models.policy, tokenizer=tokenizer, critic=models.critic,
-                               optimizers=optimizers, schedulers=schedulers, state=state, keep_last=tc.keep_last)
+                               optimizers=optimizers, schedulers=schedulers, state=state, keep_last=tc.keep_last,
+                               policy_state=policy_state, critic_state=critic_state,
+                               optimizer_states=optimizer_states)
 
     bar = _progress(tc, tc.steps, start) if dist.is_main else None
     last_ckpt: Path | None = None
@@ -664,7 +672,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             _set_mode(models, False)
             params = SamplingParams(temperature=tc.temperature, top_p=tc.top_p,
                                     seed=tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007)
-            with models.compute():
+            with dist.gathered(models.actor), models.compute():
                 rollout = agent.run(trajs, params)
             trajs = dist.gather_objects(trajs)
             # 3. rewards
@@ -696,20 +704,20 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 bar.update(1)
             # 8. evaluation and checkpoints (rank 0; the others wait)
             if tc.eval_every and step % tc.eval_every == 0:
-                if dist.is_main:
-                    from searchr1.eval.harness import evaluate
+                with dist.gathered(models.actor):
+                    if dist.is_main:
+                        from searchr1.eval.harness import evaluate
 
-                    _set_mode(models, False)
-                    with models.compute():
-                        results = evaluate(_eval_config(cfg, run_dir, step, eval_path), console, generator,
-                                           retriever)
-                    eval_metrics = _eval_metrics(results)
-                    logger.log(eval_metrics, step)
-                    metrics.update(eval_metrics)
-                dist.barrier()
+                        _set_mode(models, False)
+                        with models.compute():
+                            results = evaluate(_eval_config(cfg, run_dir, step, eval_path), console, generator,
+                                               retriever)
+                        eval_metrics = _eval_metrics(results)
+                        logger.log(eval_metrics, step)
+                        metrics.update(eval_metrics)
+                    dist.barrier()
             if step == tc.steps or (tc.save_every and step % tc.save_every == 0):
-                dist.consolidate(optimizers)
-                last_ckpt = save(step) if dist.is_main else None
+                last_ckpt = save(step)
                 dist.barrier()
     finally:
         if bar is not None:

@@ -1,0 +1,83 @@
+"""Which sharding a launch asks for, and optimizer states keyed by parameter name."""
+
+import pytest
+import torch
+
+from searchr1.errors import SearchR1Error
+from searchr1.train.distributed import DataParallel, resolve_sharding, sharding_from_launcher
+
+# what `accelerate launch` puts in its processes' environment for configs/accelerate/*.yaml
+FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}
+
+
+@pytest.mark.parametrize("env, stage", [
+    ({}, "none"),
+    ({"ACCELERATE_USE_FSDP": "false"}, "none"),
+    ({**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "true"}, "zero3"),
+    ({**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "false"}, "zero2"),
+    ({**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "SHARD_GRAD_OP"}, "zero2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP",
+      "FSDP_RESHARD_AFTER_FORWARD": "true"}, "zero2"),  # FSDP1 configs: the strategy decides
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, "none"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "zero3"),
+])
+def test_sharding_from_the_accelerate_launch_environment(env, stage):
+    assert sharding_from_launcher(env) == stage
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed launch configs are not supported"),
+    ({**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "HYBRID_SHARD"}, "FSDP sharding 'HYBRID_SHARD' is not supported"),
+    ({**FSDP2, "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params is not supported"),
+    ({**FSDP2, "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "train.gradient_checkpointing=true"),
+])
+def test_what_the_trainer_cannot_do_is_an_error(env, message):
+    with pytest.raises(SearchR1Error, match=message):
+        sharding_from_launcher(env)
+
+
+def test_an_explicit_setting_wins_over_the_launcher():
+    env = {**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "true"}
+    assert resolve_sharding("auto", env) == "zero3"
+    assert resolve_sharding("zero1", env) == "zero1"
+    assert resolve_sharding("none", env) == "none"
+    with pytest.raises(SearchR1Error, match="train.sharding must be one of"):
+        resolve_sharding("zero4", {})
+
+
+def test_one_process_never_shards():
+    assert DataParallel(sharding="zero3").sharding == "none"
+
+
+def _stepped(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].bias.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model(torch.randn(5, 3)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def test_optimizer_state_keyed_by_parameter_name_loads_into_an_unsharded_run():
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model, opt = _stepped(0)
+    saved = get_optimizer_state_dict(model, opt)  # what a sharded run writes (gathered)
+    assert sorted(saved["state"]) == ["0.weight", "1.bias", "1.weight"]
+    fresh_model, fresh_opt = _stepped(1)
+    DataParallel().optimizer_loader({"policy": fresh_model})("policy", fresh_opt, saved)
+    want, got = opt.state_dict(), fresh_opt.state_dict()
+    assert got["state"].keys() == want["state"].keys()
+    for i in want["state"]:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(got["state"][i][key], want["state"][i][key])
+
+
+def test_positional_optimizer_state_still_loads_alone():
+    model, opt = _stepped(0)
+    fresh_model, fresh_opt = _stepped(1)
+    DataParallel().optimizer_loader({"policy": fresh_model})("policy", fresh_opt, opt.state_dict())
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
