@@ -22,6 +22,8 @@ Rows (`--only` takes these names):
   ours-ppo-full             our PPO, full fine-tuning + separate critic (its own trunk copy + value head)
   ours-ppo-lora             our PPO, LoRA policy + separate full critic
   ours-grpo-lora-qwen0.5b   our GRPO LoRA on Qwen2.5-Coder-0.5B-Instruct (skipped with a note if it cannot load)
+  ours-grpo-full-chunk64    ours-grpo-full with train.logits_chunk=64 (LM head over 64 response tokens at a time)
+  ours-grpo-lora-qwen0.5b-chunk64   the same for the Qwen row
   trl-grpo-full             TRL GRPOTrainer as shipped (see below), full fine-tuning
   trl-grpo-full-oldlp       the same, forced to compute old log-probs in a separate forward
   trl-grpo-lora             TRL, LoRA with the same LoraConfig
@@ -90,6 +92,8 @@ ROWS: dict[str, tuple[str, str, str, bool, dict]] = {
     "ours-ppo-full": ("searchr1", "ppo", "smollm2-135m", False, {}),
     "ours-ppo-lora": ("searchr1", "ppo", "smollm2-135m", True, {}),
     "ours-grpo-lora-qwen0.5b": ("searchr1", "grpo", "qwen2.5-0.5b", True, {}),
+    "ours-grpo-full-chunk64": ("searchr1", "grpo", "smollm2-135m", False, {"logits_chunk": 64}),
+    "ours-grpo-lora-qwen0.5b-chunk64": ("searchr1", "grpo", "qwen2.5-0.5b", True, {"logits_chunk": 64}),
     "trl-grpo-full": ("trl", "grpo", "smollm2-135m", False, {}),
     "trl-grpo-full-oldlp": ("trl", "grpo", "smollm2-135m", False, {"old_logprobs": True}),
     "trl-grpo-lora": ("trl", "grpo", "smollm2-135m", True, {}),
@@ -175,7 +179,8 @@ def child_ours(spec: dict) -> dict:
                      mini_batch_size=B, micro_batch_size=spec["micro"], ppo_epochs=1, lr=LR, critic_lr=CRITIC_LR,
                      weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM, clip_ratio=CLIP, kl_coef=KL_COEF,
                      lora_r=LORA_R if spec["lora"] else 0, lora_alpha=LORA_ALPHA, lora_targets=list(LORA_TARGETS),
-                     critic="separate", tensorboard=False, progress=False, seed=spec["seed"])
+                     critic="separate", tensorboard=False, progress=False, seed=spec["seed"],
+                     logits_chunk=spec.get("logits_chunk", 0))
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)
     optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}

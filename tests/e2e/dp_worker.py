@@ -34,6 +34,8 @@ CASES = {
     "ppo-critic-zero3": dict(algorithm="ppo", critic="separate", sharding="zero3"),
     "ppo-head-lora-zero3": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"],
                                 sharding="zero3"),
+    # recomputation in the backward (activation checkpointing, the chunked LM head) under FSDP
+    "grpo-zero3-recompute": dict(algorithm="grpo", sharding="zero3", gradient_checkpointing=True, logits_chunk=3),
 }
 
 

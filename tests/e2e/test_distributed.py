@@ -113,9 +113,14 @@ def test_searchr1_train_under_accelerate_launch(tiny_world, tmp_path, config, sh
     config = HERE.parents[1] / "configs" / "accelerate" / config
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                 "--num_processes", "2", "--main_process_port", "0"]
-    proc = _run(launcher + _train_args(tiny_world, tmp_path / "run", steps=1), tmp_path)
+    # validation on rank 0 while the others wait: under FSDP the policy is gathered for it
+    validation = ["train.eval_every=1", "eval.modes=direct", f"eval.datasets={tiny_world / 'qa.jsonl'}",
+                  "eval.limit=4", "eval.html=false"]
+    proc = _run(launcher + _train_args(tiny_world, tmp_path / "run", steps=1) + validation, tmp_path)
     assert f"data parallel over 2 processes (2 prompts each; sharding {sharding})" in proc.stdout
-    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1]
+    assert any(k.startswith("eval/") and k.endswith("/direct/em") for k in rows[0])
     verify_checkpoint(find_latest_checkpoint(tmp_path / "run"))
 
 

@@ -161,3 +161,51 @@ def test_single_step_grpo_takes_the_same_update_without_recomputing_old_logprobs
     metrics = learn(models, collate(trajs, 0), scores, {"policy": torch.optim.SGD(_params(models.policy), lr=0.5)},
                     {}, tc, step=1)
     assert {"rollout/logprob_diff", "actor/kl", "actor/pg_loss"} <= metrics.keys()
+
+
+def test_chunked_lm_head_gives_the_same_values_and_gradients():
+    from searchr1.train.models import chunked_token_stats, token_stats
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(3, 7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    weights = torch.randn(3, 7)  # a loss that weighs every position differently
+
+    def grads(fn):
+        head.zero_grad()
+        hidden.grad = None
+        logp, entropy = fn()
+        ((logp * weights).sum() + 0.1 * (entropy * weights).sum()).backward()
+        return logp.detach(), entropy.detach(), hidden.grad.clone(), head.weight.grad.clone()
+
+    whole = grads(lambda: token_stats(head, hidden, targets, 0.7, with_entropy=True))
+    for chunk in (1, 3, 7, 100):  # 3 does not divide the 7 positions
+        parts = grads(lambda: chunked_token_stats(head, hidden, targets, chunk, 0.7, with_entropy=True))
+        for a, b in zip(whole, parts):
+            assert torch.allclose(a, b, atol=1e-6), chunk
+    # the metric-only entropy (no graph) comes out the same too
+    with torch.no_grad():
+        logp, entropy = chunked_token_stats(head, hidden, targets, 3, 0.7, with_entropy=True, entropy_grad=False)
+    assert torch.allclose(logp, whole[0], atol=1e-6) and torch.allclose(entropy, whole[1], atol=1e-6)
+
+
+def test_a_chunked_training_update_matches_the_unchunked_one():
+    params = []
+    for chunk in (0, 2):
+        tc = TrainConfig(algorithm="grpo", prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2,
+                         lr=0.1, kl_coef=0.01, entropy_coef=0.01, logits_chunk=chunk)
+        models = build_models(tiny_llama(), tc)
+        assert models.actor.logits_chunk == chunk and models.ref_model.logits_chunk == chunk
+        opt = {"policy": torch.optim.SGD([p for p in models.policy.parameters() if p.requires_grad], lr=tc.lr)}
+        trajs = [_traj([3, 4, 5], [7, 8, 9, 10, 11], [1, 1, 0, 1, 1]), _traj([3, 4, 5], [12, 13, 14], [1, 1, 1]),
+                 _traj([6, 7], [15, 16, 17, 18], [1, 0, 0, 1]), _traj([6, 7], [19, 20], [1, 1])]
+        for i, t in enumerate(trajs):
+            t.group = i // 2
+        from searchr1.train.trainer import learn
+
+        learn(models, collate(trajs, 0), torch.tensor([1.0, 0.0, 0.0, 1.0]), opt, {}, tc, step=1)
+        params.append(torch.cat([p.detach().flatten() for p in models.policy.parameters()]))
+    initial = torch.cat([p.detach().flatten() for p in tiny_llama().parameters()])
+    assert (params[0] - initial).abs().max() > 1e-3  # the update moved the weights
+    assert torch.allclose(params[0], params[1], atol=1e-6)

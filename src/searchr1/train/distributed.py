@@ -17,9 +17,10 @@ x group_size trajectories; both prompts_per_step and mini_batch_size must divide
                (tests/e2e/test_distributed.py).
     rank 0     writes metrics, runs validation and checkpoints; the others wait at a barrier.
 
-Gradients are synchronised only on the last micro-batch of a mini-batch (`no_sync` before it). A
-non-finite loss on any rank makes every rank skip that optimizer step (the flag is all-reduced), so
-ranks never disagree about the weights.
+Gradients are synchronised only on the last micro-batch of a mini-batch (`no_sync` before it;
+sharded runs reduce-scatter every micro-batch, see `no_sync`). A non-finite loss on any rank makes
+every rank skip that optimizer step (the flag is all-reduced), so ranks never disagree about the
+weights.
 
 Sharding (`train.sharding`; ZeRO's stage numbers, torch's implementations):
 

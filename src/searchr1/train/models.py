@@ -73,21 +73,13 @@ class ForwardOut:
     values: torch.Tensor | None  # [B, T] value-head outputs (when a head was given)
 
 
-def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_start: int, *, temperature: float = 1.0, with_entropy: bool = False,
-                      entropy_grad: bool = True, value_head: nn.Module | None = None) -> ForwardOut:
-    """Per-token log-probs of the response tokens ``input_ids[:, response_start:]``, computing logits
-    only over the response columns. `value_head` (``Linear(H, 1)``) on the same hidden states gives
-    the shared-trunk critic's values. ``entropy_grad=False`` computes the entropy as a metric only
-    (no graph is kept for it: one ``[B, T, V]`` tensor less in memory)."""
-    if response_start < 1:
-        raise ValueError("response_start must be >= 1 (the first response token needs a context)")
-    lm = causal_lm(model)
-    h = response_hidden(trunk_of(model), input_ids, attention_mask, response_start)
-    logits = lm.get_output_embeddings()(h).float()
+def token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``hidden`` ``[B, T, H]`` -> (log p(targets) ``[B, T]``, entropy ``[B, T]`` or None) under
+    softmax(head(hidden) / temperature), through fp32 logits ``[B, T, V]``."""
+    logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = input_ids[:, response_start:]
     # gather - logsumexp: no second [B, T, V] tensor (log_softmax would materialise one)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     entropy = None
@@ -97,6 +89,47 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         else:
             with torch.no_grad():
                 entropy = entropy_from_logits(logits.detach())
+    return logp, entropy
+
+
+def chunked_token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
+                        temperature: float = 1.0, with_entropy: bool = False,
+                        entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_stats` over ``chunk`` response positions at a time. With gradients, each chunk is
+    checkpointed: its ``[B, chunk, V]`` logits are freed after the forward and recomputed in the
+    backward, so the LM head's memory is bounded by the chunk instead of the response length, for
+    one extra LM-head matmul. Same values and gradients as one pass (`token_stats`)."""
+    T = hidden.shape[1]
+    if chunk <= 0 or chunk >= T:
+        return token_stats(head, hidden, targets, temperature, with_entropy, entropy_grad)
+    from torch.utils.checkpoint import checkpoint
+
+    logps, entropies = [], []
+    for start in range(0, T, chunk):
+        args = (head, hidden[:, start:start + chunk], targets[:, start:start + chunk], temperature, with_entropy,
+                entropy_grad)
+        logp, entropy = (checkpoint(token_stats, *args, use_reentrant=False) if torch.is_grad_enabled()
+                         else token_stats(*args))
+        logps.append(logp)
+        entropies.append(entropy)
+    return torch.cat(logps, 1), (torch.cat(entropies, 1) if with_entropy else None)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_start: int, *, temperature: float = 1.0, with_entropy: bool = False,
+                      entropy_grad: bool = True, value_head: nn.Module | None = None,
+                      logits_chunk: int = 0) -> ForwardOut:
+    """Per-token log-probs of the response tokens ``input_ids[:, response_start:]``, computing logits
+    only over the response columns (``logits_chunk`` > 0: that many columns at a time,
+    `chunked_token_stats`). `value_head` (``Linear(H, 1)``) on the same hidden states gives the
+    shared-trunk critic's values. ``entropy_grad=False`` computes the entropy as a metric only (no
+    graph is kept for it: one ``[B, T, V]`` tensor less in memory)."""
+    if response_start < 1:
+        raise ValueError("response_start must be >= 1 (the first response token needs a context)")
+    lm = causal_lm(model)
+    h = response_hidden(trunk_of(model), input_ids, attention_mask, response_start)
+    logp, entropy = chunked_token_stats(lm.get_output_embeddings(), h, input_ids[:, response_start:], logits_chunk,
+                                        temperature, with_entropy, entropy_grad)
     values = _value_output(value_head, h) if value_head is not None else None
     return ForwardOut(logp, entropy, values)
 
@@ -135,15 +168,17 @@ class PolicyForward(nn.Module):
     module call, so that DDP (which synchronises gradients of what goes through its forward)
     can wrap it. Holds the policy and head, no parameters of its own."""
 
-    def __init__(self, policy: nn.Module, value_head: nn.Module | None = None) -> None:
+    def __init__(self, policy: nn.Module, value_head: nn.Module | None = None, logits_chunk: int = 0) -> None:
         super().__init__()
         self.policy = policy
         self.value_head = value_head
+        self.logits_chunk = logits_chunk
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, *,
                 temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True) -> ForwardOut:
         return sequence_logprobs(self.policy, input_ids, attention_mask, response_start, temperature=temperature,
-                                 with_entropy=with_entropy, entropy_grad=entropy_grad, value_head=self.value_head)
+                                 with_entropy=with_entropy, entropy_grad=entropy_grad, value_head=self.value_head,
+                                 logits_chunk=self.logits_chunk)
 
 
 @dataclass
@@ -160,6 +195,7 @@ class TrainModels:
     value_model: nn.Module | None = None
     ref_model: nn.Module | None = None  # LoRA: the actor itself, called under `reference_context`
     autocast_dtype: torch.dtype | None = None  # bf16 under bf16-mixed precision (`resolve_precision`)
+    logits_chunk: int = 0  # response positions per LM-head pass (`chunked_token_stats`); 0 = all at once
 
     def compute(self):
         """Context for forward passes (rollouts included): autocast under mixed precision."""
@@ -169,11 +205,12 @@ class TrainModels:
 
     def __post_init__(self) -> None:
         if self.actor is None:
-            self.actor = PolicyForward(self.policy, self.critic if self.shared_critic else None)
+            self.actor = PolicyForward(self.policy, self.critic if self.shared_critic else None, self.logits_chunk)
         if self.value_model is None and self.critic is not None and not self.shared_critic:
             self.value_model = self.critic
         if self.ref_model is None and self.reference is not None:
-            self.ref_model = self.actor if self.reference is self.policy else PolicyForward(self.reference)
+            self.ref_model = (self.actor if self.reference is self.policy
+                              else PolicyForward(self.reference, logits_chunk=self.logits_chunk))
 
     def distribute(self, dist) -> None:
         """Make the training modules data-parallel for `dist` (a `searchr1.train.distributed.DataParallel`)."""
@@ -273,4 +310,4 @@ def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = No
             if autocast_dtype is not None:
                 reference.to(autocast_dtype)
     return TrainModels(policy=policy, reference=reference, critic=critic, lora=lora, shared_critic=shared,
-                       autocast_dtype=autocast_dtype)
+                       autocast_dtype=autocast_dtype, logits_chunk=tcfg.logits_chunk)

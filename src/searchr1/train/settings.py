@@ -64,6 +64,10 @@ class TrainConfig:
     lora_targets: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     "module names LoRA adapts ('all-linear' also works)")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    logits_chunk: int = param(512, "compute the LM head over at most this many response tokens at a time, "
+                                   "recomputing each chunk in the backward: the [tokens, vocab] logits of a long "
+                                   "response never exist whole (same values; one extra LM-head pass when a "
+                                   "response is longer than this); 0 = all at once")
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = param(
         "auto", "training precision. bf16-mixed: fp32 master weights, gradients and optimizer state, forward "
                 "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
@@ -117,9 +121,10 @@ class TrainConfig:
             raise ValueError("lr and critic_lr must be positive")
         if min(self.warmup_steps, self.weight_decay, self.max_grad_norm, self.kl_coef, self.entropy_coef,
                self.value_clip, self.vf_coef, self.lora_r, self.lora_dropout, self.eval_every,
-               self.save_every, self.train_limit) < 0:
+               self.save_every, self.train_limit, self.logits_chunk) < 0:
             raise ValueError("warmup_steps, weight_decay, max_grad_norm, kl_coef, entropy_coef, value_clip, "
-                             "vf_coef, lora_r, lora_dropout, eval_every, save_every, train_limit must be >= 0")
+                             "vf_coef, lora_r, lora_dropout, eval_every, save_every, train_limit, logits_chunk "
+                             "must be >= 0")
         if not 0 < self.clip_ratio < 1:
             raise ValueError(f"clip_ratio must be in (0, 1), got {self.clip_ratio}")
         if self.clip_ratio_high < 0:
