@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from searchr1.protocol import INVALID_ACTION_NOTE, STOP_STRINGS, parse_action
-from searchr1.rollout.agent import encode_text, observation_ids
+from searchr1.rollout.agent import ENDINGS, encode_text, observation_ids, turn_outcome
 
 #: async (context ids, max new tokens) -> (sampled ids, their log-probs or None)
 GenerateFn = Callable[[list[int], int], Awaitable[tuple[list[int], list[float] | None]]]
@@ -111,19 +111,16 @@ async def run_episode(prompt_ids: Sequence[int], generate: GenerateFn, search: S
         ep.append(ids, 1, list(logprobs)[:n] if (with_logprobs and logprobs is not None) else None)
         ep.turns += 1
         action = parse_action(decode(tokenizer, ids))
-        hit_eos = not stopped and ((ids and ids[-1] in eos_ids) or len(sampled) < budget)
-        if action.kind == "answer":
-            ep.answer, ep.stop_reason = action.content, "answer"
-        elif hit_eos:
-            ep.stop_reason = "eos"
-        elif len(ep.response_ids) >= settings.max_response_tokens:
-            ep.stop_reason = "length"
-        elif ep.turns > settings.max_turns:
-            ep.stop_reason = "max_turns"
-        if ep.stop_reason:
+        hit_eos = not stopped and bool((ids and ids[-1] in eos_ids) or len(sampled) < budget)
+        outcome = turn_outcome(action.kind, hit_eos, len(ep.response_ids), ep.turns, settings.max_turns,
+                               settings.max_response_tokens)
+        if outcome in ENDINGS:
+            ep.stop_reason = outcome
+            if outcome == "answer":
+                ep.answer = action.content
             return ep
         room = settings.max_response_tokens - len(ep.response_ids)
-        if action.kind == "search":
+        if outcome == "search":
             ep.queries.append(action.content)
             hits = await search(action.content)
             ep.append(observation_ids(tokenizer, hits, min(settings.max_obs_tokens, room)), 0)

@@ -47,6 +47,29 @@ class RolloutStats:
         return dict(self.__dict__)
 
 
+#: outcomes of `turn_outcome` that end the episode (they are its stop_reason)
+ENDINGS = ("answer", "eos", "length", "max_turns")
+
+
+def turn_outcome(action: str, eos: bool, response_tokens: int, turns: int, max_turns: int,
+                 max_response_tokens: int) -> str:
+    """What follows a generated turn, by the rules in the module docstring, first match wins:
+    "answer" (the turn answered), "eos" (the policy ended the sequence), "length" (the response
+    budget is spent), "max_turns" (that was the final turn), else "search" (retrieve, inject the
+    documents) or "invalid" (inject the invalid-action note). `action` is `parse_action(...).kind`,
+    `turns` counts the turns generated so far, this one included. Both this batched agent and the
+    veRL episode (`searchr1.export.episode`) step by it."""
+    if action == "answer":
+        return "answer"
+    if eos:
+        return "eos"
+    if response_tokens >= max_response_tokens:
+        return "length"
+    if turns > max_turns:
+        return "max_turns"
+    return "search" if action == "search" else "invalid"
+
+
 def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -153,16 +176,13 @@ class Agent:
                     action = parse_action(text if traj.turns else cfg.response_prefix + text)
                     traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
                                            generated_tokens=len(sample.token_ids), finish=sample.finish))
-                    final_turn = len(traj.turns) > cfg.max_turns
-                    if action.kind == "answer":
-                        traj.answer, traj.stop_reason = action.content, "answer"
-                    elif sample.finish == "eos":
-                        traj.stop_reason = "eos"
-                    elif len(traj.response_ids) >= cfg.max_response_tokens:
-                        traj.stop_reason = "length"
-                    elif final_turn:
-                        traj.stop_reason = "max_turns"
-                    elif action.kind == "search":
+                    outcome = turn_outcome(action.kind, sample.finish == "eos", len(traj.response_ids),
+                                           len(traj.turns), cfg.max_turns, cfg.max_response_tokens)
+                    if outcome in ENDINGS:
+                        traj.stop_reason = outcome
+                        if outcome == "answer":
+                            traj.answer = action.content
+                    elif outcome == "search":
                         searching.append(i)
                     else:
                         room = cfg.max_response_tokens - len(traj.response_ids)
