@@ -151,15 +151,20 @@ def test_batch_that_does_not_split_over_the_processes_is_a_clear_error(tiny_worl
     assert "train.prompts_per_step (3) must be a multiple of the number of processes (2)" in proc.stdout + proc.stderr
 
 
-def test_a_resumed_sharded_run_continues_exactly(tiny_world, tmp_path):
-    """zero3, 2 processes: 3 steps straight == 2 steps, stop, resume for the 3rd (weights, AdamW
-    moments, data position and RNG all come back from the gathered checkpoint)."""
+@pytest.mark.parametrize("first, then", [("zero3", "zero3"), ("none", "zero3"), ("zero3", "zero1")])
+def test_a_resumed_run_continues_exactly_under_any_sharding(tiny_world, tmp_path, first, then):
+    """2 processes: 3 steps straight == 2 steps, stop, resume for the 3rd, also when the resumed run
+    shards differently (weights, AdamW moments, data position and RNG all come back; the optimizer
+    state is saved keyed by parameter name whatever the sharding)."""
     from transformers import AutoModelForCausalLM
 
-    extra = ["train.sharding=zero3", "train.lr=1e-2"]
-    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "straight", steps=3) + extra, tmp_path)
-    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=2) + extra, tmp_path)
-    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=3, resume=True) + extra, tmp_path)
+    lr = ["train.lr=1e-2"]
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "straight", steps=3) + lr + [f"train.sharding={first}"],
+         tmp_path)
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=2) + lr + [f"train.sharding={first}"],
+         tmp_path)
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=3, resume=True) + lr
+         + [f"train.sharding={then}"], tmp_path)
     a, b = (AutoModelForCausalLM.from_pretrained(find_latest_checkpoint(tmp_path / r) / "policy").state_dict()
             for r in ("straight", "resumed"))
     initial = AutoModelForCausalLM.from_pretrained(tiny_world / "tiny").state_dict()
@@ -169,3 +174,27 @@ def test_a_resumed_sharded_run_continues_exactly(tiny_world, tmp_path):
     assert diff < 1e-6, diff
     assert [r["reward/mean"] for r in read_metrics(tmp_path / "straight")] == \
         [r["reward/mean"] for r in read_metrics(tmp_path / "resumed")]
+
+
+def test_two_nodes_rendezvous_and_train(tiny_world, tmp_path):
+    """Two torchrun agents, one per "node" (here both on 127.0.0.1), meeting through a c10d
+    rendezvous as they would across machines: each node's process has LOCAL_RANK 0, global ranks
+    0 and 1; rank 0 alone writes the metrics and the checkpoint to the shared run directory."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    args = _train_args(tiny_world, run, steps=1) + ["train.sharding=zero3"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               "--rdzv_id=searchr1-test"] + args,
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), "\n".join(o[-3000:] for o in outs)
+    joined = "".join(outs)
+    assert joined.count("data parallel over 2 processes") == 1
+    assert [r["step"] for r in read_metrics(run)] == [1]
+    verify_checkpoint(find_latest_checkpoint(run))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from searchr1.errors import SearchR1Error
-from searchr1.train.distributed import DataParallel, resolve_sharding, sharding_from_launcher
+from searchr1.train.distributed import (DataParallel, keyed_by_name, keyed_by_position, resolve_sharding,
+                                        sharding_from_launcher, trainable_names)
 
 # what `accelerate launch` puts in its processes' environment for configs/accelerate/*.yaml
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}
@@ -81,3 +82,18 @@ def test_positional_optimizer_state_still_loads_alone():
     fresh_model, fresh_opt = _stepped(1)
     DataParallel().optimizer_loader({"policy": fresh_model})("policy", fresh_opt, opt.state_dict())
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_optimizer_state_keys_round_trip_between_positions_and_names():
+    model, opt = _stepped(0)
+    names = trainable_names(model)
+    assert names == ["0.weight", "1.weight", "1.bias"]  # 0.bias is frozen: not in the optimizer
+    positional = opt.state_dict()
+    named = keyed_by_name(positional, names)
+    assert sorted(named["state"]) == sorted(names) and named["param_groups"][0]["params"] == names
+    assert torch.equal(named["state"]["1.weight"]["exp_avg"], positional["state"][1]["exp_avg"])
+    assert keyed_by_name(named, names) is named
+    back = keyed_by_position(named, names)
+    assert back["param_groups"] == positional["param_groups"] and back["state"].keys() == positional["state"].keys()
+    with pytest.raises(KeyError, match="'1.weight', which this model does not train"):
+        keyed_by_position(named, ["0.weight", "1.bias"])

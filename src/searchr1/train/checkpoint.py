@@ -6,7 +6,9 @@ Layout of one checkpoint, ``{run_dir}/checkpoints/step-{step:06d}/``::
                        a plain nn.Module is saved as policy/policy.pt (its state_dict)
     critic/            optional: save_pretrained() of the critic, or critic/critic.pt for a plain nn.Module
     trainer_state.pt   optimizer and scheduler states, RNG states, step, and the trainer's own `state`
-                       dict (data position, config, metrics history, ...)
+                       dict (data position, config, metrics history, ...). The trainer keys optimizer
+                       states by parameter name (`searchr1.train.distributed.keyed_by_name`), so a
+                       checkpoint resumes under any sharding; positional ones load too
     MANIFEST.json      written last: every file's size and sha256, format version, step, time, version
 
 A checkpoint is written into ``checkpoints/.tmp-step-{step:06d}-{pid}``, every file is fsynced, the
@@ -16,7 +18,8 @@ intact and at most a stray temp directory, which the next save removes once its 
 ``checkpoints/latest`` names the newest step directory (for people and outside tools; the loader
 itself scans and verifies, it does not trust that file).
 
-Save only from the main process in multi-process runs.
+Save only from the main process in multi-process runs; sharded runs gather whole tensors first and
+pass them in (`policy_state`, `critic_state`, `optimizer_states`).
 """
 
 from __future__ import annotations

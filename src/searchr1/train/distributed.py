@@ -97,6 +97,45 @@ def resolve_sharding(setting: str, env: Mapping[str, str]) -> str:
     return sharding_from_launcher(env) if setting == "auto" else setting
 
 
+def trainable_names(module: nn.Module) -> list[str]:
+    """Names of `module`'s trainable parameters, in the order an optimizer built from
+    ``[p for p in module.parameters() if p.requires_grad]`` numbers them."""
+    return [n for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _rekeyed(state: dict, key) -> dict:
+    return {**state, "state": {key(k): v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [key(p) for p in g["params"]]} for g in state["param_groups"]]}
+
+
+def _by_name(state: dict) -> bool:
+    return any(isinstance(p, str) for g in state.get("param_groups", ()) for p in g.get("params", ()))
+
+
+def keyed_by_name(state: dict, names: list[str]) -> dict:
+    """An optimizer `state_dict()` (parameters numbered 0, 1, ...) keyed by parameter name instead;
+    a state already keyed by name is returned as it is."""
+    if _by_name(state):
+        return state
+    return _rekeyed(state, lambda i: names[i])
+
+
+def keyed_by_position(state: dict, names: list[str]) -> dict:
+    """The inverse of `keyed_by_name` (what `Optimizer.load_state_dict` takes). A name that the
+    module lacks is a KeyError naming it."""
+    if not _by_name(state):
+        return state
+    index = {n: i for i, n in enumerate(names)}
+
+    def position(name: str) -> int:
+        if name not in index:
+            raise KeyError(f"the checkpoint's optimizer state has parameter {name!r}, which this model does not "
+                           "train")
+        return index[name]
+
+    return _rekeyed(state, position)
+
+
 def _block_classes(module: nn.Module) -> set[str]:
     """Class names of the transformer blocks inside `module` (transformers lists them per model as
     `_no_split_modules`): the units FSDP shards and gathers one at a time."""
@@ -279,9 +318,10 @@ class DataParallel:
         return state if self.is_main else None
 
     def optimizer_states(self, optimizers: dict, modules: dict) -> dict | None:
-        """{name: whole optimizer state} on rank 0 (None on the others). ZeRO-1 states are
-        consolidated on rank 0; FSDP states are gathered and keyed by parameter name, relative
-        to ``modules[name]`` (the module whose parameters the optimizer updates). Every rank must call."""
+        """{name: whole optimizer state} on rank 0 (None on the others), keyed by parameter name
+        relative to ``modules[name]`` (the module whose trainable parameters, in order, the optimizer
+        was given), whatever the sharding: FSDP states are gathered, ZeRO-1 states consolidated,
+        so any run can take them up (`optimizer_loader`). Every rank must call."""
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -292,26 +332,25 @@ class DataParallel:
         for opt in optimizers.values():
             if hasattr(opt, "consolidate_state_dict"):
                 opt.consolidate_state_dict(to=0)
-        return {name: opt.state_dict() for name, opt in optimizers.items()} if self.is_main else None
+        if not self.is_main:
+            return None
+        return {name: keyed_by_name(opt.state_dict(), trainable_names(modules[name]))
+                for name, opt in optimizers.items()}
 
     def optimizer_loader(self, modules: dict):
-        """``load(name, optimizer, state)`` for `searchr1.train.checkpoint.load_trainer_state`: states
-        keyed by parameter name (saved by a sharded run) load into any run through torch's
-        distributed-checkpoint helpers; positional ones (unsharded runs) only into unsharded runs."""
+        """``load(name, optimizer, state)`` for `searchr1.train.checkpoint.load_trainer_state`: a state
+        saved under any sharding (keyed by name, or by position as before name keys) into this run."""
 
         def load(name: str, opt: torch.optim.Optimizer, state: dict) -> None:
-            groups = state.get("param_groups") or [{}]
-            by_name = any(isinstance(p, str) for g in groups for p in g.get("params", ()))
-            if by_name:
+            names = trainable_names(modules[name])
+            if self.sharded:
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-                set_optimizer_state_dict(modules[name], opt, optim_state_dict=state,
-                                         options=StateDictOptions(full_state_dict=self.sharded))
-            elif self.sharded:
-                raise SearchR1Error(f"optimizer {name!r} was saved by an unsharded run; resume it with "
-                                    "train.sharding=none or zero1 (or start a sharded run from its weights)")
+                # every rank read the whole state from the checkpoint: each keeps its shards of it
+                set_optimizer_state_dict(modules[name], opt, optim_state_dict=keyed_by_name(state, names),
+                                         options=StateDictOptions(full_state_dict=True))
             else:
-                opt.load_state_dict(state)
+                opt.load_state_dict(keyed_by_position(state, names))
 
         return load
 

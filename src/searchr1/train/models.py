@@ -234,10 +234,11 @@ class TrainModels:
         self.ref_model = getattr(self.ref_model, "module", self.ref_model)
 
     def optimized_modules(self) -> dict[str, nn.Module]:
-        """The module whose parameters each optimizer updates (names as in the trainer's optimizers)."""
-        out = {"policy": self.actor}
+        """The module whose trainable parameters each optimizer updates (keys as in the trainer's
+        optimizers): checkpoints key optimizer states by parameter names relative to it."""
+        out = {"policy": self.policy}
         if self.critic is not None:
-            out["critic"] = self.actor if self.shared_critic else self.value_model
+            out["critic"] = self.critic
         return out
 
     def reference_context(self):
