@@ -130,6 +130,23 @@ class Synthetic:
         x[torch.isin(x, self.specials)] = self.filler  # never an EOS / pad / BOS id
         return x
 
+    def trajectories(self, d: dict):
+        """The step's sequences as the agent builds them (generated / injected / generated), and rewards."""
+        import torch
+
+        from searchr1.rollout.trajectory import Trajectory
+
+        a, b = self.block
+        trajs = []
+        for i in range(self.B):
+            t = Trajectory(question="", golden_answers=[], prompt_ids=d["prompt_ids"][i], id=str(i), group=d["groups"][i])
+            r = d["response_ids"][i]
+            t.append(r[:a], 1, [0.0] * a)
+            t.append(r[a:b], 0)
+            t.append(r[b:], 1, [0.0] * (len(r) - b))
+            trajs.append(t)
+        return trajs, torch.tensor(d["rewards"], dtype=torch.float32)
+
     def step(self, step: int) -> dict:
         import torch
 
@@ -166,7 +183,6 @@ def _rss_mib() -> float:
 def child_ours(spec: dict) -> dict:
     import torch
 
-    from searchr1.rollout.trajectory import Trajectory
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
     from searchr1.train.trainer import _params, _warmup, collate, learn
@@ -190,21 +206,10 @@ def child_ours(spec: dict) -> dict:
     pad_id = tokenizer.pad_token_id
     data = Synthetic(tokenizer, B, spec["prompt_len"], spec["response_len"], G, spec["seed"])
     loaded_rss = _rss_mib()
-    a, b = data.block
-
     batches = [data.step(s) for s in range(1 + spec["repeats"])]
 
     def one_step(step: int) -> float:
-        d = batches[step]
-        trajs = []
-        for i in range(B):  # built as the agent builds them: generated / injected / generated
-            t = Trajectory(question="", golden_answers=[], prompt_ids=d["prompt_ids"][i], id=str(i), group=d["groups"][i])
-            r = d["response_ids"][i]
-            t.append(r[:a], 1, [0.0] * a)
-            t.append(r[a:b], 0)
-            t.append(r[b:], 1, [0.0] * (len(r) - b))
-            trajs.append(t)
-        scores = torch.tensor(d["rewards"], dtype=torch.float32)
+        trajs, scores = data.trajectories(batches[step])
         start = time.perf_counter()
         # the trainer's steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
         out = learn(models, collate(trajs, pad_id, tc.mask_retrieved), scores, optimizers, schedulers, tc, step)
