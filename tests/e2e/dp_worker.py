@@ -36,6 +36,8 @@ CASES = {
                                 sharding="zero3"),
     # recomputation in the backward (activation checkpointing, the chunked LM head) under FSDP
     "grpo-zero3-recompute": dict(algorithm="grpo", sharding="zero3", gradient_checkpointing=True, logits_chunk=3),
+    "grpo-lora-zero3-recompute": dict(algorithm="grpo", sharding="zero3", gradient_checkpointing=True,
+                                      lora_r=4, lora_targets=["q_proj", "v_proj"]),
 }
 
 

@@ -209,3 +209,12 @@ def test_a_chunked_training_update_matches_the_unchunked_one():
     initial = torch.cat([p.detach().flatten() for p in tiny_llama().parameters()])
     assert (params[0] - initial).abs().max() > 1e-3  # the update moved the weights
     assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_gradient_checkpointing_is_switched_on():
+    for lora in (0, 4):
+        tc = TrainConfig(algorithm="grpo", group_size=2, prompts_per_step=2, mini_batch_size=4, lora_r=lora,
+                         lora_targets=["q_proj"], gradient_checkpointing=True)
+        lm = causal_lm(build_models(tiny_llama(), tc).policy)
+        on = getattr(lm, "is_activation_checkpointing", None)
+        assert (on if on is not None else lm.is_gradient_checkpointing) is True

@@ -283,8 +283,11 @@ def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = No
     Under mixed precision (`autocast_dtype`) a frozen reference copy is stored in that dtype (it
     never takes an update, so fp32 would only cost memory)."""
     lora = tcfg.lora_r > 0
-    if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tcfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # the name in recent transformers
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     critic: nn.Module | None = None
