@@ -24,11 +24,12 @@ from fakes import char_tokenizer, continue_script
 from searchr1 import rewards
 from searchr1.config import load_config
 from searchr1.export import verl_reward
-from searchr1.export.episode import EpisodeSettings, run_episode_sync
+from searchr1.export.episode import run_episode_sync
 from searchr1.export.verl import ExportOptions, export_verl
 from searchr1.protocol import format_documents
 from searchr1.retrieval.client import HttpRetriever
 from searchr1.rollout.agent import search_with_retries
+from searchr1.rollout.settings import AgentConfig
 from searchr1.settings import Config
 
 WORLD = ["train.train_data=synthetic", "demo.world.countries=3", "demo.world.cities_per_country=2",
@@ -143,7 +144,7 @@ def test_episode_searches_our_server_and_is_scored_like_our_rewards(server, worl
 
     with retriever:
         ep = run_episode_sync(tok.encode(question), episode_engine(tok, country.name, capital), search, tok,
-                              EpisodeSettings(max_response_tokens=2000), eos_ids={tok.eos_token_id},
+                              AgentConfig(max_response_tokens=2000), eos_ids={tok.eos_token_id},
                               with_logprobs=True)
         passages = format_documents(retriever.search([f"capital of {country.name}"], 3)[0]).strip()
     text = tok.decode(ep.response_ids, skip_special_tokens=True)

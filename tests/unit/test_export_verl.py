@@ -19,7 +19,7 @@ from searchr1.cli import main
 from searchr1.config import load_config
 from searchr1.errors import RetrieverError, RetrieverUnavailableError, SearchR1Error
 from searchr1.export import verl_reward
-from searchr1.export.episode import EpisodeSettings, cut_at_stop, run_episode_sync
+from searchr1.export.episode import cut_at_stop, run_episode_sync
 from searchr1.export.verl import (AGENT_NAMES, REWARD_NAME, REWARD_PATH, TOOL_TEMPLATE, ExportError, ExportOptions,
                                   export_verl, verl_plan, verl_schema)
 from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
@@ -410,9 +410,8 @@ def episode(tok, pol, retriever, junk: str = "", **cfg):
     async def search(query):
         return search_with_retries(retriever, [query], a.topk, a.retrieval_attempts, 0.0)[0]
 
-    settings = EpisodeSettings(a.max_turns, a.max_turn_tokens, a.max_obs_tokens, a.max_response_tokens)
     prompt = tok.encode("Q?")
-    return run_episode_sync(prompt, engine(tok, pol, junk), search, tok, settings,
+    return run_episode_sync(prompt, engine(tok, pol, junk), search, tok, a,
                             eos_ids={tok.eos_token_id}, with_logprobs=True)
 
 
@@ -487,7 +486,9 @@ def test_cut_at_stop_finds_the_shortest_prefix(tok):
 
 def test_episode_settings_validate():
     with pytest.raises(ValueError):
-        EpisodeSettings(max_turns=-1)
+        AgentConfig(max_turns=-1)
     with pytest.raises(ValueError):
-        EpisodeSettings(max_obs_tokens=0)
+        AgentConfig(max_obs_tokens=0)
+    with pytest.raises(ValueError, match="does not force a response prefix"):
+        run_episode_sync([1], None, None, None, AgentConfig(response_prefix="<think>"))
     assert asyncio.iscoroutinefunction(__import__("searchr1.export.episode", fromlist=["run_episode"]).run_episode)

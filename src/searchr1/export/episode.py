@@ -30,27 +30,12 @@ from typing import Any
 
 from searchr1.protocol import INVALID_ACTION_NOTE, STOP_STRINGS, parse_action
 from searchr1.rollout.agent import ENDINGS, encode_text, observation_ids, turn_outcome
+from searchr1.rollout.settings import AgentConfig
 
 #: async (context ids, max new tokens) -> (sampled ids, their log-probs or None)
 GenerateFn = Callable[[list[int], int], Awaitable[tuple[list[int], list[float] | None]]]
 #: async (query) -> hits (Hit objects or Search-R1 result dicts), best first
 SearchFn = Callable[[str], Awaitable[Sequence[Any]]]
-
-
-@dataclass
-class EpisodeSettings:
-    """The agent's limits (the same meaning and defaults as `searchr1.rollout.settings.AgentConfig`)."""
-
-    max_turns: int = 4
-    max_turn_tokens: int = 500
-    max_obs_tokens: int = 500
-    max_response_tokens: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.max_turns < 0:
-            raise ValueError("max_turns must be >= 0")
-        if min(self.max_turn_tokens, self.max_obs_tokens, self.max_response_tokens) < 1:
-            raise ValueError("token limits must be positive")
 
 
 @dataclass
@@ -96,9 +81,12 @@ def cut_at_stop(ids: Sequence[int], decode_fn: Callable[[Sequence[int]], str],
 
 
 async def run_episode(prompt_ids: Sequence[int], generate: GenerateFn, search: SearchFn, tokenizer,
-                      settings: EpisodeSettings, eos_ids: set[int] | frozenset[int] = frozenset(),
+                      settings: AgentConfig, eos_ids: set[int] | frozenset[int] = frozenset(),
                       with_logprobs: bool = False) -> Episode:
-    """Play one episode from `prompt_ids`; see the module docstring for the rules."""
+    """Play one episode from `prompt_ids`; see the module docstring for the rules. `settings`: the
+    agent's limits (max_turns, max_turn_tokens, max_obs_tokens, max_response_tokens)."""
+    if settings.response_prefix:
+        raise ValueError("the veRL episode does not force a response prefix (agent.response_prefix must be empty)")
     ep = Episode(response_logprobs=[] if with_logprobs else None)
     note = encode_text(tokenizer, INVALID_ACTION_NOTE)
     prompt = list(prompt_ids)

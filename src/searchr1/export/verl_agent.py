@@ -33,10 +33,10 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
-from searchr1.export.episode import EpisodeSettings, run_episode
-from searchr1.rollout.agent import encode_text
+from searchr1.export.episode import run_episode
 from searchr1.retrieval.client import HttpRetriever
-from searchr1.rollout.agent import search_with_retries
+from searchr1.rollout.agent import encode_text, search_with_retries
+from searchr1.rollout.settings import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ class SearchR1AgentLoop(AgentLoopBase):
         self.retrieval_attempts = int(retrieval_attempts)
         self.retrieval_backoff_s = float(retrieval_backoff_s)
         self.response_length = int(self.rollout_config.response_length)
-        self.settings = EpisodeSettings(max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens),
-                                        max_obs_tokens=int(max_obs_tokens),
-                                        max_response_tokens=self.response_length)
+        self.settings = AgentConfig(max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens),
+                                    max_obs_tokens=int(max_obs_tokens), max_response_tokens=self.response_length)
 
     async def _prompt_ids(self, messages: list) -> list[int]:
         if self.chat == "template":
