@@ -50,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save_json, table  # noqa: E402
+from train_step import Synthetic  # noqa: E402
 
 # From the published config.json files (Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B): rope_theta 1e6,
 # rms_norm_eps 1e-6, 32768 positions, tied embeddings.
@@ -90,9 +91,14 @@ def rollout_flops(s: dict, batch: int, prompt: int, gen: int) -> int:
 
 
 class IdTokenizer:
-    """All HFGenerator and collate read: a pad id and no EOS (decode only serves stop strings)."""
+    """All HFGenerator, collate and the synthetic batches read: a pad id, no EOS (decode only serves
+    stop strings), the vocabulary size and the special ids random tokens must avoid."""
 
     pad_token_id, eos_token_id = PAD, None
+    all_special_ids = [PAD]
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
 
     def decode(self, ids) -> str:
         return " ".join(map(str, ids))
@@ -141,7 +147,7 @@ def bench_rollout(model, args, autocast, sync) -> dict:
     from searchr1.rollout.generator import SamplingParams
     from searchr1.rollout.hf import HFGenerator
 
-    gen = HFGenerator(model, IdTokenizer())
+    gen = HFGenerator(model, IdTokenizer(model.config.vocab_size))
     if gen.eos_ids:
         raise RuntimeError(f"the generator would stop at {gen.eos_ids}: rows could end early")
     prompts = random_ids(torch.Generator().manual_seed(args.seed), model.config.vocab_size,
@@ -165,7 +171,6 @@ def bench_rollout(model, args, autocast, sync) -> dict:
 def bench_train(model, args, autocast_dtype, sync) -> dict:
     import torch
 
-    from searchr1.rollout.trajectory import Trajectory
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
     from searchr1.train.trainer import _params, collate, learn
@@ -178,20 +183,14 @@ def bench_train(model, args, autocast_dtype, sync) -> dict:
     models = build_models(model, tc, autocast_dtype)
     optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
     device = next(model.parameters()).device
-    a, b = R // 2 - R // 8, R // 2 - R // 8 + R // 4  # the injected block, where <information> would sit
-    gen = torch.Generator().manual_seed(args.seed)
+    # the synthetic batches of train_step.py: groups sharing a prompt, the middle quarter of each
+    # response injected (where an <information> block would sit); a fresh batch per step, built
+    # before any timing
+    data = Synthetic(IdTokenizer(model.config.vocab_size), B, P, R, G, args.seed)
     batches = []
-    for _ in range(1 + args.repeats):  # a fresh batch per step, built before any timing
-        prompts = random_ids(gen, model.config.vocab_size, B // G, P).repeat_interleave(G, 0).tolist()
-        responses = random_ids(gen, model.config.vocab_size, B, R).tolist()
-        trajs = []
-        for i, r in enumerate(responses):
-            t = Trajectory(question="", golden_answers=[], prompt_ids=prompts[i], id=str(i), group=i // G)
-            t.append(r[:a], 1, [0.0] * a)
-            t.append(r[a:b], 0)
-            t.append(r[b:], 1, [0.0] * (R - b))
-            trajs.append(t)
-        batches.append((collate(trajs, PAD).to(device), torch.rand(B, generator=gen).to(device)))
+    for step in range(1 + args.repeats):
+        trajs, scores = data.trajectories(data.step(step))
+        batches.append((collate(trajs, PAD).to(device), scores.to(device)))
 
     def run(i):
         out = learn(models, batches[i][0], batches[i][1], optimizers, {}, tc, i + 1)

@@ -158,7 +158,6 @@ class DataParallel:
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.world = accelerator.num_processes if accelerator is not None else 1
         self.sharding = sharding if self.world > 1 else "none"
-        self._reshard: dict[int, bool] = {}  # FSDP module -> its reshard_after_forward
 
     @classmethod
     def from_env(cls, device: str = "auto", sharding: str = "auto", timeout_minutes: int = 120) -> "DataParallel":
@@ -209,10 +208,9 @@ class DataParallel:
         `compute_dtype` (bf16-mixed): FSDP gathers parameters in it, reduces gradients in fp32."""
         if module is None or not self.distributed:
             return module
-        trainable = any(p.requires_grad for p in module.parameters())
         if self.sharded:
-            return self._fully_shard(module, compute_dtype, reshard=self.sharding == "zero3" or not trainable)
-        if not trainable:
+            return self._fully_shard(module, compute_dtype)
+        if not any(p.requires_grad for p in module.parameters()):
             return module
         import inspect
 
@@ -227,7 +225,12 @@ class DataParallel:
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                        **{no_sync: False})
 
-    def _fully_shard(self, module: nn.Module, compute_dtype: torch.dtype | None, reshard: bool) -> nn.Module:
+    def _reshards_after_forward(self, module: nn.Module) -> bool:
+        """Whether `module`'s blocks free their gathered parameters after their forward: always
+        under zero3; under zero2 only for a frozen module (it has no backward to keep them for)."""
+        return self.sharding == "zero3" or not any(p.requires_grad for p in module.parameters())
+
+    def _fully_shard(self, module: nn.Module, compute_dtype: torch.dtype | None) -> nn.Module:
         try:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         except ImportError:
@@ -236,17 +239,15 @@ class DataParallel:
             raise MissingDependencyError(f"train.sharding={self.sharding} needs FSDP2 (torch >= 2.6; this is "
                                          f"torch {torch.__version__})") from None
 
-        kwargs = {"reshard_after_forward": reshard}
+        kwargs = {"reshard_after_forward": self._reshards_after_forward(module)}
         if compute_dtype is not None:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         blocks = _block_classes(module)
         for sub in list(module.modules()):
             if sub is not module and type(sub).__name__ in blocks:
                 fully_shard(sub, **kwargs)
-                self._reshard[id(sub)] = reshard
         # the rest (embeddings, norm, LM head, value head); FSDP keeps a root gathered after its
-        # forward, as its backward needs it first
-        self._reshard[id(module)] = False
+        # forward whatever it is told, as its backward needs it first
         return fully_shard(module, **kwargs)
 
     def _fsdp_parts(self, module: nn.Module) -> list[nn.Module]:
@@ -272,6 +273,7 @@ class DataParallel:
             yield
             return
         parts = self._fsdp_parts(module)
+        after = self._reshards_after_forward(module)
         for m in parts:
             m.set_reshard_after_forward(False, recurse=False)
             m.unshard()
@@ -280,7 +282,7 @@ class DataParallel:
         finally:
             for m in parts:
                 m.reshard()
-                m.set_reshard_after_forward(self._reshard.get(id(m), True), recurse=False)
+                m.set_reshard_after_forward(after and m is not module, recurse=False)  # the root: as FSDP had it
 
     def no_sync(self, module: nn.Module | None, skip: bool):
         """Skip the gradient all-reduce of this backward (True for all but the last micro-batch).
