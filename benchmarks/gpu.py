@@ -14,12 +14,12 @@ Rows (`--only` takes these names), each timed as the median of --repeats runs af
            The model has no EOS id and the tokenizer stub none either, and no stop strings are
            given, so every row runs to its budget; the script fails if any row generated another
            count. tokens/s = generated tokens / seconds of the whole call (prefill included).
-  train    `searchr1.train.trainer.learn`, GRPO, full fine-tuning: --train-batch sequences (groups
+  train    `searchr1.train.learner.Learner.learn`, GRPO, full fine-tuning: --train-batch sequences (groups
            of 4) of --prompt-len prompt + --response-len response random ids, the middle quarter of
            each response injected (loss mask 0), micro-batch --micro, AdamW lr 1e-6, KL 0.001 (the
            reference forward runs), 1 epoch, 1 mini-batch of the whole batch: so the old-log-prob
            forward is skipped, as `learn` does for single-step GRPO. The batch is collated and on
-           the device before the clock starts; tokens/s = B x (P + R) / seconds of learn().
+           the device before the clock starts; tokens/s = B x (P + R) / seconds of Learner.learn().
 
 FLOPs and MFU (model FLOPs, the PaLM convention: recomputation under gradient checkpointing is
 not counted). N = non-embedding parameters (every weight of the decoder layers and final norm,
@@ -48,9 +48,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import machine, save_json, table  # noqa: E402
-from train_step import Synthetic  # noqa: E402
+from train_step import Synthetic
 
 # From the published config.json files (Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B): rope_theta 1e6,
 # rms_norm_eps 1e-6, 32768 positions, tied embeddings.
@@ -81,7 +81,7 @@ def forward_flops(s: dict, batch: int, prompt: int, response: int) -> int:
 
 
 def train_flops(s: dict, batch: int, prompt: int, response: int, extra_forwards: int = 1) -> int:
-    """Model FLOPs of one learn(): forward + backward (3 forwards) + no-grad forwards (reference)."""
+    """Model FLOPs of one Learner.learn(): forward + backward (3 forwards) + no-grad forwards (reference)."""
     return (3 + extra_forwards) * forward_flops(s, batch, prompt, response)
 
 
@@ -169,11 +169,11 @@ def bench_rollout(model, args, autocast, sync) -> dict:
 
 
 def bench_train(model, args, autocast_dtype, sync) -> dict:
-    import torch
 
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
-    from searchr1.train.trainer import _params, collate, learn
+    from searchr1.train.batch import collate
+    from searchr1.train.learner import Learner
 
     B, P, R, G = args.train_batch, args.prompt_len, args.response_len, args.group
     tc = TrainConfig(algorithm="grpo", steps=1 + args.repeats, prompts_per_step=B // G, group_size=G,
@@ -181,7 +181,7 @@ def bench_train(model, args, autocast_dtype, sync) -> dict:
                      gradient_checkpointing=args.gradient_checkpointing, precision=args.precision,
                      tensorboard=False, progress=False, seed=args.seed)
     models = build_models(model, tc, autocast_dtype)
-    optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
+    learner = Learner(models, tc)
     device = next(model.parameters()).device
     # the synthetic batches of train_step.py: groups sharing a prompt, the middle quarter of each
     # response injected (where an <information> block would sit); a fresh batch per step, built
@@ -193,7 +193,7 @@ def bench_train(model, args, autocast_dtype, sync) -> dict:
         batches.append((collate(trajs, PAD).to(device), scores.to(device)))
 
     def run(i):
-        out = learn(models, batches[i][0], batches[i][1], optimizers, {}, tc, i + 1)
+        out = learner.learn(batches[i][0], batches[i][1], i + 1)
         if out["train/optimizer_steps"] != 1:
             raise RuntimeError(f"step {i}: {out['train/optimizer_steps']} optimizer steps (non-finite loss?)")
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import CACHE, SHARED_DATA, machine, run_load, table, vm_hwm_mib  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import CACHE, SHARED_DATA, dir_size_mib, machine, median_run, run_load, run_measured, save_json, table, vm_hwm_mib  # noqa: E402
 
 PY = sys.executable

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import CACHE, SHARED_DATA, machine, save_json, table  # noqa: E402
 
 STOP = ("</search>", "</answer>")

@@ -3,7 +3,7 @@
     python benchmarks/sharding.py                        # SmolLM2-135M, full fine-tuning, 2 processes
     python benchmarks/sharding.py --batch 4 --prompt-len 16 --response-len 32 --repeats 1   # smoke test
 
-Each row is one launch of `searchr1.train.trainer.learn` on the synthetic batches of
+Each row is one launch of `searchr1.train.learner.Learner.learn` on the synthetic batches of
 `benchmarks/train_step.py` (GRPO, B sequences in groups of 4, P prompt + R response tokens with an
 injected block, AdamW, KL 0.001 so the frozen reference is kept, one optimizer step per batch, fp32,
 CPU/gloo):
@@ -40,9 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import machine, save_json, table  # noqa: E402
-from train_step import KL_COEF, LR, MAX_GRAD_NORM, WEIGHT_DECAY, Synthetic, _load, _rss_mib  # noqa: E402
+from train_step import KL_COEF, LR, MAX_GRAD_NORM, WEIGHT_DECAY, Synthetic, _load, _rss_mib
 
 ROWS = {"1 process": ("none", 1), "none (DDP)": ("none", 0), "zero1": ("zero1", 0), "zero2": ("zero2", 0),
         "zero3": ("zero3", 0)}  # name -> (sharding, processes; 0 = --nproc)
@@ -83,7 +83,8 @@ def worker(args) -> None:
     from searchr1.train.distributed import DataParallel
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
-    from searchr1.train.trainer import _params, collate, learn
+    from searchr1.train.batch import collate
+    from searchr1.train.learner import Learner
 
     dist = DataParallel.from_env("cpu", args.sharding)
     torch.set_num_threads(max(1, args.threads // dist.world))
@@ -97,7 +98,7 @@ def worker(args) -> None:
     models = build_models(model, tc)
     del model
     models.distribute(dist)
-    optimizers = {"policy": dist.optimizer(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
+    learner = Learner(models, tc, dist)
     load_peak = _peak_mib()
     _trim()
     steps_only = _reset_peak()
@@ -108,7 +109,7 @@ def worker(args) -> None:
         batch = collate(trajs, tokenizer.pad_token_id)
         dist.barrier()
         start = time.perf_counter()
-        out = learn(models, batch, scores, optimizers, {}, tc, step + 1, dist)
+        out = learner.learn(batch, scores, step + 1)
         dist.barrier()
         times.append(time.perf_counter() - start)
         if out["train/optimizer_steps"] != 1:

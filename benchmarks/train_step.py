@@ -9,7 +9,7 @@ What one "step" is (the work between two rollouts, generation excluded):
   (--group, default 4) sharing one prompt of P random token ids, each with its own response of R
   random token ids, one random reward in [0, 1) per sequence, and a loss mask that is 1 on the response except
   an "injected" block of R/4 tokens in its middle (where Search-R1 puts an <information> block).
-  The step then does, as `searchr1.train.trainer.train` does in its steps 4-6:
+  The step then does, as `searchr1.train.trainer.train` does in its steps 4-6 (`Learner.learn`):
     pad into tensors -> old log-probs (no grad) -> reference log-probs (no grad; KL 0.001)
     [-> critic values (PPO)] -> advantages (GRPO group-normalised; PPO KL-in-reward + GAE)
     -> 1 epoch, 1 mini-batch of B (gradient accumulation over --micro rows, default B)
@@ -76,7 +76,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import CACHE, machine, run_measured, save_json, table  # noqa: E402
 
 PY = sys.executable
@@ -185,7 +185,8 @@ def child_ours(spec: dict) -> dict:
 
     from searchr1.train.models import build_models
     from searchr1.train.settings import TrainConfig
-    from searchr1.train.trainer import _params, _warmup, collate, learn
+    from searchr1.train.batch import collate
+    from searchr1.train.learner import Learner
 
     B, G = spec["batch"], spec["group"]
     model, tokenizer = _load(spec["model"])
@@ -199,10 +200,7 @@ def child_ours(spec: dict) -> dict:
                      logits_chunk=spec.get("logits_chunk", 0))
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)
-    optimizers = {"policy": torch.optim.AdamW(_params(models.policy), lr=tc.lr, weight_decay=tc.weight_decay)}
-    if models.critic is not None:
-        optimizers["critic"] = torch.optim.AdamW(_params(models.critic), lr=tc.critic_lr, weight_decay=tc.weight_decay)
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _warmup(tc.warmup_steps)) for k, o in optimizers.items()}
+    learner = Learner(models, tc)
     pad_id = tokenizer.pad_token_id
     data = Synthetic(tokenizer, B, spec["prompt_len"], spec["response_len"], G, spec["seed"])
     loaded_rss = _rss_mib()
@@ -212,7 +210,7 @@ def child_ours(spec: dict) -> dict:
         trajs, scores = data.trajectories(batches[step])
         start = time.perf_counter()
         # the trainer's steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
-        out = learn(models, collate(trajs, pad_id, tc.mask_retrieved), scores, optimizers, schedulers, tc, step)
+        out = learner.learn(collate(trajs, pad_id, tc.mask_retrieved), scores, step)
         seconds = time.perf_counter() - start
         if out["train/optimizer_steps"] != 1:
             raise RuntimeError(f"step {step}: {out['train/optimizer_steps']} optimizer steps (skipped: non-finite?)")

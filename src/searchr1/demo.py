@@ -23,12 +23,16 @@ import shutil
 import time
 from pathlib import Path
 
-from searchr1.data.synthetic import Question, build_world, make_questions, split_questions
+from searchr1.data.questions import held_out_questions, synthetic_split, synthetic_world
+from searchr1.data.synthetic import Question
+from searchr1.eval.harness import evaluate, read_trajectories
+from searchr1.eval.html import _CSS, _table, esc, render_episode
+from searchr1.eval.metrics import markdown_table
 from searchr1.retrieval.build import build_index
 from searchr1.retrieval.client import HttpRetriever
 from searchr1.retrieval.corpus import write_passages
 from searchr1.retrieval.evaluate import answer_recall
-from searchr1.retrieval.local import open_index
+from searchr1.retrieval.local import open_index, open_retriever
 from searchr1.retrieval.server import BackgroundServer
 from searchr1.settings import Config
 
@@ -53,13 +57,11 @@ def _write_questions(questions: list[Question], path: Path) -> None:
 
 
 def prepare_world(cfg: Config) -> tuple[Path, list[Question], list[Question]]:
-    w = cfg.demo.world
-    world = build_world(w.seed, w.countries, w.cities_per_country, w.people, w.organisations)
-    train, test = split_questions(make_questions(world), w.test_fraction, w.seed)
+    train, test = synthetic_split(cfg.world)
     data = Path(cfg.demo.dir) / "data"
     data.mkdir(parents=True, exist_ok=True)
     corpus = data / "corpus.jsonl"
-    _write_if_changed(corpus, lambda tmp: write_passages(world.passages(), tmp))
+    _write_if_changed(corpus, lambda tmp: write_passages(synthetic_world(cfg.world).passages(), tmp))
     _write_questions(train, data / "train.jsonl")
     _write_questions(test, data / "test.jsonl")
     return corpus, train, test
@@ -149,10 +151,12 @@ def _stage(console, timings: dict, key: str, title: str):
     return run()
 
 
-def _eval_cfg(cfg: Config, rcfg, test_path: Path, out_dir: Path) -> Config:
-    ev = dataclasses.replace(cfg.eval, datasets=[str(test_path)], limit=cfg.demo.eval_questions, modes=["agent"],
-                             out_dir=str(out_dir))
-    return dataclasses.replace(cfg, eval=ev, retriever=rcfg)
+def _evaluate(cfg: Config, rcfg, out_dir: Path, console, generator, retriever) -> dict:
+    """The agent on demo.eval_questions of the world's held-out questions (the ones training leaves out)."""
+    ev = dataclasses.replace(cfg.eval, limit=cfg.demo.eval_questions, modes=["agent"], out_dir=str(out_dir))
+    ecfg = dataclasses.replace(cfg, eval=ev, retriever=rcfg,
+                               train=dataclasses.replace(cfg.train, train_data="synthetic"))
+    return evaluate(ecfg, console, generator, retriever, questions=held_out_questions(ecfg))
 
 
 def _agent_metrics(results: dict) -> tuple[dict, Path]:
@@ -172,16 +176,15 @@ def run_demo(cfg: Config, console) -> dict:
     if cfg.demo.retrieval_only:
         return {"retrieval": retrieval, "timings": timings}
 
-    from searchr1.eval.harness import evaluate
-    from searchr1.retrieval.local import open_retriever
+    # the training stack (transformers, the trainer) is imported only past the retrieval-only exit
     from searchr1.rollout.hf import HFGenerator
     from searchr1.train.models import causal_lm
+    from searchr1.train.sft import save_model, warmup
     from searchr1.train.trainer import train
 
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     _, train_questions, _ = prepare_world(cfg)
-    test_path = out / "data" / "test.jsonl"
     rcfg = dataclasses.replace(cfg.retriever, index=str(out / "index"), url="")
     retriever = open_retriever(rcfg)
     evals: dict[str, dict] = {}
@@ -191,30 +194,21 @@ def run_demo(cfg: Config, console) -> dict:
                     f"stage 2/6: evaluate {cfg.model.name} before training ({cfg.demo.eval_questions} held-out "
                     "questions, agent mode)"):
             generator = HFGenerator.from_config(cfg.model)
-            evals["before"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-before"), console, generator,
-                                       retriever)
+            evals["before"] = _evaluate(cfg, rcfg, out / "eval-before", console, generator, retriever)
         rl_model = cfg.model.name
         if cfg.sft.steps > 0:
             with _stage(console, timings, "sft", f"stage 3/6: SUPERVISED WARM-UP on demonstrations "
                                                  f"({cfg.sft.steps} steps) -- not pure RL, the report says so"):
-                from searchr1.train.sft import warmup
-
                 sft_result = warmup(cfg, generator.model, generator.tokenizer, retriever, train_questions, console)
-                sft_dir = out / "sft-model"
-                tmp = out / f".sft-model.tmp-{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                generator.model.save_pretrained(tmp)
-                generator.tokenizer.save_pretrained(tmp)
-                shutil.rmtree(sft_dir, ignore_errors=True)
-                os.replace(tmp, sft_dir)
+                sft_dir = save_model(generator.model, generator.tokenizer, out / "sft-model")
                 rl_model = str(sft_dir)
                 console.print(f"warm-up: {sft_result['kept']} demonstrations kept ({sft_result['dropped']} dropped), "
                               f"loss {sft_result['first_loss']} -> {sft_result['last_loss']}; model {sft_dir}",
                               markup=False)
             if cfg.demo.eval_after_sft:
                 with _stage(console, timings, "eval_after_sft", "stage 3/6: evaluate after the warm-up"):
-                    evals["after_sft"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-after-sft"), console,
-                                                  generator, retriever)
+                    evals["after_sft"] = _evaluate(cfg, rcfg, out / "eval-after-sft", console, generator,
+                                                   retriever)
         else:
             console.print("\n[bold]stage 3/6: no supervised warm-up[/] (sft.steps=0): pure RL from the model")
         del generator
@@ -230,8 +224,7 @@ def run_demo(cfg: Config, console) -> dict:
         with _stage(console, timings, "eval_after", "stage 5/6: evaluate after training"):
             policy = causal_lm(result["models"].policy).eval()
             generator = HFGenerator(policy, result["tokenizer"])
-            evals["after"] = evaluate(_eval_cfg(cfg, rcfg, test_path, out / "eval-after"), console, generator,
-                                      retriever)
+            evals["after"] = _evaluate(cfg, rcfg, out / "eval-after", console, generator, retriever)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):
@@ -263,7 +256,7 @@ def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | Non
                                if sft_result and sft_result["steps"] else "no"),
         "retriever": f"{cfg.retriever.method} top-{cfg.agent.topk}",
         "max searches / turn tokens": f"{cfg.agent.max_turns} / {cfg.agent.max_turn_tokens}",
-        "world": f"{retrieval.get('passages', '?')} passages, seed {cfg.demo.world.seed}",
+        "world": f"{retrieval.get('passages', '?')} passages, seed {cfg.world.seed}",
         "rollout temperature": tc.temperature,
         "held-out questions": cfg.demo.eval_questions,
     }
@@ -378,9 +371,6 @@ def _curve_svgs(report: dict) -> list[str]:
 
 def write_report(out: Path, report: dict, evals: dict) -> dict:
     """report.md, report.html (inline SVG curves, example trajectories), training_curves.svg, report.json."""
-    from searchr1.eval.harness import markdown_table, read_trajectories
-    from searchr1.eval.html import _CSS, _table, esc, render_episode
-
     header, rows = comparison_rows(report)
     svgs = _curve_svgs(report)
     (out / "training_curves.svg").write_text(svgs[0] + "\n", encoding="utf-8")

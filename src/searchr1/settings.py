@@ -36,7 +36,6 @@ class WorldConfig:
 @dataclass
 class DemoConfig:
     dir: str = param("searchr1-demo", "directory for everything the demo writes (corpus, index, report)")
-    world: WorldConfig = param(WorldConfig, "the synthetic world the demo searches")
     methods: list[Literal["bm25", "dense"]] = param(["bm25", "dense"], "indexes the demo builds")
     max_questions: int = param(200, "held-out questions used to measure retrieval")
     retrieval_only: bool = param(False, "stop after the retrieval check (no model is loaded)")
@@ -53,6 +52,8 @@ class Config:
     server: ServerConfig = param(ServerConfig, "`searchr1 serve`: the HTTP retrieval server")
     model: ModelConfig = param(ModelConfig, "the policy model that generates rollouts")
     agent: AgentConfig = param(AgentConfig, "the multi-turn search agent's limits")
+    world: WorldConfig = param(WorldConfig, "the synthetic world: its encyclopedia and questions (the demo, "
+                                            "train.train_data=synthetic)")
     demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")
     data: DataConfig = param(DataConfig, "`searchr1 data prepare`: QA benchmarks -> parquet with prompts")
     eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")

@@ -1,4 +1,4 @@
-"""One `learn()` update on fixed trajectories, alone or as one rank of `torchrun`: writes the
+"""One `Learner.learn()` update on fixed trajectories, alone or as one rank of `torchrun`: writes the
 trained parameters (rank 0) so that tests/e2e/test_distributed.py can compare 1 vs 2 processes.
 
     python dp_worker.py OUT.pt                      # one process, the whole batch
@@ -15,7 +15,8 @@ from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.distributed import DataParallel, resolve_sharding
 from searchr1.train.models import build_models
 from searchr1.train.settings import TrainConfig
-from searchr1.train.trainer import _params, collate, learn
+from searchr1.train.batch import collate
+from searchr1.train.learner import Learner
 
 VOCAB = 40
 # name -> TrainConfig overrides; 4 prompts x 4 rollouts = 16 trajectories, mini-batches of 8 (two
@@ -91,18 +92,16 @@ def main(out_path: str) -> None:
         models = build_models(tiny_llama(), tc)
         models.distribute(dist)
         # SGD: parameters move linearly with the gradient, so a wrong gradient scale shows directly
-        optimizers = {"policy": dist.optimizer(_params(models.policy), torch.optim.SGD, lr=tc.lr)}
-        if models.critic is not None:
-            optimizers["critic"] = dist.optimizer(_params(models.critic), torch.optim.SGD, lr=tc.critic_lr)
+        learner = Learner(models, tc, dist, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
         trajs, scores = trajectories(tc.prompts_per_step, tc.group_size)
-        metrics = learn(models, collate(trajs, 0), scores, optimizers, {}, tc, step=1, dist=dist)
+        metrics = learner.learn(collate(trajs, 0), scores, step=1)
         state = {f"policy.{k}": v for k, v in _whole(models.policy, dist, trainable_only=True).items()}
         if models.critic is not None:
             state.update({f"critic.{k}": v for k, v in _whole(models.critic, dist).items()})
         result[name] = {"params": state, "metrics": metrics}
     if dist.is_main:
         torch.save(result, out_path)
-    del models, optimizers  # DDP must go before its process group
+    del models, learner  # DDP must go before its process group
     group.close()
 
 

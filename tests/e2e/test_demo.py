@@ -24,8 +24,8 @@ def _run(cmd, timeout=600):
 
 def test_demo_retrieval_check_builds_serves_and_measures_recall(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", "demo.world.people=40",
-           "demo.world.organisations=10", "demo.world.countries=4", "demo.max_questions=60",
+    cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", "world.people=40",
+           "world.organisations=10", "world.countries=4", "demo.max_questions=60",
            "demo.retrieval_only=true"]
     proc = _run(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,8 +50,8 @@ def test_demo_retrieval_check_builds_serves_and_measures_recall(tmp_path):
 def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", f"model.name={tiny_model_dir}",
-           "model.device=cpu", "model.threads=1", "demo.world.people=30", "demo.world.organisations=8",
-           "demo.world.countries=3", "demo.max_questions=30", "demo.eval_questions=4", "eval.batch_size=4",
+           "model.device=cpu", "model.threads=1", "world.people=30", "world.organisations=8",
+           "world.countries=3", "demo.max_questions=30", "demo.eval_questions=4", "eval.batch_size=4",
            "agent.max_turn_tokens=32", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
            "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false"]
     t0 = time.perf_counter()

@@ -13,9 +13,9 @@ import torch
 from searchr1.train.checkpoint import find_latest_checkpoint, verify_checkpoint
 from searchr1.train.logging import read_metrics
 
+import dp_worker
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import dp_worker  # noqa: E402
 
 LAUNCHER_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 

@@ -5,7 +5,6 @@ reward; the rest checks resume, corrupted checkpoints, the retrieved-token mask 
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,7 @@ from searchr1.retrieval.base import Hit
 from searchr1.settings import Config
 from searchr1.train.logging import read_metrics
 from searchr1.train.trainer import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fakes import char_tokenizer  # noqa: E402
+from fakes import char_tokenizer
 
 torch.set_num_threads(1)
 
@@ -77,6 +74,33 @@ def test_grpo_raises_the_reward_and_logs_metrics(world, tmp_path):
         assert key in rows[-1], key
     assert rows[-1]["rollout/logprob_diff"] < 1e-3  # the recomputed log-probs are the sampled ones
     assert result["checkpoint"] and Path(result["checkpoint"]).name == "step-000015"
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "reinforce_pp"])
+def test_critic_free_algorithms_raise_the_reward(world, tmp_path, algorithm):
+    result = train(make_cfg(world, tmp_path / "run", algorithm=algorithm), reward_fn=share_of_a)
+    rewards = _rewards(result)
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
+    row = read_metrics(tmp_path / "run")[-1]
+    assert "critic/value_loss" not in row and "actor/pg_loss" in row
+    assert ("actor/kl_loss" in row) == (algorithm == "rloo")  # reinforce_pp: the KL is in the reward
+
+
+def test_dapo_options_train_and_report(world, tmp_path):
+    cfg = make_cfg(world, tmp_path / "run", steps=3, dynamic_sampling=True, dynamic_sampling_max_rounds=2,
+                   overlong="mask", clip_ratio_high=0.28, tis_cap=2.0)
+    cfg.agent.max_response_tokens = 6  # below the turn's 12 tokens: most responses hit the limit
+    result = train(cfg, reward_fn=share_of_a)
+    rows = read_metrics(tmp_path / "run")
+    for row in rows:
+        assert 1 <= row["dynamic/rounds"] <= 2 and row["dynamic/prompts_drawn"] == 4 * row["dynamic/rounds"]
+        assert 0 <= row["dynamic/informative_groups"] <= 4
+        # nothing is injected without searches: what is masked is the truncated responses
+        assert row["rollout/truncated"] > 0 and row["rollout/masked_share"] > 0
+        assert row["rollout/injected_share"] == 0
+        assert 0 < row["actor/tis_weight_mean"] <= 2.0
+    assert result["metrics"]["train/optimizer_steps"] == 2
 
 
 def test_ppo_raises_the_reward(world, tmp_path):
@@ -142,12 +166,12 @@ def test_mask_retrieved_false_trains_on_injected_tokens(world, tmp_path):
 
 
 def test_non_finite_loss_skips_the_optimizer_step(world, tmp_path, monkeypatch):
-    import searchr1.train.trainer as trainer
+    import searchr1.train.learner as learner
 
     def nan_loss(logprob, *args, **kwargs):
         return logprob.sum() * float("nan"), {"clip_fraction": 0.0, "approx_kl": 0.0, "ratio_max": 1.0}
 
-    monkeypatch.setattr(trainer, "policy_loss", nan_loss)
+    monkeypatch.setattr(learner, "policy_loss", nan_loss)
     from transformers import AutoModelForCausalLM
 
     before = AutoModelForCausalLM.from_pretrained(world / "tiny").state_dict()

@@ -183,10 +183,9 @@ def test_eval_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_eval_of_an_agent_that_searches(setup, tmp_path):
-    """A scripted policy: searches once, then answers from what it read. Every number is known."""
+def scripted_generator():
+    """A scripted policy: searches once, then answers from what it read (exact, known outputs)."""
     from fakes import ScriptedLM, char_tokenizer, continue_script
-    from searchr1.eval.harness import evaluate
     from searchr1.rollout.hf import HFGenerator
 
     def policy(ctx: str):
@@ -202,14 +201,24 @@ def test_eval_of_an_agent_that_searches(setup, tmp_path):
         return continue_script(ctx, "<think>let me look</think>\n<search> hamlet shakespeare </search>")
 
     tok = char_tokenizer()
-    gen = HFGenerator(ScriptedLM(tok, policy), tok)
+    return HFGenerator(ScriptedLM(tok, policy), tok)
+
+
+def scripted_config(setup, out: Path, *extra: str) -> Config:
     root, index, files = setup
-    out = tmp_path / "scripted"
-    cfg = load_config(Config, None, [
+    return load_config(Config, None, [
         f"retriever.index={index}", "retriever.method=bm25", f"eval.datasets={files['single']}", "eval.limit=0",
         "eval.batch_size=3", f"eval.out_dir={out}", "eval.html_max_per_run=2", "agent.topk=2",
-        "agent.max_turn_tokens=80", "model.chat=raw"])
-    results = evaluate(cfg, generator=gen)
+        "agent.max_turn_tokens=80", "model.chat=raw", *extra])
+
+
+def test_eval_of_an_agent_that_searches(setup, tmp_path):
+    """A scripted policy: searches once, then answers from what it read. Every number is known."""
+    from searchr1.eval.harness import evaluate
+
+    gen = scripted_generator()
+    out = tmp_path / "scripted"
+    results = evaluate(scripted_config(setup, out), generator=gen)
     m = results["metrics"]["single"]
     # direct answers "Paris" to all four (right for q2 only); rag "Shakespeare" (right for q1 only)
     assert (m["direct"]["em"], m["rag"]["em"]) == (0.25, 0.25)
@@ -228,6 +237,30 @@ def test_eval_of_an_agent_that_searches(setup, tmp_path):
     assert "retrieved passages (2: p" in page and "Hamlet is a tragedy written by William Shakespeare" in page
     assert "Showing the first 2 of 4 episodes" in page
     assert 'class="search"' in page and 'class="good"' in page and 'class="bad"' in page
+
+
+def test_eval_of_questions_given_in_memory(setup, tmp_path):
+    """Rows passed to evaluate replace eval.datasets, keep the caller's labels, are not cut by
+    eval.limit, and score exactly as the same questions read from their files."""
+    from searchr1.data.benchmarks import load_benchmark
+    from searchr1.eval.harness import evaluate
+
+    files = setup[2]
+    from_files = evaluate(scripted_config(setup, tmp_path / "files", f"eval.datasets={files['single']},"
+                                          f"{files['multi']}"), generator=scripted_generator())
+    questions = {"one-hop": load_benchmark(str(files["single"])), "two-hop": load_benchmark(str(files["multi"]))}
+    out = tmp_path / "memory"
+    in_memory = evaluate(scripted_config(setup, out, "eval.datasets=nq", "eval.limit=1"),
+                         generator=scripted_generator(), questions=questions)
+    assert in_memory["datasets"] == {"one-hop": {"name": "one-hop", "split": "in memory", "n": 4},
+                                     "two-hop": {"name": "two-hop", "split": "in memory", "n": 2}}
+    assert (out / "trajectories.one-hop.agent.jsonl").is_file() and (out / "trajectories.two-hop.rag.jsonl").is_file()
+    assert "- questions per dataset: as given" in (out / "results.md").read_text()  # not eval.limit's 1
+    timed = ("seconds", "qps")
+    for label, stem in (("one-hop", "single"), ("two-hop", "multi")):
+        for mode in ("direct", "rag", "agent"):
+            got, want = in_memory["metrics"][label][mode], from_files["metrics"][stem][mode]
+            assert {k: v for k, v in got.items() if k not in timed} == {k: v for k, v in want.items() if k not in timed}
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ from searchr1.rollout.agent import search_with_retries
 from searchr1.rollout.settings import AgentConfig
 from searchr1.settings import Config
 
-WORLD = ["train.train_data=synthetic", "demo.world.countries=3", "demo.world.cities_per_country=2",
-         "demo.world.people=6", "demo.world.organisations=2"]
+WORLD = ["train.train_data=synthetic", "world.countries=3", "world.cities_per_country=2",
+         "world.people=6", "world.organisations=2"]
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[A]{% endif %}"
 
 

@@ -109,20 +109,20 @@ def test_smollm_agent_rollout_masks_and_logprobs(smollm):
     searched = [t for t in trajs if t.num_searches and t.turns[0].observation]
     assert searched, [t.turns[0].text for t in trajs]
     for t in trajs:
-        mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+        mask = torch.tensor(t.policy_mask, dtype=torch.bool)
         fresh = fresh_logprobs(model, t.prompt_ids, t.response_ids)
         assert torch.allclose(torch.tensor(t.logprobs)[mask], fresh[mask], atol=2e-3)
         # the response is the turns in order: what the policy wrote (mask 1), what was injected (mask 0)
         expected = [(0, "<search>")] + [(1, turn.text) if k == 0 else (0, turn.observation)
                                         for turn in t.turns for k in (0, 1) if k == 0 or turn.observation]
         assert mask_runs(tok, t) == expected
-        assert sum(t.loss_mask) == sum(turn.generated_tokens for turn in t.turns)
+        assert sum(t.policy_mask) == sum(turn.generated_tokens for turn in t.turns)
 
 
 def mask_runs(tok, t) -> list[tuple[int, str]]:
     out, start = [], 0
-    for i in range(1, len(t.loss_mask) + 1):
-        if i == len(t.loss_mask) or t.loss_mask[i] != t.loss_mask[start]:
-            out.append((t.loss_mask[start], tok.decode(t.response_ids[start:i], skip_special_tokens=True)))
+    for i in range(1, len(t.policy_mask) + 1):
+        if i == len(t.policy_mask) or t.policy_mask[i] != t.policy_mask[start]:
+            out.append((t.policy_mask[start], tok.decode(t.response_ids[start:i], skip_special_tokens=True)))
             start = i
     return out

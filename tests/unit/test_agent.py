@@ -45,7 +45,7 @@ def run(tok, pol, retriever, n=1, **cfg):
     cfg = AgentConfig(**{"retrieval_backoff_s": 0.0, **cfg})
     stats = Agent(gen, retriever, cfg).run(trajs, GREEDY)
     for t in trajs:
-        assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs)
+        assert len(t.response_ids) == len(t.policy_mask) == len(t.logprobs)
         assert t.response_text == tok.decode(t.response_ids, skip_special_tokens=True)
     return trajs, stats
 
@@ -53,9 +53,9 @@ def run(tok, pol, retriever, n=1, **cfg):
 def runs(tok, traj):
     """The response as (mask, text) runs of equal loss mask."""
     out, start = [], 0
-    for i in range(1, len(traj.loss_mask) + 1):
-        if i == len(traj.loss_mask) or traj.loss_mask[i] != traj.loss_mask[start]:
-            out.append((traj.loss_mask[start], tok.decode(traj.response_ids[start:i])))
+    for i in range(1, len(traj.policy_mask) + 1):
+        if i == len(traj.policy_mask) or traj.policy_mask[i] != traj.policy_mask[start]:
+            out.append((traj.policy_mask[start], tok.decode(traj.response_ids[start:i])))
             start = i
     return out
 
@@ -70,8 +70,8 @@ def test_search_then_answer_masks_every_token(tok):
         assert t.turns[0].doc_ids == ["id-cats"] and t.turns[0].observation == obs
         assert (t.stop_reason, t.answer, t.num_searches) == ("answer", "dogs", 1)
         lp = scripted_logprob(len(tok))
-        assert [x for x, m in zip(t.logprobs, t.loss_mask) if m] == pytest.approx([lp] * sum(t.loss_mask), abs=1e-6)
-        assert all(x == 0.0 for x, m in zip(t.logprobs, t.loss_mask) if not m)
+        assert [x for x, m in zip(t.logprobs, t.policy_mask) if m] == pytest.approx([lp] * sum(t.policy_mask), abs=1e-6)
+        assert all(x == 0.0 for x, m in zip(t.logprobs, t.policy_mask) if not m)
     # both episodes' queries went to the retriever in one call, at the configured depth
     assert retriever.calls == [(["cats", "cats"], 3)]
     assert (stats.searches, stats.retrieval_calls, stats.turns) == (2, 1, 2)
@@ -101,7 +101,7 @@ def test_search_budget_then_forced_final_turn(tok):
 def test_eos_without_answer(tok):
     trajs, _ = run(tok, policy("no idea", ""), FakeRetriever())
     assert trajs[0].stop_reason == "eos" and trajs[0].answer is None
-    assert trajs[0].response_ids[-1] == tok.eos_token_id and trajs[0].loss_mask[-1] == 1
+    assert trajs[0].response_ids[-1] == tok.eos_token_id and trajs[0].policy_mask[-1] == 1
 
 
 def test_response_budget(tok):

@@ -6,8 +6,10 @@ import html
 
 import pytest
 
-from searchr1.eval.harness import aggregate, average_metrics, markdown_report, markdown_table, metric_tables
+from searchr1.eval.harness import trajectory_record
 from searchr1.eval.html import render_model_text, render_report
+from searchr1.eval.metrics import (aggregate, average_metrics, markdown_report, markdown_table, metric_tables,
+                                   score_trajectory)
 from searchr1.rollout.trajectory import Trajectory, Turn
 
 INFO = "\n\n<information>Doc 1(Title: Hamlet) Hamlet is a play by William Shakespeare.\n</information>\n\n"
@@ -17,7 +19,7 @@ def make(question, gold, turns, answer, stop, mask) -> Trajectory:
     t = Trajectory(question=question, golden_answers=gold, prompt_ids=[1, 2, 3], turns=turns, answer=answer,
                    stop_reason=stop)
     t.response_ids = list(range(len(mask)))
-    t.loss_mask = list(mask)
+    t.policy_mask = list(mask)
     t.logprobs = [0.0] * len(mask)
     t.response_text = "".join(turn.text + turn.observation for turn in turns)
     return t
@@ -106,8 +108,6 @@ def test_average_metrics_is_a_macro_average():
 
 
 def _records(episodes):
-    from searchr1.eval.harness import score_trajectory, trajectory_record
-
     return [trajectory_record(t, score_trajectory(t)) for t in episodes]
 
 

@@ -20,8 +20,8 @@ from searchr1.config import load_config
 from searchr1.errors import RetrieverError, RetrieverUnavailableError, SearchR1Error
 from searchr1.export import verl_reward
 from searchr1.export.episode import cut_at_stop, run_episode_sync
-from searchr1.export.verl import (AGENT_NAMES, REWARD_NAME, REWARD_PATH, TOOL_TEMPLATE, ExportError, ExportOptions,
-                                  export_verl, verl_plan, verl_schema)
+from searchr1.export.verl import TOOL_TEMPLATE, ExportError, ExportOptions, export_verl, verl_schema
+from searchr1.export.verl_plan import AGENT_NAMES, REWARD_NAME, REWARD_PATH, verl_plan
 from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.agent import Agent, new_trajectory, search_with_retries
@@ -31,8 +31,8 @@ from searchr1.rollout.settings import AgentConfig
 from searchr1.settings import Config
 
 # A small synthetic world: 2 countries, 4 cities, 6 people, 2 organisations -> 40 questions.
-TINY = ["train.train_data=synthetic", "demo.world.countries=2", "demo.world.cities_per_country=2",
-        "demo.world.people=6", "demo.world.organisations=2"]
+TINY = ["train.train_data=synthetic", "world.countries=2", "world.cities_per_country=2",
+        "world.people=6", "world.organisations=2"]
 
 
 def config(*overrides: str, preset: str | None = None) -> Config:
@@ -251,6 +251,23 @@ def test_tool_agent_and_format_reward_overrides():
     assert o["+reward.custom_reward_function.reward_kwargs.format_reward"] is True
 
 
+def test_critic_free_algorithms_and_corrections_map_to_verl():
+    A = "actor_rollout_ref.actor"
+    rloo = verl_plan(config("train.algorithm=rloo")).as_dict()
+    assert rloo["algorithm.adv_estimator"] == "rloo" and rloo[f"{A}.use_kl_loss"] is True
+    assert not any(k.startswith("critic.") for k in rloo) and "algorithm.lam" not in rloo
+    rpp = verl_plan(config("train.algorithm=reinforce_pp")).as_dict()
+    assert rpp["algorithm.adv_estimator"] == "reinforce_plus_plus" and rpp["algorithm.use_kl_in_reward"] is True
+    assert rpp["algorithm.kl_penalty"] == "k1" and rpp[f"{A}.use_kl_loss"] is False
+    assert not any(k.startswith("critic.") for k in rpp)
+    plan = verl_plan(config("train.tis_cap=2.5", "train.dynamic_sampling=true", "train.overlong=mask"))
+    o = plan.as_dict()
+    assert o["algorithm.rollout_correction.rollout_is"] == "token"
+    assert o["algorithm.rollout_correction.rollout_is_threshold"] == 2.5
+    assert o["actor_rollout_ref.rollout.calculate_log_probs"] is True
+    assert sum("is not exported" in n for n in plan.notes) == 2
+
+
 def test_uneven_mini_batch_is_rounded_and_noted():
     mini = lambda *o: verl_plan(config(*o)).as_dict()["actor_rollout_ref.actor.ppo_mini_batch_size"]  # noqa: E731
     assert mini("train.prompts_per_step=12", "train.group_size=5", "train.mini_batch_size=30") == 6
@@ -439,7 +456,7 @@ def test_episode_matches_our_agent(tok, pol, cfg):
         [traj], SamplingParams(temperature=0))
     ep = episode(tok, pol, FakeRetriever(), **cfg)
     assert ep.response_ids == traj.response_ids
-    assert ep.response_mask == traj.loss_mask
+    assert ep.response_mask == traj.policy_mask
     assert ep.stop_reason == traj.stop_reason and ep.answer == traj.answer
     assert ep.turns == len(traj.turns)
     assert ep.response_logprobs == [-0.5 if m else 0.0 for m in ep.response_mask]

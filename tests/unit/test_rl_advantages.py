@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from searchr1.rl import (gae_advantages, grpo_advantages, kl_penalized_rewards, masked_mean, masked_var,
-                         reinforce_advantages, rloo_advantages)
+from searchr1.rl import (gae_advantages, grpo_advantages, informative_groups, kl_penalized_rewards, masked_mean,
+                         masked_var, reinforce_advantages, reinforce_pp_advantages, rloo_advantages)
 
 NAN = float("nan")
 
@@ -303,3 +303,63 @@ def test_reinforce_by_hand():
     assert (adv[~mask.bool()] == 0).all()
     with pytest.raises(ValueError, match="baseline"):
         reinforce_advantages(scores, mask, baseline="ema")
+
+
+# ---------------------------------------------------------------------------------------------
+# REINFORCE++ and the zero-variance group filter
+# ---------------------------------------------------------------------------------------------
+
+
+def _reinforce_pp_loop(rewards, mask, gamma):
+    """Slow reference: per row, returns over the generated tokens only (a reward on an injected
+    token is carried to the generated token before it), then standardised over all of them."""
+    B, T = len(rewards), len(rewards[0])
+    returns = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        running, pending = 0.0, 0.0
+        for t in reversed(range(T)):
+            if mask[b][t]:
+                running = rewards[b][t] + pending + gamma * running
+                pending = 0.0
+                returns[b][t] = running
+            else:
+                pending += rewards[b][t]
+    flat = [returns[b][t] for b in range(B) for t in range(T) if mask[b][t]]
+    mean, var = statistics.fmean(flat), statistics.variance(flat)
+    adv = [[(returns[b][t] - mean) / math.sqrt(var + 1e-8) if mask[b][t] else 0.0 for t in range(T)]
+           for b in range(B)]
+    return adv, returns
+
+
+def test_reinforce_pp_by_hand():
+    # row 0: [gen, gen, inj, gen], KL-in-reward style rewards -0.1 per token, score 1 on the last;
+    # row 1: [gen, gen, pad, pad], score 0 on its last generated token
+    rewards = torch.tensor([[-0.1, -0.1, 0.0, 0.9], [-0.1, -0.1, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 1], [1, 1, 0, 0]])
+    adv, ret = reinforce_pp_advantages(rewards, mask, gamma=1.0)
+    # returns: row 0 = 0.7, 0.8, -, 0.9; row 1 = -0.2, -0.1
+    assert torch.allclose(ret, torch.tensor([[0.7, 0.8, 0.0, 0.9], [-0.2, -0.1, 0.0, 0.0]], dtype=torch.float64))
+    values = [0.7, 0.8, 0.9, -0.2, -0.1]
+    mean, std = statistics.fmean(values), statistics.stdev(values)  # 0.42, unbiased like masked_var
+    expected = torch.tensor([[(0.7 - mean) / std, (0.8 - mean) / std, 0.0, (0.9 - mean) / std],
+                             [(-0.2 - mean) / std, (-0.1 - mean) / std, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(adv, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_reinforce_pp_matches_slow_reference(gamma):
+    gen = torch.Generator().manual_seed(3)
+    rewards = torch.randn(5, 9, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(5, 9, generator=gen) > 0.3).long()
+    adv, ret = reinforce_pp_advantages(rewards, mask, gamma=gamma)
+    ref_adv, ref_ret = _reinforce_pp_loop(rewards.tolist(), mask.tolist(), gamma)
+    assert torch.allclose(ret, torch.tensor(ref_ret, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(adv, torch.tensor(ref_adv, dtype=torch.float64), atol=1e-6)
+
+
+def test_informative_groups_by_hand():
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 3.0])
+    groups = torch.tensor([7, 7, 2, 2, 5, 5, 5, 9])  # 7: equal; 2: differ; 5: equal; 9: alone
+    assert informative_groups(scores, groups).tolist() == [False, False, True, True, False, False, False, False]
+    assert informative_groups(scores, ["a", "a", "b", "b", "c", "c", "c", "d"]).tolist() == \
+        informative_groups(scores, groups).tolist()

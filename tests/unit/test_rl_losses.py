@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from searchr1.rl import (AGG_MODES, aggregate_loss, entropy_from_logits, explained_variance, kl_loss, kl_penalty,
-                         logprobs_from_logits, policy_loss, value_loss)
+                         logprobs_from_logits, policy_loss, truncated_is_weights, value_loss)
 
 NAN = float("nan")
 
@@ -97,6 +97,29 @@ def test_policy_loss_clip_by_hand():
     # d/dlogp (-A * ratio) = -A * ratio on unclipped tokens, 0 where the clip binds; / 5 (mean)
     expected = [-1.1 / 5, 0.0, 0.0, 1.5 / 5, -0.5 / 5]
     assert logprob.grad[0].tolist() == pytest.approx(expected)
+
+
+def test_policy_loss_token_weights_scale_each_token_by_hand():
+    logprob, old, adv, mask = _policy_case()
+    weights = torch.tensor([[2.0, 1.0, 1.0, 0.5, 3.0]])
+    loss, _ = policy_loss(logprob, old, adv, mask, clip_ratio=0.2, token_weights=weights)
+    # per-token losses of test_policy_loss_clip_by_hand: -1.1, -1.2 (clipped), 0.8 (clipped), 1.5, -0.5
+    assert loss.item() == pytest.approx((2 * -1.1 - 1.2 + 0.8 + 0.5 * 1.5 + 3 * -0.5) / 5)
+    loss.backward()
+    assert logprob.grad[0].tolist() == pytest.approx([2 * -1.1 / 5, 0.0, 0.0, 0.5 * 1.5 / 5, 3 * -0.5 / 5])
+
+
+def test_truncated_is_weights_by_hand():
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    sample = torch.tensor([[-1.0, -1.0, -2.5, NAN]])  # the masked token's sampler log-prob is never read
+    mask = torch.tensor([[1, 1, 1, 0]])
+    weights, stats = truncated_is_weights(old, sample, mask, cap=2.0)
+    # exp(0) = 1; exp(-1) = 0.368 (the sampler over-sampled it); exp(2) = 7.39, capped at 2; masked -> 1
+    assert weights[0].tolist() == pytest.approx([1.0, math.exp(-1.0), 2.0, 1.0])
+    assert float(stats["capped_fraction"]) == pytest.approx(1 / 3)
+    assert float(stats["weight_mean"]) == pytest.approx((1.0 + math.exp(-1.0) + 2.0) / 3)
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(old, sample, mask, cap=0.0)
 
 
 def test_policy_loss_asymmetric_clip_by_hand():

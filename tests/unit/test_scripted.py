@@ -33,7 +33,7 @@ def test_two_hop_demonstration_plays_through_the_agent():
         [traj], SamplingParams(temperature=0))
     assert [(t.action, t.content) for t in traj.turns] == [("search", "Ana Bel"), ("search", "Tovi"), ("answer", "Kora")]
     assert traj.stop_reason == "answer" and traj.answer == "Kora"
-    generated = tok.decode([i for i, m in zip(traj.response_ids, traj.loss_mask) if m])
+    generated = tok.decode([i for i, m in zip(traj.response_ids, traj.policy_mask) if m])
     assert generated == "".join(script)
     assert observations_support(traj, q)
     # a retriever that misses the second passage makes the demonstration unusable

@@ -14,7 +14,7 @@ from searchr1.settings import Config
 from searchr1.train.models import position_ids_from_mask
 from searchr1.train.settings import SFTConfig
 from searchr1.train.sft import masked_nll, play_demonstrations, warmup
-from searchr1.train.trainer import collate
+from searchr1.train.batch import collate
 
 torch.set_num_threads(1)
 
@@ -53,9 +53,9 @@ QUESTIONS = [Question(f"q{i}", f"Where is {n}?", ["Kora"], 1, "where", [n]) for 
 def test_the_loss_only_covers_mask_one_tokens():
     tok = char_tokenizer()
     model = tiny_llama(len(tok))
-    t1 = Trajectory("a", [], prompt_ids=[5, 6, 7], response_ids=[8, 9, 10, 11, 12], loss_mask=[1, 1, 0, 0, 1],
+    t1 = Trajectory("a", [], prompt_ids=[5, 6, 7], response_ids=[8, 9, 10, 11, 12], policy_mask=[1, 1, 0, 0, 1],
                     logprobs=[0.0] * 5)
-    t2 = Trajectory("b", [], prompt_ids=[13], response_ids=[14, 15], loss_mask=[0, 1], logprobs=[0.0] * 2)
+    t2 = Trajectory("b", [], prompt_ids=[13], response_ids=[14, 15], policy_mask=[0, 1], logprobs=[0.0] * 2)
     batch = collate([t1, t2], pad_id=0)
     loss, n = masked_nll(model, batch)
     assert n == 4
@@ -67,7 +67,7 @@ def test_the_loss_only_covers_mask_one_tokens():
     P = batch.response_start
     picked = []
     for row, t in enumerate([t1, t2]):
-        for j, (tok_id, m) in enumerate(zip(t.response_ids, t.loss_mask)):
+        for j, (tok_id, m) in enumerate(zip(t.response_ids, t.policy_mask)):
             if m:
                 picked.append(float(logp[row, P - 1 + j, tok_id]))
     assert len(picked) == 4
@@ -75,7 +75,7 @@ def test_the_loss_only_covers_mask_one_tokens():
     # the injected tokens' own log-probs get no gradient: the loss does not change when the
     # model is told they are masked and the targets there are swapped for other tokens' ...
     # ... checked directly: a batch whose mask is all zero gives a zero loss and no targets
-    t3 = Trajectory("c", [], prompt_ids=[5], response_ids=[8, 9], loss_mask=[0, 0], logprobs=[0.0] * 2)
+    t3 = Trajectory("c", [], prompt_ids=[5], response_ids=[8, 9], policy_mask=[0, 0], logprobs=[0.0] * 2)
     loss0, n0 = masked_nll(model, collate([t3], pad_id=0))
     assert n0 == 0 and float(loss0) == 0.0
 
@@ -84,14 +84,14 @@ def test_the_logprob_of_an_injected_token_does_not_enter_the_loss():
     tok = char_tokenizer()
     model = tiny_llama(len(tok))
     # same context, only the LAST response token differs, and it is injected (mask 0)
-    a = Trajectory("a", [], prompt_ids=[5, 6], response_ids=[8, 9, 10], loss_mask=[1, 1, 0], logprobs=[0.0] * 3)
-    b = Trajectory("b", [], prompt_ids=[5, 6], response_ids=[8, 9, 30], loss_mask=[1, 1, 0], logprobs=[0.0] * 3)
+    a = Trajectory("a", [], prompt_ids=[5, 6], response_ids=[8, 9, 10], policy_mask=[1, 1, 0], logprobs=[0.0] * 3)
+    b = Trajectory("b", [], prompt_ids=[5, 6], response_ids=[8, 9, 30], policy_mask=[1, 1, 0], logprobs=[0.0] * 3)
     la, _ = masked_nll(model, collate([a], 0))
     lb, _ = masked_nll(model, collate([b], 0))
     assert float(la) == pytest.approx(float(lb), rel=1e-6)
     # whereas the same change on a mask-1 token changes it
-    c = Trajectory("c", [], prompt_ids=[5, 6], response_ids=[8, 9, 30], loss_mask=[1, 1, 1], logprobs=[0.0] * 3)
-    d = Trajectory("d", [], prompt_ids=[5, 6], response_ids=[8, 9, 10], loss_mask=[1, 1, 1], logprobs=[0.0] * 3)
+    c = Trajectory("c", [], prompt_ids=[5, 6], response_ids=[8, 9, 30], policy_mask=[1, 1, 1], logprobs=[0.0] * 3)
+    d = Trajectory("d", [], prompt_ids=[5, 6], response_ids=[8, 9, 10], policy_mask=[1, 1, 1], logprobs=[0.0] * 3)
     assert float(masked_nll(model, collate([c], 0))[0]) != pytest.approx(float(masked_nll(model, collate([d], 0))[0]))
 
 
@@ -101,10 +101,10 @@ def test_demonstrations_keep_only_supported_episodes_with_real_masks():
     assert len(kept) == 3 and dropped == 1
     t = kept[0]
     assert t.stop_reason == "answer" and t.answer == "Kora"
-    assert 0 in t.loss_mask and 1 in t.loss_mask  # the <information> block is injected
-    injected = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask) if not m])
+    assert 0 in t.policy_mask and 1 in t.policy_mask  # the <information> block is injected
+    injected = tok.decode([i for i, m in zip(t.response_ids, t.policy_mask) if not m])
     assert "<information>" in injected and "Ana lies in Kora." in injected
-    generated = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask) if m])
+    generated = tok.decode([i for i, m in zip(t.response_ids, t.policy_mask) if m])
     assert "<information>" not in generated and "<search> Ana </search>" in generated
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from searchr1.rollout.trajectory import Trajectory
-from searchr1.train.trainer import PromptSampler, collate
+from searchr1.train.batch import collate
+from searchr1.train.rollouts import PromptSampler
 
 PAD = 0
 
@@ -24,9 +25,9 @@ def test_collate_layout_and_masks_with_injected_tokens_in_the_middle():
     assert batch.input_ids.tolist() == [[5, 6, 7, 10, 11, 20, 21, 22, 12],
                                          [PAD, PAD, 8, 13, PAD, PAD, PAD, PAD, PAD]]
     assert batch.attention_mask.tolist() == [[1] * 9, [0, 0, 1, 1, 0, 0, 0, 0, 0]]
-    assert batch.valid.tolist() == [[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]
-    assert batch.generated.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
-    assert batch.loss_mask.tolist() == batch.generated.tolist()
+    assert batch.response_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]
+    assert batch.policy_mask.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+    assert batch.loss_mask.tolist() == batch.policy_mask.tolist()
     assert batch.sample_logprobs.tolist() == [[-0.5, -0.5, 0, 0, 0, -0.5], [-0.5, 0, 0, 0, 0, 0]]
     assert batch.group_ids.tolist() == [0, 1]
 
@@ -38,7 +39,7 @@ def test_mask_retrieved_false_trains_on_injected_tokens_but_not_padding():
     unmasked = collate([a, b], PAD, mask_retrieved=False)
     assert masked.loss_mask.tolist() == [[1, 0, 0, 1], [1, 0, 0, 0]]
     assert unmasked.loss_mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
-    assert unmasked.generated.tolist() == masked.generated.tolist()  # the truth is kept for metrics
+    assert unmasked.policy_mask.tolist() == masked.policy_mask.tolist()  # the truth is kept for metrics
 
 
 def test_rows_trims_shared_padding_and_keeps_alignment():
@@ -49,14 +50,14 @@ def test_rows_trims_shared_padding_and_keeps_alignment():
     sub = batch.rows(torch.tensor([1, 2]))
     assert sub.response_start == 2  # one prompt column is padding for both rows
     assert sub.input_ids.tolist() == [[PAD, 8, 14, PAD, PAD], [9, 9, 15, 16, 30]]
-    assert sub.valid.tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert sub.response_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
     assert sub.loss_mask.tolist() == [[1, 0, 0], [1, 1, 0]]
     assert sub.group_ids.tolist() == [0, 0]
 
 
 def test_collate_rejects_misaligned_trajectories():
     t = _traj([1], [([2, 3], 1)])
-    t.loss_mask.pop()
+    t.policy_mask.pop()
     with pytest.raises(ValueError, match="mask entries"):
         collate([t], PAD)
     with pytest.raises(ValueError):

@@ -1,11 +1,14 @@
 """Model wiring: response-only log-probs match a plain forward, critics, reference, LoRA."""
 
+import dataclasses
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from searchr1.train.batch import collate
+from searchr1.train.learner import Learner
 from searchr1.train.models import build_models, causal_lm, sequence_logprobs
 from searchr1.train.settings import TrainConfig
-from searchr1.train.trainer import collate
 from searchr1.rollout.trajectory import Trajectory
 
 torch.set_num_threads(1)
@@ -99,16 +102,14 @@ def test_resolve_precision():
 
 def _one_update(model, autocast_dtype, lr):
     """One GRPO update of `model` at `lr`; returns (parameters before, after, the TrainModels)."""
-    from searchr1.train.trainer import _params, learn
-
     tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=2, lr=lr, kl_coef=0.01)
     models = build_models(model, tc, autocast_dtype)
     before = {n: p.detach().clone() for n, p in models.policy.named_parameters()}
-    opt = {"policy": torch.optim.AdamW(_params(models.policy), lr=lr, weight_decay=0.0)}
+    learner = Learner(models, tc, weight_decay=0.0)
     trajs = [_traj([3, 4, 5], [6, 7, 8, 9], [1, 1, 0, 1]), _traj([3, 4, 5], [9, 8, 7, 6], [1, 0, 1, 1])]
     for t in trajs:
         t.group = 0
-    learn(models, collate(trajs, 0), torch.tensor([1.0, 0.0]), opt, {}, tc, step=1)
+    learner.learn(collate(trajs, 0), torch.tensor([1.0, 0.0]), step=1)
     after = {n: p.detach().clone() for n, p in models.policy.named_parameters()}
     return before, after, models
 
@@ -134,20 +135,18 @@ def _changed_share(before, after) -> float:
 
 def test_single_step_grpo_takes_the_same_update_without_recomputing_old_logprobs():
     from searchr1.rl import grpo_advantages
-    from searchr1.train.trainer import _params, batch_forward, learn, update
-
     tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=1, lr=0.5, kl_coef=0.01)
     trajs = [_traj([3, 4, 5], [6, 7, 8, 9], [1, 1, 0, 1]), _traj([3, 4, 5], [9, 8, 7, 6], [1, 0, 1, 1])]
     scores = torch.tensor([1.0, 0.0])
     runs = []
     for recompute in (True, False):
         models = build_models(tiny_llama(), tc)
-        opt = {"policy": torch.optim.SGD(_params(models.policy), lr=tc.lr)}
+        learner = Learner(models, tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
         batch = collate(trajs, 0)
-        old = batch_forward(models, batch, 1, tc.temperature) if recompute else None
-        ref = batch_forward(models, batch, 1, tc.temperature, reference=True)
+        old = learner.forward(batch, "policy") if recompute else None
+        ref = learner.forward(batch, "reference")
         adv, _ = grpo_advantages(scores, batch.group_ids, batch.loss_mask)
-        stats = update(models, batch, old, ref, adv, None, None, opt, {}, tc, step=1)
+        stats = learner.update(dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref, advantages=adv), step=1)
         runs.append(({n: p.detach().clone() for n, p in models.policy.named_parameters()}, stats))
     (recomputed, _), (reused, stats) = runs
     moved = max((recomputed[n] - dict(tiny_llama().named_parameters())[n]).abs().max().item() for n in recomputed)
@@ -158,8 +157,8 @@ def test_single_step_grpo_takes_the_same_update_without_recomputing_old_logprobs
     assert "actor/kl" in stats
     # learn() takes that path by itself for one epoch with one mini-batch, and still reports both
     models = build_models(tiny_llama(), tc)
-    metrics = learn(models, collate(trajs, 0), scores, {"policy": torch.optim.SGD(_params(models.policy), lr=0.5)},
-                    {}, tc, step=1)
+    metrics = Learner(models, tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0).learn(collate(trajs, 0), scores,
+                                                                                         step=1)
     assert {"rollout/logprob_diff", "actor/kl", "actor/pg_loss"} <= metrics.keys()
 
 
@@ -196,15 +195,13 @@ def test_a_chunked_training_update_matches_the_unchunked_one():
         tc = TrainConfig(algorithm="grpo", prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2,
                          lr=0.1, kl_coef=0.01, entropy_coef=0.01, logits_chunk=chunk)
         models = build_models(tiny_llama(), tc)
-        assert models.actor.logits_chunk == chunk and models.ref_model.logits_chunk == chunk
-        opt = {"policy": torch.optim.SGD([p for p in models.policy.parameters() if p.requires_grad], lr=tc.lr)}
+        assert models.policy_forward.logits_chunk == chunk and models.reference_forward.logits_chunk == chunk
+        learner = Learner(models, tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
         trajs = [_traj([3, 4, 5], [7, 8, 9, 10, 11], [1, 1, 0, 1, 1]), _traj([3, 4, 5], [12, 13, 14], [1, 1, 1]),
                  _traj([6, 7], [15, 16, 17, 18], [1, 0, 0, 1]), _traj([6, 7], [19, 20], [1, 1])]
         for i, t in enumerate(trajs):
             t.group = i // 2
-        from searchr1.train.trainer import learn
-
-        learn(models, collate(trajs, 0), torch.tensor([1.0, 0.0, 0.0, 1.0]), opt, {}, tc, step=1)
+        learner.learn(collate(trajs, 0), torch.tensor([1.0, 0.0, 0.0, 1.0]), step=1)
         params.append(torch.cat([p.detach().flatten() for p in models.policy.parameters()]))
     initial = torch.cat([p.detach().flatten() for p in tiny_llama().parameters()])
     assert (params[0] - initial).abs().max() > 1e-3  # the update moved the weights

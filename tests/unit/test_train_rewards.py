@@ -5,7 +5,7 @@ import pytest
 from searchr1.errors import SearchR1Error
 from searchr1.rewards import compute_score
 from searchr1.rollout.trajectory import Trajectory
-from searchr1.train.trainer import default_reward_fn, exact_match, score_trajectories
+from searchr1.train.rollouts import default_reward_fn, exact_match, score_trajectories
 
 
 def _t(text, gold=("Paris",)):

@@ -285,7 +285,9 @@ def _not_found_message(bench: Benchmark, split: str, root: Path | None, source: 
     return msg
 
 
-def _subset(records: list[dict], limit: int, seed: int | None) -> list[dict]:
+def subset(records: list[dict], limit: int, seed: int | None) -> list[dict]:
+    """What `limit` keeps of a question list: all (0 or no fewer than limit), the first `limit`
+    (no seed), or a seeded random subset in the list's own order."""
     if not limit or limit >= len(records):
         return list(records)
     if seed is None:
@@ -296,7 +298,7 @@ def _subset(records: list[dict], limit: int, seed: int | None) -> list[dict]:
 
 def _finish(records: list[dict], data_source: str, limit: int, seed: int | None) -> list[dict]:
     """The subset, each record tagged with data_source; a file's skipped rows stay in `.skipped`."""
-    out = QARecords(_subset(records, limit, seed), path=getattr(records, "path", ""),
+    out = QARecords(subset(records, limit, seed), path=getattr(records, "path", ""),
                     skipped=getattr(records, "skipped", ()))
     for r in out:
         r["data_source"] = data_source

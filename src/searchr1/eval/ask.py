@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 import time
 
+from searchr1.eval.harness import build_trajectories
+from searchr1.retrieval.local import open_retriever
+from searchr1.rollout.agent import Agent
+from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.hf import HFGenerator
 from searchr1.rollout.trajectory import Trajectory, Turn
 
 _SEGMENT = re.compile(r"(<think>.*?(?:</think>|$)|<search>.*?(?:</search>|$)|<answer>.*?(?:</answer>|$))", re.S)
@@ -55,20 +60,12 @@ def ask(cfg, question: str, console=None, generator=None, retriever=None) -> Tra
     from rich.console import Console
     from rich.text import Text
 
-    from searchr1.eval.harness import build_trajectories
-    from searchr1.rollout.agent import Agent
-    from searchr1.rollout.generator import SamplingParams
-
     console = console or Console(highlight=False)
     own_retriever = retriever is None
     if own_retriever:
-        from searchr1.retrieval.local import open_retriever
-
         retriever = open_retriever(cfg.retriever)
     try:
         if generator is None:
-            from searchr1.rollout.hf import HFGenerator
-
             with console.status(f"loading {cfg.model.name}"):
                 generator = HFGenerator.from_config(cfg.model)
         traj = build_trajectories(cfg, generator.tokenizer, "ask",

@@ -2,7 +2,9 @@
 
 For every dataset and every mode the harness builds the prompts, plays the episodes in batches
 with the same agent loop that training uses, scores every trajectory with `searchr1.rewards`
-(the reward function of training, so the numbers mean the same thing), and aggregates:
+(the reward function of training, so the numbers mean the same thing), and aggregates them
+(`searchr1.eval.metrics`). The datasets are `cfg.eval.datasets` (`searchr1.data.questions`), or
+rows the caller passes in memory (`questions=`). The modes:
 
   direct  DIRECT_TEMPLATE, one turn, no retrieval
   rag     RAG_TEMPLATE with the top-k passages retrieved for the question, one turn
@@ -26,36 +28,26 @@ import json
 import math
 import os
 import platform
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
+from searchr1 import __version__
 from searchr1.atomic import write_text_atomic
+from searchr1.data.questions import load_datasets
 from searchr1.errors import SearchR1Error
-from searchr1.eval.settings import MODES
+from searchr1.eval.html import render_report
+from searchr1.eval.metrics import aggregate, average_metrics, markdown_report, metric_tables, score_trajectory
+from searchr1.protocol import DIRECT_TEMPLATE, RAG_TEMPLATE, build_prompt, format_documents, get_template
+from searchr1.retrieval.local import open_retriever
+from searchr1.rollout.agent import Agent, new_trajectory, search_with_retries
+from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.trajectory import Trajectory
 
 # Queries per retrieval request of the rag mode (under the HTTP server's default request limit).
 RAG_QUERIES_PER_CALL = 256
-
-# Metric keys of `aggregate`, in report order, with the label the tables use.
-METRIC_LABELS = {
-    "n": "questions",
-    "em": "EM",
-    "f1": "F1",
-    "cover_em": "cover-EM",
-    "valid_format": "valid format",
-    "answered": "answered",
-    "searches": "searches / question",
-    "invalid_rate": "invalid-action rate",
-    "turns": "turns / question",
-    "tokens_mean": "generated tokens / question",
-    "tokens_total": "generated tokens",
-    "seconds": "wall time (s)",
-    "qps": "questions / s",
-}
 
 
 @dataclass
@@ -74,193 +66,17 @@ class Run:
         return [trajectory_record(t, s) for t, s in zip(self.trajectories, self.scores)]
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def score_trajectory(traj: Trajectory) -> dict:
-    """`score_breakdown` of the response (answer, em, f1, cover_em, valid_format)."""
-    from searchr1.rewards import score_breakdown
-
-    return dict(score_breakdown(traj.response_text, traj.golden_answers))
-
-
 def trajectory_record(traj: Trajectory, scores: dict) -> dict:
     record = traj.to_dict(with_ids=False)
     record["scores"] = scores
     return record
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
-
-
-def aggregate(trajectories: Sequence[Trajectory], scores: Sequence[dict] | None = None,
-              seconds: float = 0.0) -> dict:
-    """Metrics of a set of scored episodes (scores computed here when not given).
-
-    em, f1, cover_em, valid_format: means over questions (0..1). answered: share of episodes that
-    ended by closing an <answer>. searches, turns: means per question. invalid_rate: invalid turns
-    over all turns (pooled). tokens_mean / tokens_total: policy-generated (mask-1) tokens.
-    seconds: wall time given by the caller; qps = n / seconds. stop_reasons: counts.
-    """
-    trajectories = list(trajectories)
-    if scores is None:
-        scores = [score_trajectory(t) for t in trajectories]
-    if len(scores) != len(trajectories):
-        raise ValueError(f"{len(trajectories)} trajectories but {len(scores)} scores")
-    n = len(trajectories)
-    turns = sum(len(t.turns) for t in trajectories)
-    tokens = sum(t.generated_tokens for t in trajectories)
-    stops: dict[str, int] = {}
-    for t in trajectories:
-        key = t.stop_reason or "unfinished"
-        stops[key] = stops.get(key, 0) + 1
-    return {
-        "n": n,
-        "em": _mean([float(s["em"]) for s in scores]),
-        "f1": _mean([float(s["f1"]) for s in scores]),
-        "cover_em": _mean([float(s["cover_em"]) for s in scores]),
-        "valid_format": _mean([float(s["valid_format"]) for s in scores]),
-        "answered": _mean([float(t.stop_reason == "answer") for t in trajectories]),
-        "searches": _mean([t.num_searches for t in trajectories]),
-        "invalid_rate": sum(t.num_invalid for t in trajectories) / turns if turns else 0.0,
-        "turns": turns / n if n else 0.0,
-        "tokens_mean": tokens / n if n else 0.0,
-        "tokens_total": tokens,
-        "seconds": float(seconds),
-        "qps": n / seconds if seconds > 0 else 0.0,
-        "stop_reasons": dict(sorted(stops.items())),
-    }
-
-
-def average_metrics(per_dataset: Sequence[dict]) -> dict:
-    """Macro average over datasets (each dataset weighs the same, as in the paper's 'Avg.')."""
-    keys = ("em", "f1", "cover_em", "valid_format", "answered", "searches", "invalid_rate", "turns",
-            "tokens_mean")
-    out = {k: _mean([m[k] for m in per_dataset]) for k in keys}
-    out["n"] = sum(m["n"] for m in per_dataset)
-    out["tokens_total"] = sum(m["tokens_total"] for m in per_dataset)
-    out["seconds"] = sum(m["seconds"] for m in per_dataset)
-    out["qps"] = out["n"] / out["seconds"] if out["seconds"] > 0 else 0.0
-    return out
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _modes_of(metrics: dict) -> list[str]:
-    seen = {mode for by_mode in metrics.values() for mode in by_mode}
-    return [m for m in MODES if m in seen] + sorted(seen - set(MODES))
-
-
-def _fmt(key: str, value) -> str:
-    if value is None:
-        return "–"
-    if key in ("n", "tokens_total"):
-        return f"{int(value):,}"
-    if key in ("searches", "turns", "tokens_mean", "seconds", "qps"):
-        return f"{value:.1f}" if key in ("tokens_mean", "seconds") else f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def metric_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of the summary tables: one per headline metric, datasets x modes,
-    with a macro-average row when there are several datasets; then a detail table."""
-    modes = _modes_of(metrics)
-    datasets = list(metrics)
-    tables = []
-    for key in ("em", "f1", "cover_em", "searches"):
-        rows = [[ds] + [_fmt(key, metrics[ds].get(mode, {}).get(key)) for mode in modes] for ds in datasets]
-        if len(datasets) > 1:
-            avg = []
-            for mode in modes:
-                have = [metrics[ds][mode][key] for ds in datasets if mode in metrics[ds]]
-                avg.append(_fmt(key, _mean(have)) if len(have) == len(datasets) else "–")
-            rows.append(["average"] + avg)
-        tables.append((METRIC_LABELS[key], ["dataset"] + modes, rows))
-    detail_keys = ["n", "em", "f1", "cover_em", "valid_format", "answered", "searches", "invalid_rate",
-                   "tokens_mean", "tokens_total", "seconds", "qps"]
-    rows = []
-    for ds in datasets:
-        for mode in modes:
-            if mode in metrics[ds]:
-                rows.append([ds, mode] + [_fmt(k, metrics[ds][mode][k]) for k in detail_keys])
-    tables.append(("all metrics", ["dataset", "mode"] + [METRIC_LABELS[k] for k in detail_keys], rows))
-    return tables
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(str(text).replace(",", ""))
-        return True
-    except ValueError:
-        return text == "–"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table; columns whose cells are all numbers are right-aligned."""
-    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_report(results: dict) -> str:
-    """results.md: what was run, then the tables (datasets as rows, modes as columns)."""
-    env = results.get("environment", {})
-    ev = results.get("config", {}).get("eval", {})
-    lines = ["# searchr1 eval", ""]
-    facts = [("model", env.get("model")), ("retriever", env.get("retriever", {}).get("description")),
-             ("decoding", env.get("decoding")), ("date", env.get("date")),
-             ("questions per dataset", ev.get("limit") or "all")]
-    lines += [f"- {k}: {v}" for k, v in facts if v not in (None, "")]
-    if not results.get("complete", True):
-        lines += ["", "**Incomplete: the run is still going or was interrupted.**"]
-    for title, header, rows in metric_tables(results.get("metrics", {})):
-        lines += ["", f"## {title}", "", markdown_table(header, rows)]
-    lines += ["", "EM: exact match after SQuAD normalisation against any gold answer; cover-EM: a gold "
-                  "answer occurs in the predicted answer; searches: mean searches per question; "
-                  "average: macro average over datasets.", ""]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- data and prompts
-
-
-def dataset_label(name: str) -> str:
-    """A file-name-safe label: a benchmark name as is, a file path by its stem."""
-    base = Path(name).stem if (os.sep in name or "/" in name or "." in name) else name
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", base).strip("_") or "dataset"
-
-
-def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
-    """label -> (info, rows) for every dataset of an `EvalConfig`; rows are
-    {id, question, golden_answers, data_source}, info is {name, split, n}."""
-    from searchr1.data.benchmarks import is_benchmark, load_benchmark, resolve_split
-
-    out: dict[str, tuple[dict, list[dict]]] = {}
-    for name in ev.datasets:
-        rows = load_benchmark(name, ev.split, source=ev.source, data_dir=ev.data_dir or None, limit=ev.limit,
-                              seed=ev.seed)
-        if not rows:
-            raise SearchR1Error(f"dataset {name!r} has no questions")
-        label = dataset_label(str(rows[0].get("data_source") or name))
-        while label in out:
-            label += "_"
-        split = resolve_split(name, ev.split) if is_benchmark(name) else "file"
-        out[label] = ({"name": name, "split": split, "n": len(rows)}, list(rows))
-    return out
 
 
 def retrieve_documents(retriever, questions: Sequence[str], agent_cfg) -> tuple[list[list], float]:
     """Top-k hits for every question (batched, retried like the agent's searches), and the seconds."""
-    from searchr1.rollout.agent import search_with_retries
-
     t0 = time.perf_counter()
     hits: list[list] = []
     for start in range(0, len(questions), RAG_QUERIES_PER_CALL):
@@ -273,9 +89,6 @@ def retrieve_documents(retriever, questions: Sequence[str], agent_cfg) -> tuple[
 def build_trajectories(cfg, tokenizer, label: str, rows: Sequence[dict], mode: str,
                        hits: Sequence[Sequence] | None = None) -> list[Trajectory]:
     """Fresh episodes of one dataset in one mode (rag: `hits[i]` are row i's passages)."""
-    from searchr1.protocol import DIRECT_TEMPLATE, RAG_TEMPLATE, build_prompt, format_documents, get_template
-    from searchr1.rollout.agent import new_trajectory
-
     chat = cfg.model.use_chat_template
     template = {"direct": DIRECT_TEMPLATE, "rag": RAG_TEMPLATE}.get(mode) or get_template(cfg.eval.agent_template)
     out = []
@@ -297,8 +110,6 @@ def build_trajectories(cfg, tokenizer, label: str, rows: Sequence[dict], mode: s
 
 def _version(module: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(module)
     except Exception:  # noqa: BLE001 - not installed
         return None
@@ -308,8 +119,6 @@ def environment(cfg, generator, retriever, model_name: str | None = None) -> dic
     """What produced the numbers: model, device, retriever, decoding, date, library versions.
     `model_name` defaults to cfg.model.name (pass it when the generator did not come from there)."""
     import torch
-
-    from searchr1 import __version__
 
     model = getattr(generator, "model", None)
     device = str(getattr(generator, "device", "")) or None
@@ -366,8 +175,6 @@ def _write_reports(out: Path, results: dict, runs: list[Run], html: bool, html_m
     write_text_atomic(out / "results.json", json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     write_text_atomic(out / "results.md", markdown_report(results))
     if html:
-        from searchr1.eval.html import render_report
-
         page = render_report(results, {(r.dataset, r.mode): r.records() for r in runs}, max_per_run=html_max)
         write_text_atomic(out / "report.html", page)
 
@@ -404,9 +211,6 @@ class _Progress:
 def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: str,
              progress: _Progress | None = None) -> Run:
     """Play and score every question of one dataset in one mode."""
-    from searchr1.rollout.agent import Agent
-    from searchr1.rollout.generator import SamplingParams
-
     ev = cfg.eval
     run = Run(label, mode)
     hits, retrieve_s = None, 0.0
@@ -443,21 +247,33 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
     return run
 
 
-def evaluate(cfg, console=None, generator=None, retriever=None) -> dict:
+def in_memory_datasets(questions: Mapping[str, Sequence[dict]]) -> dict[str, tuple[dict, list[dict]]]:
+    """`load_datasets`' shape for rows a caller already holds (label -> rows)."""
+    if not questions:
+        raise SearchR1Error("evaluate was given questions=... naming no dataset")
+    return {label: ({"name": label, "split": "in memory", "n": len(rows)}, list(rows))
+            for label, rows in questions.items()}
+
+
+def evaluate(cfg, console=None, generator=None, retriever=None,
+             questions: Mapping[str, Sequence[dict]] | None = None) -> dict:
     """Run `cfg.eval` (datasets x modes) and write the reports; returns what results.json holds.
 
     `generator` / `retriever`: already-loaded ones to use (e.g. a trainer evaluating its policy);
     by default the model of `cfg.model` and the retriever of `cfg.retriever` are opened here.
+    `questions`: label -> rows {id, question, golden_answers, data_source} to evaluate instead of
+    reading `cfg.eval.datasets`; the caller chose the rows, so eval.limit does not apply.
     """
     ev = cfg.eval
     modes = list(ev.modes)
-    data = load_datasets(ev)
+    data = load_datasets(ev) if questions is None else in_memory_datasets(questions)
+    for info, rows in data.values():
+        if not rows:
+            raise SearchR1Error(f"dataset {info['name']!r} has no questions")
     out = Path(ev.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own_retriever = False
     if retriever is None and any(m in ("rag", "agent") for m in modes):
-        from searchr1.retrieval.local import open_retriever
-
         try:
             retriever = open_retriever(cfg.retriever)
         except SearchR1Error as e:

@@ -10,7 +10,7 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 
-from searchr1.eval.harness import _is_number, metric_tables
+from searchr1.eval.metrics import is_number, metric_tables
 
 _CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 70em;
@@ -71,7 +71,7 @@ def render_model_text(text: str, em: float | None = None) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if _is_number(c) else f"<td>{esc(c)}</td>"
+    body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if is_number(c) else f"<td>{esc(c)}</td>"
                                     for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -26,38 +26,36 @@ Rows (one per question):
                    "tools_kwargs": {"search": {"create_kwargs": {"ground_truth", "question", "data_source"}}}}
     agent_name    "searchr1_agent" (paper protocol) or "tool_agent" (veRL's tool-calling loop)
 
-Training rows come from `train.train_data` / `train_split` / `train_limit` (as `searchr1 train`
-reads them); validation rows from `eval.datasets` / `split` / `limit` / `seed`, or, for the
-synthetic world, its held-out questions. Every dataset is read and every file rendered before the
-first is written; each file is written to a temporary name and renamed into place.
+Training and validation rows are the questions `searchr1 train` trains and validates on
+(`searchr1.data.questions`: train.train_data / train_split / train_limit; eval.datasets / split /
+limit / seed, or the synthetic world's held-out questions); train.sh's overrides come from
+`searchr1.export.verl_plan`. Every dataset is read and every file rendered before the first is
+written; each file is written to a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import random
-import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from searchr1 import __version__
 from searchr1.atomic import write_parquet_atomic, write_text_atomic
+from searchr1.data.questions import NoQuestionsError, held_out_questions, sources, training_questions
 from searchr1.errors import MissingDependencyError, SearchR1Error
+from searchr1.export.verl_plan import AGENT_NAMES, Plan, verl_plan
+from searchr1.protocol import build_prompt, get_template
+from searchr1.retrieval.client import retrieve_url
 
 AGENTS = ("searchr1", "tool")
 ROLLOUT_ENGINES = ("vllm", "sglang")
-AGENT_NAMES = {"searchr1": "searchr1_agent", "tool": "tool_agent"}
 ABILITY = "fact-reasoning"
-REWARD_PATH = "pkg://searchr1.export.verl_reward"
-REWARD_NAME = "compute_score"
 AGENT_LOOP_TARGET = "searchr1.export.verl_agent.SearchR1AgentLoop"
 TOOL_CLASS = "searchr1.export.verl_tool.SearchTool"
 #: veRL version the exported overrides were checked against (hydra composition of its ppo_trainer).
 VERL_VERSION = "0.9.1"
-#: Prompt budget: the Search-R1 instruction is ~120 tokens, the longest benchmark questions ~100.
-MAX_PROMPT_TOKENS = 512
 
 #: The Search-R1 instruction reworded for a search TOOL (veRL's tool-calling loop): the model calls
 #: the `search` function (its schema is in the chat template's tool list) instead of writing
@@ -112,8 +110,6 @@ def retrieval_base_url(url: str) -> str:
     """`http://host:port` (no trailing /retrieve) from any form a user gives; ExportError if malformed."""
     from urllib.parse import urlsplit
 
-    from searchr1.retrieval.client import retrieve_url
-
     full = retrieve_url(url)
     parts = urlsplit(full)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -126,48 +122,20 @@ def retrieval_base_url(url: str) -> str:
 
 
 def load_rows(cfg) -> tuple[list[dict], list[dict], dict]:
-    """(train rows, validation rows, where they came from); rows are {id, question, golden_answers, data_source}."""
-    tc = cfg.train
-    if tc.train_data.strip() == "synthetic":
-        from searchr1.data.synthetic import build_world, make_questions, split_questions
-
-        w = cfg.demo.world
-        world = build_world(w.seed, w.countries, w.cities_per_country, w.people, w.organisations)
-        train_q, test_q = split_questions(make_questions(world), w.test_fraction, w.seed)
-        as_row = lambda q: {"id": q.id, "question": q.question,  # noqa: E731
-                            "golden_answers": list(q.golden_answers), "data_source": "synthetic"}
-        train, val = [as_row(q) for q in train_q], [as_row(q) for q in test_q]
-        if cfg.eval.limit and len(val) > cfg.eval.limit:
-            val = random.Random(cfg.eval.seed).sample(val, cfg.eval.limit)
-        sources = {"train": f"synthetic world (seed {w.seed}), train split",
-                   "val": f"synthetic world (seed {w.seed}), held-out split"}
-    else:
-        from searchr1.data.benchmarks import load_benchmark
-
-        data_dir = cfg.eval.data_dir or None
-        names = [n.strip() for n in tc.train_data.split(",") if n.strip()]
-        train = []
-        for name in names:
-            train += load_benchmark(name, tc.train_split, source=cfg.eval.source, data_dir=data_dir)
-        val = []
-        for name in cfg.eval.datasets:
-            val += load_benchmark(name, cfg.eval.split, source=cfg.eval.source, data_dir=data_dir,
-                                  limit=cfg.eval.limit, seed=cfg.eval.seed)
-        sources = {"train": f"{','.join(names)} ({tc.train_split})",
-                   "val": f"{','.join(cfg.eval.datasets)} ({cfg.eval.split or 'evaluation split'})"}
-    if tc.train_limit and len(train) > tc.train_limit:
-        train = random.Random(tc.seed).sample(train, tc.train_limit)
-    if not train:
-        raise ExportError(f"train.train_data {tc.train_data!r} gave no questions")
+    """(train rows, validation rows, where they came from): `searchr1 train`'s questions, and its
+    held-out ones one after another; rows are {id, question, golden_answers, data_source}."""
+    try:
+        train = training_questions(cfg)
+    except NoQuestionsError as e:
+        raise ExportError(str(e)) from None
+    val = [row for rows in held_out_questions(cfg).values() for row in rows]
     if not val:
         raise ExportError("the validation data (eval.datasets) gave no questions")
-    return train, val, sources
+    return train, val, sources(cfg)
 
 
 def prompt_text(question: str, agent: str, template: str) -> str:
     """The user message of one row: Search-R1's instruction (or its tool wording) with the question."""
-    from searchr1.protocol import build_prompt
-
     return build_prompt(question, template=TOOL_TEMPLATE if agent == "tool" else template, chat=False)
 
 
@@ -281,8 +249,6 @@ TOOL_SCHEMA: dict = {
 
 
 def tool_config(cfg, url: str) -> dict:
-    from searchr1.retrieval.client import retrieve_url
-
     return {"tools": [{
         "class_name": TOOL_CLASS,
         "config": {
@@ -297,206 +263,6 @@ def tool_config(cfg, url: str) -> dict:
         },
         "tool_schema": TOOL_SCHEMA,
     }]}
-
-
-# ----------------------------------------------------------------------------- hyperparameters
-
-
-@dataclass
-class Override:
-    """One `key=value` of veRL's hydra command line. `shell` is the value as shell text (it may
-    expand $HERE, $NNODES, ...); plain values are quoted."""
-
-    key: str
-    value: Any
-    shell: str | None = None
-
-    def literal(self) -> str:
-        return f"{self.key}={_hydra_value(self.value)}"
-
-    def shell_arg(self) -> str:
-        return f"{self.key}={self.shell}" if self.shell is not None else shlex.quote(self.literal())
-
-
-def _hydra_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(json.dumps(x) if isinstance(x, str) else _hydra_value(x) for x in v) + "]"
-    return str(v)
-
-
-@dataclass
-class Plan:
-    overrides: list[Override] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, key: str, value: Any, shell: str | None = None) -> None:
-        self.overrides.append(Override(key, value, shell))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {o.key: o.value for o in self.overrides}
-
-
-def mini_batch_prompts(tc) -> int:
-    """veRL's ppo_mini_batch_size (in prompts): train.mini_batch_size / group_size when that is a whole
-    number dividing prompts_per_step, else the largest divisor of prompts_per_step below it."""
-    target = max(1, tc.mini_batch_size // tc.group_size)
-    return max(d for d in range(1, target + 1) if tc.prompts_per_step % d == 0)
-
-
-def optimizer_steps_per_step(tc) -> int:
-    return (tc.prompts_per_step // mini_batch_prompts(tc)) * tc.ppo_epochs
-
-
-def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_files: str = "train.parquet",
-              val_files: str = "val.parquet", agent_loop_path: str = "agent_loop.yaml",
-              tool_config_path: str = "tool_config.yaml", nnodes: int = 1, gpus_per_node: int = 8,
-              train_rows: int | None = None, shell: dict[str, str] | None = None) -> Plan:
-    """veRL overrides that reproduce `cfg.train` (and the agent's limits), plus notes on what differs.
-
-    `shell` maps a key to the shell text of its value in train.sh (paths under $HERE, $NNODES).
-    """
-    tc, a, shell = cfg.train, cfg.agent, shell or {}
-    p = Plan()
-    mini_prompts = mini_batch_prompts(tc)
-    if mini_prompts * tc.group_size != tc.mini_batch_size:
-        p.notes.append(f"veRL counts mini-batches in prompts: train.mini_batch_size={tc.mini_batch_size} trajectories "
-                       f"is not a whole number of prompts of {tc.group_size} that divides "
-                       f"{tc.prompts_per_step}; exported as {mini_prompts} prompts "
-                       f"({mini_prompts * tc.group_size} trajectories) per optimizer step.")
-    add = lambda key, value: p.add(key, value, shell.get(key))  # noqa: E731
-    A, R = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
-    grpo = tc.algorithm == "grpo"
-
-    add("algorithm.adv_estimator", "grpo" if grpo else "gae")
-    add("data.train_files", train_files)
-    add("data.val_files", val_files)
-    add("data.train_batch_size", tc.prompts_per_step)
-    add("data.max_prompt_length", MAX_PROMPT_TOKENS)
-    add("data.max_response_length", a.max_response_tokens)
-    add("data.filter_overlong_prompts", True)
-    add("data.truncation", "error")
-    add("data.return_raw_chat", True)
-    add("data.shuffle", True)
-    add("data.seed", tc.seed)
-
-    add("actor_rollout_ref.model.path", cfg.model.name)
-    add("actor_rollout_ref.model.use_remove_padding", True)
-    add("actor_rollout_ref.model.enable_gradient_checkpointing", tc.gradient_checkpointing)
-    if tc.lora_r > 0:
-        add("actor_rollout_ref.model.lora_rank", tc.lora_r)
-        add("actor_rollout_ref.model.lora_alpha", tc.lora_alpha)
-        targets = tc.lora_targets
-        add("actor_rollout_ref.model.target_modules",
-            "all-linear" if list(targets) == ["all-linear"] else list(targets))
-
-    opt_steps = optimizer_steps_per_step(tc)
-    add(f"{A}.optim.lr", tc.lr)
-    if tc.warmup_steps > 0:
-        # veRL steps its scheduler once per training step, ours once per optimizer step
-        add(f"{A}.optim.lr_warmup_steps", max(1, int(tc.warmup_steps / opt_steps)))
-    add(f"{A}.optim.weight_decay", tc.weight_decay)
-    if tc.max_grad_norm > 0:
-        add(f"{A}.optim.clip_grad", tc.max_grad_norm)
-    else:
-        p.notes.append("train.max_grad_norm=0 (no clipping) has no veRL equivalent; veRL clips at 1.0.")
-    add(f"{A}.ppo_mini_batch_size", mini_prompts)
-    add(f"{A}.ppo_micro_batch_size_per_gpu", tc.micro_batch_size)
-    add(f"{A}.ppo_epochs", tc.ppo_epochs)
-    add(f"{A}.clip_ratio_low", tc.clip_ratio)
-    add(f"{A}.clip_ratio_high", tc.clip_ratio_high or tc.clip_ratio)
-    if tc.dual_clip_c:
-        add(f"{A}.clip_ratio_c", tc.dual_clip_c)
-    else:
-        p.notes.append("train.dual_clip_c=0 (off): veRL always applies dual clipping (clip_ratio_c=3.0), "
-                       "which only changes updates whose ratio exceeds 3 on a negative advantage.")
-    add(f"{A}.entropy_coeff", tc.entropy_coef)
-    add(f"{A}.loss_agg_mode", tc.loss_agg)
-    kl_in_loss = tc.kl_coef > 0 and not tc.use_kl_in_reward
-    add(f"{A}.use_kl_loss", kl_in_loss)
-    if kl_in_loss:
-        add(f"{A}.kl_loss_coef", tc.kl_coef)
-        add(f"{A}.kl_loss_type", tc.kl_estimator)
-    add("algorithm.use_kl_in_reward", tc.kl_coef > 0 and tc.use_kl_in_reward)
-    if tc.kl_coef > 0 and tc.use_kl_in_reward:
-        add("algorithm.kl_penalty", tc.kl_estimator)
-        add("algorithm.kl_ctrl.kl_coef", tc.kl_coef)
-    if grpo:
-        add("algorithm.norm_adv_by_std_in_grpo", tc.norm_adv_by_std)
-    else:
-        add("algorithm.gamma", tc.gamma)
-        add("algorithm.lam", tc.lam)
-        add("critic.model.path", cfg.model.name)
-        add("critic.model.enable_gradient_checkpointing", tc.gradient_checkpointing)
-        add("critic.model.use_remove_padding", True)
-        add("critic.optim.lr", tc.critic_lr)
-        if tc.warmup_steps > 0:
-            add("critic.optim.lr_warmup_steps", max(1, int(tc.warmup_steps / opt_steps)))
-        add("critic.optim.weight_decay", tc.weight_decay)
-        add("critic.ppo_micro_batch_size_per_gpu", tc.micro_batch_size)
-        if tc.value_clip > 0:
-            add("critic.cliprange_value", tc.value_clip)
-        else:
-            p.notes.append("train.value_clip=0 (unclipped) has no veRL switch; veRL clips values at 0.5.")
-        if tc.critic != "separate":
-            p.notes.append("train.critic=head (a value head on the policy) has no veRL equivalent: veRL trains "
-                           "a separate critic initialised from the model, as the paper does.")
-        if not tc.whiten_advantages:
-            p.notes.append("train.whiten_advantages=false: veRL's GAE always whitens the advantages.")
-    add("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", tc.micro_batch_size)
-    add("actor_rollout_ref.ref.fsdp_config.param_offload", True)
-
-    add(f"{R}.name", rollout)
-    add(f"{R}.mode", "async")
-    add(f"{R}.n", tc.group_size)
-    add(f"{R}.temperature", tc.temperature)
-    add(f"{R}.top_p", tc.top_p)
-    add(f"{R}.tensor_model_parallel_size", 1)
-    add(f"{R}.gpu_memory_utilization", 0.6)
-    add(f"{R}.log_prob_micro_batch_size_per_gpu", tc.micro_batch_size)
-    add(f"{R}.val_kwargs.temperature", cfg.eval.temperature)
-    add(f"{R}.val_kwargs.do_sample", cfg.eval.temperature > 0)
-    if agent == "searchr1":
-        add(f"{R}.agent.agent_loop_config_path", agent_loop_path)
-        add(f"{R}.agent.default_agent_loop", AGENT_NAMES["searchr1"])
-    else:
-        add(f"{R}.multi_turn.enable", True)
-        add(f"{R}.multi_turn.tool_config_path", tool_config_path)
-        add(f"{R}.multi_turn.format", "hermes")
-        add(f"{R}.multi_turn.max_assistant_turns", a.max_turns + 1)
-        add(f"{R}.multi_turn.max_tool_response_length", 4 * a.max_obs_tokens)  # characters, ~4 per token
-        add(f"{R}.agent.default_agent_loop", AGENT_NAMES["tool"])
-        p.notes.append("--agent tool uses veRL's JSON tool calls (hermes format, chat template) instead of the "
-                       "paper's <search> tags; responses are scored by exact match only (the format reward "
-                       "checks the paper's tag sequence).")
-
-    add("reward.custom_reward_function.path", REWARD_PATH)
-    add("reward.custom_reward_function.name", REWARD_NAME)
-    if tc.format_reward:
-        add("+reward.custom_reward_function.reward_kwargs.format_reward", True)
-
-    add("trainer.total_training_steps", tc.steps)
-    epochs = math.ceil(tc.steps * tc.prompts_per_step / train_rows) if train_rows else 1
-    add("trainer.total_epochs", max(1, epochs))
-    add("trainer.save_freq", tc.save_every if tc.save_every > 0 else -1)
-    add("trainer.test_freq", tc.eval_every if tc.eval_every > 0 else -1)
-    add("trainer.max_actor_ckpt_to_keep", tc.keep_last)
-    if not grpo:
-        add("trainer.max_critic_ckpt_to_keep", tc.keep_last)
-    add("trainer.critic_warmup", 0)
-    add("trainer.logger", ["console", "tensorboard"] + (["wandb"] if tc.wandb else []))
-    add("trainer.project_name", "searchr1")
-    add("trainer.experiment_name", Path(tc.run_dir).name or "searchr1")
-    add("trainer.default_local_dir", str(Path(tc.run_dir) / "verl"))
-    add("trainer.nnodes", nnodes)
-    add("trainer.n_gpus_per_node", gpus_per_node)
-    if not tc.mask_retrieved:
-        p.notes.append("train.mask_retrieved=false (training on retrieved tokens) is not exported: veRL masks "
-                       "every injected token out of the loss.")
-    return p
 
 
 # ----------------------------------------------------------------------------- scripts and docs
@@ -621,15 +387,11 @@ def export_verl(cfg, opts: ExportOptions | None = None, **kwargs: Any) -> dict:
 
     Options come as an `ExportOptions` or as its fields in keyword arguments.
     """
-    from searchr1 import __version__
-
     opts = opts or ExportOptions(**kwargs)
     out = Path(opts.out_dir).expanduser()
     _check_out_dir(out, opts.force)
     url = retrieval_base_url(opts.retriever_url or cfg.retriever.url or "http://127.0.0.1:8000")
     try:
-        from searchr1.protocol import get_template
-
         get_template(cfg.train.template)
     except ValueError as e:
         raise ExportError(str(e)) from None

@@ -1,4 +1,5 @@
-"""Advantage estimators for multi-turn search trajectories: GAE (PPO), GRPO, RLOO, REINFORCE.
+"""Advantage estimators for multi-turn search trajectories: GAE (PPO), GRPO, RLOO, REINFORCE,
+REINFORCE++.
 
 All functions are pure tensor functions (no config, no model, no I/O) and run under
 ``torch.no_grad()``: advantages and returns are training targets, never differentiated through.
@@ -22,8 +23,10 @@ from .masked import masked_whiten
 __all__ = [
     "gae_advantages",
     "grpo_advantages",
+    "informative_groups",
     "kl_penalized_rewards",
     "reinforce_advantages",
+    "reinforce_pp_advantages",
     "rloo_advantages",
 ]
 
@@ -230,6 +233,16 @@ def grpo_advantages(
 
 
 @torch.no_grad()
+def informative_groups(scores: torch.Tensor, group_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
+    """``[B]`` bool: True for the samples of groups whose scores are not all equal (DAPO's dynamic
+    sampling keeps only those: a group of equal scores has zero group-relative advantage, so it
+    only dilutes the batch). A singleton group counts as constant."""
+    scores = torch.as_tensor(scores).reshape(-1)
+    _, _, size, constant, *_ = _group_moments(scores, group_ids, scores.device)
+    return ~constant & (size > 1)
+
+
+@torch.no_grad()
 def rloo_advantages(
     scores: torch.Tensor,
     group_ids: torch.Tensor | Sequence[Hashable],
@@ -297,6 +310,40 @@ def reinforce_advantages(
     if whiten:
         adv = masked_whiten(adv, m, eps=eps)
     return adv, {"baseline": b}
+
+
+@torch.no_grad()
+def reinforce_pp_advantages(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025, as OpenRLHF and veRL define it): discounted returns of token-level
+    rewards, standardised over the whole batch (no critic, no group baseline)::
+
+        G_t = r_t + gamma * G_{t'}        (t' = the next generated token; G := 0 after the last)
+        A   = (G - mean(G)) / sqrt(var(G) + eps)      over every mask-1 token of the batch
+
+    ``token_rewards`` are normally :func:`kl_penalized_rewards` (the outcome score on the last
+    generated token, ``-kl_coef * KL`` on every generated token). As in :func:`gae_advantages`,
+    the return runs over GENERATED tokens: an injected block neither discounts nor cuts it (veRL's
+    loop resets the running return at every mask-0 token, which in a multi-turn episode would stop
+    the outcome reaching the turns before an ``<information>`` block; a reward placed on an
+    injected token is carried to the generated token before it). This is GAE with ``V = 0`` and
+    ``lambda = 1``, and is computed as such.
+
+    Args:
+        token_rewards: ``[B, T]``.
+        mask: ``[B, T]``.
+        gamma: discount per generated token.
+        eps: added to the variance when standardising.
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]`` and 0 at mask-0 positions.
+    """
+    returns, _ = gae_advantages(token_rewards, torch.zeros_like(token_rewards), mask, gamma, 1.0)
+    return masked_whiten(returns, _bool_mask(mask, returns.device), eps=eps), returns
 
 
 def kl_penalized_rewards(

@@ -25,6 +25,7 @@ __all__ = [
     "kl_penalty",
     "logprobs_from_logits",
     "policy_loss",
+    "truncated_is_weights",
     "value_loss",
 ]
 
@@ -94,6 +95,7 @@ def policy_loss(
     dual_clip_c: float | None = None,
     agg: str = "token-mean",
     agg_norm: float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate loss (to minimise), per token, aggregated over mask-1 tokens.
 
@@ -116,6 +118,8 @@ def policy_loss(
         dual_clip_c: dual-clip constant (> 1), or None for no dual clip.
         agg: :func:`~searchr1.rl.masked.aggregate_loss` mode.
         agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
+        token_weights: ``[B, T]`` constant per-token factors of the (clipped) loss, e.g. the
+            truncated importance weights of :func:`truncated_is_weights`; None = 1.
 
     Returns:
         ``(loss, stats)``: ``loss`` a 0-dim tensor; ``stats`` over mask-1 tokens:
@@ -150,6 +154,8 @@ def policy_loss(
         per_token = torch.where(dual_active, loss_dual, per_token)
     else:
         dual_active = torch.zeros_like(m)
+    if token_weights is not None:
+        per_token = per_token * _keep(m, token_weights.to(per_token.dtype).detach(), 1.0)
     loss = aggregate_loss(per_token, m, agg, agg_norm)
 
     with torch.no_grad():
@@ -167,6 +173,41 @@ def policy_loss(
             "ratio_min": torch.where(any_token, _keep(m, r, torch.inf).min(), one) if r.numel() else one,
         }
     return loss, stats
+
+
+@torch.no_grad()
+def truncated_is_weights(
+    old_logprob: torch.Tensor,
+    sample_logprob: torch.Tensor,
+    mask: torch.Tensor,
+    cap: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Truncated importance sampling (TIS; Yao et al. 2025, veRL's ``tis_imp_ratio_cap``) between
+    the engine that sampled the tokens and the trainer's own forward of the same weights::
+
+        w = min(exp(old_logprob - sample_logprob), cap)        on mask-1 tokens, 1 elsewhere
+
+    The two differ when rollouts come from another engine (vLLM) or precision (bf16); ``w``
+    multiplies the per-token policy loss, so tokens the sampler over-sampled weigh less, and the
+    cap bounds the variance. The log-ratio is clamped to [-20, 20] like the policy ratio.
+
+    Args:
+        old_logprob: ``[B, T]`` the trainer's log-probs of the sampled tokens (before the update).
+        sample_logprob: ``[B, T]`` the sampler's log-probs of the same tokens.
+        mask: ``[B, T]`` 1 = a sampled token (injected tokens have no sampler log-prob).
+        cap: C > 0.
+
+    Returns:
+        ``(weights [B, T], stats)``: ``capped_fraction`` (mask-1 tokens where the cap binds) and
+        ``weight_mean`` over mask-1 tokens.
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be positive, got {cap}")
+    m = _mask_bool(mask, old_logprob)
+    log_w = _keep(m, old_logprob.float() - sample_logprob.float()).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+    raw = torch.exp(log_w)
+    weights = _keep(m, raw.clamp(max=cap), 1.0)
+    return weights, {"capped_fraction": masked_mean((raw > cap).float(), m), "weight_mean": masked_mean(weights, m)}
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ All live episodes generate a turn together; all searches of a turn go to the ret
 batched call. After `max_turns` action turns comes the final turn: whatever it says ends the
 episode (a search there is not executed, as in Search-R1).
 
-Tokens are appended to the trajectory as ids, never re-tokenised from text, with their loss mask
+Tokens are appended to the trajectory as ids, never re-tokenised from text, with their policy mask
 set at the moment they are appended: 1 for what the policy sampled, 0 for what the environment
 injected. A retrieval failure is retried, then raised: an episode never silently continues with
 empty information.
@@ -200,7 +200,7 @@ class Agent:
                 session.finish(ended)
         finally:
             session.close()
-        stats.injected_tokens = sum(len(t.loss_mask) - sum(t.loss_mask) for t in trajectories)
+        stats.injected_tokens = sum(len(t.policy_mask) - sum(t.policy_mask) for t in trajectories)
         stats.seconds = time.perf_counter() - start
         return stats
 
@@ -229,16 +229,9 @@ class Agent:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _inject(self, traj: Trajectory, ids: list[int]) -> list[int]:
-        """Append environment tokens (loss mask 0) to the trajectory and record them on its last turn."""
+        """Append environment tokens (policy mask 0) to the trajectory and record them on its last turn."""
         traj.append(ids, 0)
         turn = traj.turns[-1]
         turn.observation = self._decode(ids)
         turn.observation_tokens = len(ids)
         return ids
-
-
-def run_agent(generator: Generator, retriever: Retriever | None, trajectories: list[Trajectory],
-              cfg: AgentConfig, params: SamplingParams,
-              on_turn: Callable[[int, int], None] | None = None) -> RolloutStats:
-    """Convenience: `Agent(generator, retriever, cfg).run(trajectories, params)`."""
-    return Agent(generator, retriever, cfg).run(trajectories, params, on_turn)

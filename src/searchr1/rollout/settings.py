@@ -1,7 +1,7 @@
-"""Settings of rollouts: which model generates, how it samples, and the agent loop's limits.
+"""Settings of rollouts: which model generates, and the agent loop's limits.
 
 Defaults are the Search-R1 paper's (top-k 3, max turns 4, 500 new tokens per turn, observations
-cut to 500 tokens, temperature 1.0 for training rollouts).
+cut to 500 tokens). Sampling settings belong to who samples: train.temperature, eval.temperature.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from searchr1.config import param
-from searchr1.rollout.generator import SamplingParams
 
 
 @dataclass
@@ -32,20 +31,6 @@ class ModelConfig:
 
 
 @dataclass
-class SamplingConfig:
-    temperature: float = param(1.0, "sampling temperature; 0 = greedy")
-    top_p: float = param(1.0, "nucleus sampling mass")
-    top_k: int = param(0, "top-k filter; 0 = off")
-    seed: int = param(0, "seed of the sampling noise (same inputs and seed -> same outputs)")
-
-    def params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.top_k, self.seed)
-
-    def __post_init__(self) -> None:
-        self.params()  # validates
-
-
-@dataclass
 class AgentConfig:
     max_turns: int = param(4, "action turns (search or invalid) before the final turn, which must answer")
     topk: int = param(3, "passages retrieved per search")
@@ -54,7 +39,7 @@ class AgentConfig:
     max_response_tokens: int = param(4096, "tokens of the whole response (generated + injected); the episode "
                                            "ends with stop reason 'length' when reached")
     response_prefix: str = param("", "text every response is forced to start with (e.g. '<think>'); injected "
-                                     "with loss mask 0 and parsed as part of the first turn")
+                                     "with policy mask 0 and parsed as part of the first turn")
     retrieval_attempts: int = param(3, "tries of a failed retrieval call before the error is raised")
     retrieval_backoff_s: float = param(0.5, "wait before the 2nd try, doubled for each further try")
 

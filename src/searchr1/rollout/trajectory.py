@@ -1,8 +1,9 @@
 """What one multi-turn episode produced, token by token.
 
 A `Trajectory` is built by the agent loop (`searchr1.rollout.agent`) by concatenating token ids,
-never by re-tokenising text, so `loss_mask[i]` always describes `response_ids[i]`:
+never by re-tokenising text, so `policy_mask[i]` always describes `response_ids[i]`:
 1 = sampled by the policy, 0 = injected by the environment (`<information>` blocks, notes).
+(Training's loss mask is this mask, unless the no-masking ablation widens it: `searchr1.train.batch`.)
 Rewards, advantages, evaluation and reports all read lists of these.
 """
 
@@ -37,13 +38,13 @@ class Turn:
 
 @dataclass
 class Trajectory:
-    """One episode. `response_ids`, `loss_mask` and `logprobs` are aligned token for token."""
+    """One episode. `response_ids`, `policy_mask` and `logprobs` are aligned token for token."""
 
     question: str
     golden_answers: list[str]
     prompt_ids: list[int]
     response_ids: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
+    policy_mask: list[int] = field(default_factory=list)
     # log-prob under the sampling policy of each response token; 0.0 at injected (mask-0) positions
     logprobs: list[float] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
@@ -56,15 +57,15 @@ class Trajectory:
     meta: dict = field(default_factory=dict)  # dataset name, etc.; carried through to reports
 
     def append(self, ids: list[int], mask: int, logprobs: list[float] | None = None) -> None:
-        """Append tokens that all share one loss-mask value (1 sampled, 0 injected)."""
+        """Append tokens that all share one policy-mask value (1 sampled, 0 injected)."""
         if mask not in (0, 1):
-            raise ValueError(f"loss mask must be 0 or 1, got {mask}")
+            raise ValueError(f"policy mask must be 0 or 1, got {mask}")
         if logprobs is None:
             logprobs = [0.0] * len(ids)
         if len(logprobs) != len(ids):
             raise ValueError(f"{len(ids)} tokens but {len(logprobs)} log-probs")
         self.response_ids.extend(ids)
-        self.loss_mask.extend([mask] * len(ids))
+        self.policy_mask.extend([mask] * len(ids))
         self.logprobs.extend(logprobs)
 
     @property
@@ -77,7 +78,7 @@ class Trajectory:
 
     @property
     def generated_tokens(self) -> int:
-        return sum(self.loss_mask)
+        return sum(self.policy_mask)
 
     @property
     def done(self) -> bool:
@@ -89,7 +90,7 @@ class Trajectory:
     def to_dict(self, with_ids: bool = True) -> dict:
         d = asdict(self)
         if not with_ids:
-            for key in ("prompt_ids", "response_ids", "loss_mask", "logprobs"):
+            for key in ("prompt_ids", "response_ids", "policy_mask", "logprobs"):
                 d.pop(key)
         d["num_searches"] = self.num_searches
         return d

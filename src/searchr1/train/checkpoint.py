@@ -18,8 +18,7 @@ intact and at most a stray temp directory, which the next save removes once its 
 ``checkpoints/latest`` names the newest step directory (for people and outside tools; the loader
 itself scans and verifies, it does not trust that file).
 
-Save only from the main process in multi-process runs; sharded runs gather whole tensors first and
-pass them in (`policy_state`, `critic_state`, `optimizer_states`).
+Save only from the main process in multi-process runs (sharded runs gather whole tensors first).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from searchr1 import __version__
 from searchr1.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ LATEST_NAME = "latest"
 CHECKPOINTS_DIRNAME = "checkpoints"
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_TMP_RE = re.compile(r"^\.(?:tmp|old)-step-\d+-(\d+)$")
+# What an interrupted save leaves: its temp or set-aside step directory, or its temp `latest` file.
+_STRAY_RE = re.compile(r"^\.(?:(?:tmp|old)-step-\d+|latest\.tmp)-(\d+)$")
 _HASH_CHUNK = 8 << 20
 
 
@@ -60,12 +61,10 @@ _HASH_CHUNK = 8 << 20
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    """``{run_dir}/checkpoints``."""
     return Path(run_dir) / CHECKPOINTS_DIRNAME
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    """``{run_dir}/checkpoints/step-{step:06d}``."""
     return checkpoints_dir(run_dir) / f"step-{step:06d}"
 
 
@@ -107,10 +106,8 @@ def save_checkpoint(
     """Write checkpoint ``step`` of ``run_dir`` atomically and return its final path.
 
     ``state`` is the trainer's own dict (data position, config as a plain dict, metrics history...);
-    ``load_checkpoint`` returns it as saved. It may hold None, bool, int, float, str, tensors and
-    dicts/lists/tuples of them; numpy scalars/arrays, Paths, enums and dataclasses are converted
-    (to Python numbers, tensors, str, their value, dicts); anything else is a TypeError here rather
-    than an unreadable checkpoint later.
+    ``load_checkpoint`` returns it as saved. Plain data and tensors only (numpy, Paths, enums and
+    dataclasses are converted); anything else is a TypeError now, not an unreadable checkpoint later.
 
     After the new checkpoint is in place, older ones beyond ``keep_last`` are deleted (never the
     new one), as are checkpoints with a *higher* step (left by a timeline abandoned when the run was
@@ -157,7 +154,7 @@ def save_checkpoint(
             "step": int(step),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "created_unix": time.time(),
-            "searchr1_version": _searchr1_version(),
+            "searchr1_version": __version__,
             "files": files,
         }
         _write_file_synced(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -168,19 +165,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+    aside = root / f".old-step-{step:06d}-{os.getpid()}"
     if final.exists():
         # Re-saving a step (rare: a resumed run saving the step it resumed from). Move the old one
         # aside first: os.replace cannot replace a non-empty directory.
-        aside = root / f".old-step-{step:06d}-{os.getpid()}"
         if aside.exists():
             shutil.rmtree(aside)
         os.replace(final, aside)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-        _fsync_dir(root)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    shutil.rmtree(aside, ignore_errors=True)
 
     _write_latest(root, final.name)
     _prune(root, final, keep_last)
@@ -289,11 +283,10 @@ def _hash_and_fsync_tree(root: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for p in sorted(root.rglob("*")):
         if p.is_file() and not p.is_symlink():
-            rel = p.relative_to(root).as_posix()
             with open(p, "rb") as f:
                 digest = _sha256_fileobj(f)
                 os.fsync(f.fileno())
-            files[rel] = {"size": p.stat().st_size, "sha256": digest}
+            files[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": digest}
     return files
 
 
@@ -340,9 +333,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except OSError:
+    except OSError:  # PermissionError: alive, another user's
         return True
     return True
 
@@ -360,22 +351,13 @@ def _prune(root: Path, keep: Path, keep_last: int) -> None:
         log.info("pruning old checkpoint %s (keep_last=%d)", p, keep_last)
         shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
-        m = _TMP_RE.match(p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
-            log.info("removing stray temp directory %s (its writer is gone)", p)
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(".latest.tmp-") and p.is_file():
-            pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+        m = _STRAY_RE.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            log.info("removing stray %s (its writer is gone)", p)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
                 p.unlink(missing_ok=True)
-
-
-def _searchr1_version() -> str:
-    try:
-        from searchr1 import __version__
-        return __version__
-    except Exception:  # pragma: no cover
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -537,8 +519,7 @@ def _load_module(module: torch.nn.Module, src: Path, name: str, ckpt: Path) -> N
     if hasattr(module, "peft_config"):
         _load_peft(module, src, name, ckpt)
     elif hasattr(module, "save_pretrained"):
-        sd = _read_safetensors_dir(src, name, ckpt)
-        _load_state_dict_tied(module, sd, name, ckpt)
+        _load_state_dict(module, _read_safetensors_dir(src, name, ckpt), name, ckpt)
     else:
         f = src / f"{name}.pt"
         if not f.is_file():
@@ -548,10 +529,7 @@ def _load_module(module: torch.nn.Module, src: Path, name: str, ckpt: Path) -> N
             sd = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:
             raise CheckpointError(f"checkpoint {ckpt}: {name}/{name}.pt is unreadable ({e})") from e
-        try:
-            module.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} weights do not fit the given model: {e}") from e
+        _load_state_dict(module, sd, name, ckpt, strict=True)
 
 
 def _read_safetensors_dir(src: Path, name: str, ckpt: Path) -> dict[str, torch.Tensor]:
@@ -573,22 +551,26 @@ def _read_safetensors_dir(src: Path, name: str, ckpt: Path) -> dict[str, torch.T
     return sd
 
 
-def _load_state_dict_tied(module: torch.nn.Module, sd: dict[str, torch.Tensor], name: str, ckpt: Path) -> None:
-    """load_state_dict that accepts keys save_pretrained dropped because they are tied to saved ones."""
+def _load_state_dict(module: torch.nn.Module, sd: dict[str, torch.Tensor], name: str, ckpt: Path,
+                     strict: bool = False) -> None:
+    """load_state_dict; unless `strict`, keys tied to saved ones (save_pretrained drops them) may be missing."""
     try:
-        result = module.load_state_dict(sd, strict=False)
+        result = module.load_state_dict(sd, strict=strict)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {ckpt}: {name} weights do not fit the given model: {e}") from e
     if result.unexpected_keys:
         raise CheckpointError(f"checkpoint {ckpt}: {name} weights have keys the model lacks: "
-                              f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}")
+                              f"{_first(result.unexpected_keys)}")
     if result.missing_keys:
         own = module.state_dict(keep_vars=True)
         loaded_ptrs = {own[k].data_ptr() for k in sd if k in own}
         untied = [k for k in result.missing_keys if own[k].data_ptr() not in loaded_ptrs]
         if untied:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} weights lack {untied[:5]}"
-                                  f"{' ...' if len(untied) > 5 else ''}")
+            raise CheckpointError(f"checkpoint {ckpt}: {name} weights lack {_first(untied)}")
+
+
+def _first(keys: list[str]) -> str:  # an error message's view of a long key list
+    return f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
 
 
 def _load_peft(module: Any, src: Path, name: str, ckpt: Path) -> None:
@@ -615,4 +597,4 @@ def _load_peft(module: Any, src: Path, name: str, ckpt: Path) -> None:
         not_loaded = [k for k, p in module.named_parameters() if p.requires_grad and tag in k and k in missing]
         if not_loaded:
             raise CheckpointError(f"checkpoint {ckpt}: adapter {adapter!r} of {name} lacks weights "
-                                  f"{not_loaded[:5]}{' ...' if len(not_loaded) > 5 else ''}")
+                                  f"{_first(not_loaded)}")

@@ -1,7 +1,7 @@
 """Model wiring for training: policy (optionally LoRA), reference, critic, and the forward passes
 that give per-token log-probs, entropies and values over the RESPONSE positions only.
 
-Sequence layout used everywhere in training (see `searchr1.train.trainer.collate`):
+Sequence layout used everywhere in training (see `searchr1.train.batch`):
 
     input_ids = [ prompt, left-padded to P | response, right-padded to T ]
 
@@ -188,12 +188,13 @@ class TrainModels:
     critic: nn.Module | None  # separate Critic, or the value head (critic="head"), or None (GRPO)
     lora: bool = False
     shared_critic: bool = False
-    # What training calls: the policy forward (with the shared head), the separate critic and the
-    # reference forward, made data-parallel by `distribute` (DDP-wrapped, or sharded in place);
-    # the fields above stay the unwrapped modules for generation and checkpoints.
-    actor: nn.Module | None = None
-    value_model: nn.Module | None = None
-    ref_model: nn.Module | None = None  # LoRA: the actor itself, called under `reference_context`
+    # The *_forward modules are what training calls: `PolicyForward` over the policy (with the shared
+    # value head), the separate critic, `PolicyForward` over the reference; `distribute` makes them
+    # data-parallel (DDP-wrapped, or sharded in place). The fields above stay the unwrapped modules,
+    # for generation and checkpoints.
+    policy_forward: nn.Module | None = None
+    critic_forward: nn.Module | None = None
+    reference_forward: nn.Module | None = None  # LoRA: policy_forward itself, under `reference_context`
     autocast_dtype: torch.dtype | None = None  # bf16 under bf16-mixed precision (`resolve_precision`)
     logits_chunk: int = 0  # response positions per LM-head pass (`chunked_token_stats`); 0 = all at once
 
@@ -204,34 +205,36 @@ class TrainModels:
         return torch.autocast(next(self.policy.parameters()).device.type, dtype=self.autocast_dtype)
 
     def __post_init__(self) -> None:
-        if self.actor is None:
-            self.actor = PolicyForward(self.policy, self.critic if self.shared_critic else None, self.logits_chunk)
-        if self.value_model is None and self.critic is not None and not self.shared_critic:
-            self.value_model = self.critic
-        if self.ref_model is None and self.reference is not None:
-            self.ref_model = (self.actor if self.reference is self.policy
+        if self.policy_forward is None:
+            self.policy_forward = PolicyForward(self.policy, self.critic if self.shared_critic else None,
+                                                self.logits_chunk)
+        if self.critic_forward is None and self.critic is not None and not self.shared_critic:
+            self.critic_forward = self.critic
+        if self.reference_forward is None and self.reference is not None:
+            self.reference_forward = (self.policy_forward if self.reference is self.policy
                               else PolicyForward(self.reference, logits_chunk=self.logits_chunk))
 
     def distribute(self, dist) -> None:
         """Make the training modules data-parallel for `dist` (a `searchr1.train.distributed.DataParallel`)."""
-        shares_actor = self.ref_model is self.actor
-        self.actor = dist.wrap(self.actor, compute_dtype=self.autocast_dtype)
-        self.value_model = dist.wrap(self.value_model, compute_dtype=self.autocast_dtype)
-        self.ref_model = self.actor if shares_actor else dist.wrap(self.ref_model, compute_dtype=self.autocast_dtype)
+        shares_policy = self.reference_forward is self.policy_forward
+        self.policy_forward = dist.wrap(self.policy_forward, compute_dtype=self.autocast_dtype)
+        self.critic_forward = dist.wrap(self.critic_forward, compute_dtype=self.autocast_dtype)
+        self.reference_forward = (self.policy_forward if shares_policy
+                                  else dist.wrap(self.reference_forward, compute_dtype=self.autocast_dtype))
         if dist.sharded:
             # FSDP2 sets up its root state on the root module's first call. Generation calls the
             # causal LM inside the actor directly; without this call each layer would become a root.
             device = next(self.policy.parameters()).device
             ids = torch.ones(1, 2, dtype=torch.long, device=device)
             with torch.no_grad(), self.compute():
-                self.actor(ids, torch.ones_like(ids), 1)
-            dist.reshard(self.actor)
+                self.policy_forward(ids, torch.ones_like(ids), 1)
+            dist.reshard(self.policy_forward)
 
     def undistribute(self) -> None:
         """Drop the DDP wrappers again (before the process group is destroyed)."""
-        self.actor = getattr(self.actor, "module", self.actor)
-        self.value_model = getattr(self.value_model, "module", self.value_model)
-        self.ref_model = getattr(self.ref_model, "module", self.ref_model)
+        self.policy_forward = getattr(self.policy_forward, "module", self.policy_forward)
+        self.critic_forward = getattr(self.critic_forward, "module", self.critic_forward)
+        self.reference_forward = getattr(self.reference_forward, "module", self.reference_forward)
 
     def optimized_modules(self) -> dict[str, nn.Module]:
         """The module whose trainable parameters each optimizer updates (keys as in the trainer's

@@ -1,4 +1,4 @@
-"""Settings of `searchr1 train`: PPO or GRPO over multi-turn search rollouts.
+"""Settings of `searchr1 train`: PPO, GRPO, RLOO or REINFORCE++ over multi-turn search rollouts.
 
 Defaults are the Search-R1 paper's where they apply (actor lr 1e-6, critic lr 1e-5, KL 0.001, clip
 0.2, GRPO group 5, temperature 1.0, 1005 steps, batch 512, mini-batch 256, gamma = lambda = 1).
@@ -18,9 +18,10 @@ from searchr1.rl import AGG_MODES, KL_KINDS
 @dataclass
 class TrainConfig:
     # ------------------------------------------------------------------ algorithm and batch shape
-    algorithm: Literal["grpo", "ppo"] = param(
+    algorithm: Literal["grpo", "ppo", "rloo", "reinforce_pp"] = param(
         "grpo", "grpo: group-normalised outcome advantages + KL loss to the reference; ppo: critic + GAE, "
-                "KL penalty in the reward")
+                "KL penalty in the reward; rloo: leave-one-out group baseline + KL loss; reinforce_pp: "
+                "REINFORCE++, batch-whitened returns, KL penalty in the token rewards, no critic")
     steps: int = param(1005, "training steps (one rollout batch + its policy updates each)")
     prompts_per_step: int = param(512, "distinct questions sampled per step (the paper's batch size)")
     group_size: int = param(5, "rollouts per question (GRPO's n; must be 1 for PPO unless you want "
@@ -44,8 +45,26 @@ class TrainConfig:
     kl_kind: str = param("auto", "KL estimator: k1/kl, abs, k2/mse, k3/low_var_kl; auto = k1 in the reward "
                                  "(PPO), low_var_kl as a loss (GRPO), as Search-R1")
     kl_in_reward: bool | None = param(None, "put the KL penalty in the token rewards (PPO style) instead of a "
-                                            "loss term; null = true for ppo, false for grpo")
+                                            "loss term; null = true for ppo and reinforce_pp, false for grpo "
+                                            "and rloo (whose advantages use outcome scores only)")
     entropy_coef: float = param(0.0, "entropy bonus coefficient")
+    tis_cap: float = param(0.0, "truncated importance sampling: weigh each token's policy loss by "
+                                "min(p_trainer / p_sampler, tis_cap), correcting for a sampler that is not the "
+                                "trainer (vLLM, bf16 rollouts); 0 = off. The mismatch is logged either way "
+                                "(rollout/logprob_diff, rollout/logprob_diff_mean)")
+    # ------------------------------------------------------------------ DAPO options (all off by default)
+    dynamic_sampling: bool = param(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and "
+                                          "roll out further questions until prompts_per_step groups with signal "
+                                          "are found or dynamic_sampling_max_rounds rounds were drawn (then the "
+                                          "batch is completed with dropped groups); needs group_size >= 2")
+    dynamic_sampling_max_rounds: int = param(3, "rollout rounds of prompts_per_step questions a step may draw "
+                                                "under dynamic_sampling (the first included)")
+    overlong: Literal["none", "mask", "penalty"] = param(
+        "none", "responses that hit agent.max_response_tokens: none = trained as any other; mask = excluded from "
+                "the loss (DAPO overlong filtering); penalty = DAPO's soft overlong punishment added to the "
+                "reward over the last overlong_buffer tokens of the budget")
+    overlong_buffer: int = param(0, "tokens before the response limit where the overlong penalty starts")
+    overlong_factor: float = param(1.0, "overlong penalty at the limit (reward units)")
     loss_agg: str = param("token-mean", f"loss aggregation: {', '.join(AGG_MODES)}")
     # ------------------------------------------------------------------ advantages and critic
     gamma: float = param(1.0, "GAE discount per generated token (PPO)")
@@ -87,11 +106,16 @@ class TrainConfig:
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
                                        "false = train on them as if generated (the paper's ablation)")
     # ------------------------------------------------------------------ data
-    train_data: str = param("synthetic", "training questions: 'synthetic' (the demo world's train split, "
-                                         "settings in demo.world), or benchmark names / QA file paths, "
+    train_data: str = param("synthetic", "training questions: 'synthetic' (the synthetic world's train split, "
+                                         "settings in world), or benchmark names / QA file paths, "
                                          "comma-separated (e.g. nq,hotpotqa)")
     train_split: str = param("train", "split of a benchmark given in train_data")
     train_limit: int = param(0, "use at most this many training questions (seeded sample); 0 = all")
+    data_source: Literal["auto", "local", "hub"] = param(
+        "auto", "where benchmark training questions are read: local = data_dir, hub = FlashRAG's copy on the "
+                "Hugging Face hub, auto = the local file if there is one, else the hub")
+    data_dir: str = param("", "directory holding benchmark files for training; '' = $SEARCHR1_DATA_DIR, else "
+                              "../shared/data if it exists")
     # ------------------------------------------------------------------ bookkeeping
     eval_every: int = param(0, "run the eval harness (cfg.eval) every N steps; 0 = never")
     save_every: int = param(100, "checkpoint every N steps (and always at the end); 0 = only at the end")
@@ -108,8 +132,19 @@ class TrainConfig:
                self.micro_batch_size, self.ppo_epochs) < 1:
             raise ValueError("steps, prompts_per_step, group_size, mini_batch_size, micro_batch_size and "
                              "ppo_epochs must all be >= 1")
-        if self.algorithm == "grpo" and self.group_size < 2:
-            raise ValueError("grpo needs group_size >= 2 (a group of one has no baseline: every advantage is 0)")
+        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"{self.algorithm} needs group_size >= 2 (a group of one has no baseline: every "
+                             "advantage is 0)")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all equal)")
+        if self.dynamic_sampling_max_rounds < 1:
+            raise ValueError("dynamic_sampling_max_rounds must be >= 1")
+        if self.tis_cap < 0:
+            raise ValueError("tis_cap must be >= 0 (0 = off)")
+        if self.overlong == "penalty" and self.overlong_buffer < 1:
+            raise ValueError("overlong=penalty needs overlong_buffer >= 1 (the length of the penalty ramp)")
+        if self.overlong_buffer < 0 or self.overlong_factor < 0:
+            raise ValueError("overlong_buffer and overlong_factor must be >= 0")
         batch = self.prompts_per_step * self.group_size
         if self.mini_batch_size > batch:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the trajectories per step "
@@ -131,8 +166,9 @@ class TrainConfig:
             raise ValueError("clip_ratio_high must be >= 0 (0 = same as clip_ratio)")
         if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
             raise ValueError("dual_clip_c must be > 1, or 0 for off")
-        if self.algorithm == "grpo" and self.kl_in_reward:
-            raise ValueError("grpo puts the KL in the loss: kl_in_reward=true is for ppo")
+        if self.algorithm in ("grpo", "rloo") and self.kl_in_reward:
+            raise ValueError(f"{self.algorithm} puts the KL in the loss: kl_in_reward=true is for ppo and "
+                             "reinforce_pp")
         if self.kl_kind != "auto" and self.kl_kind not in KL_KINDS:
             raise ValueError(f"kl_kind must be auto or one of {', '.join(KL_KINDS)}, got {self.kl_kind!r}")
         if self.loss_agg not in AGG_MODES:
@@ -156,7 +192,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ derived
     @property
     def use_kl_in_reward(self) -> bool:
-        return (self.algorithm == "ppo") if self.kl_in_reward is None else self.kl_in_reward
+        return (self.algorithm in ("ppo", "reinforce_pp")) if self.kl_in_reward is None else self.kl_in_reward
 
     @property
     def kl_estimator(self) -> str:
@@ -167,10 +203,6 @@ class TrainConfig:
     @property
     def needs_reference(self) -> bool:
         return self.kl_coef > 0
-
-    @property
-    def trajectories_per_step(self) -> int:
-        return self.prompts_per_step * self.group_size
 
 
 @dataclass

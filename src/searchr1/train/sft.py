@@ -14,14 +14,23 @@ mask-1 (policy) tokens only: injected `<information>` blocks are context, never 
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from searchr1.data.warmup import demonstration, observations_support
+from searchr1.protocol import build_prompt
+from searchr1.rewards import compute_score
+from searchr1.rollout.agent import Agent, new_trajectory
+from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.scripted import ScriptedGenerator
+from searchr1.train.batch import Batch, collate
 from searchr1.train.models import sequence_logprobs
-from searchr1.train.trainer import Batch, collate
 
 
 def masked_nll(policy, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -37,12 +46,6 @@ def masked_nll(policy, batch: Batch) -> tuple[torch.Tensor, int]:
 def play_demonstrations(cfg, tokenizer, retriever, questions: Sequence) -> tuple[list, int]:
     """(kept trajectories, number dropped): every question's ideal episode, played through the
     agent with the real retriever; kept when the observations support it and it answers right."""
-    from searchr1.data.warmup import demonstration, observations_support
-    from searchr1.protocol import build_prompt
-    from searchr1.rewards import compute_score
-    from searchr1.rollout.agent import Agent, new_trajectory
-    from searchr1.rollout.generator import SamplingParams
-    from searchr1.rollout.scripted import ScriptedGenerator
 
     chat = cfg.model.use_chat_template
     trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.train.template, chat=chat),
@@ -118,3 +121,16 @@ def warmup(cfg, models_or_policy, tokenizer, retriever, questions: Sequence, con
     result["first_loss"], result["last_loss"] = result["losses"][0], result["losses"][-1]
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def save_model(model, tokenizer, out_dir: Path) -> Path:
+    """`save_pretrained` of the warmed-up model and its tokenizer into `out_dir`, atomically (a
+    temporary directory renamed into place), so a reader never sees half a model."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,315 @@
+"""The learner: one scored batch -> one round of policy (and critic) updates.
+
+    prepare   old / reference log-probs and critic values (forward passes without grad), then the
+              algorithm's advantages:
+                grpo          group-normalised outcome scores; KL to the reference as a loss
+                rloo          leave-one-out group baseline; KL as a loss
+                reinforce_pp  batch-whitened returns of token rewards with the KL in them (REINFORCE++)
+                ppo           critic + GAE over the KL-penalised token rewards
+    update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
+              surrogate (clip-higher, dual clip, truncated importance weights when asked), entropy
+              bonus, KL loss, value loss; a non-finite loss or gradient norm skips the optimizer step
+
+The sampler's log-probs are only compared with the recomputed old log-probs (the metrics
+`rollout/logprob_diff*`), never used as the ratio's denominator; with `train.tis_cap` they also
+give the truncated importance weights that correct for a sampler that is not the trainer.
+
+Under data parallelism the batch and scores are the whole step's (the same on every rank); the
+forward passes and the update are split between the ranks (`searchr1.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+
+import torch
+
+from searchr1.rl import (aggregate_loss, explained_variance, gae_advantages, grpo_advantages, informative_groups,
+                         kl_loss, kl_penalized_rewards, kl_penalty, masked_mean, policy_loss,
+                         reinforce_pp_advantages, rloo_advantages, truncated_is_weights, value_loss)
+from searchr1.train.batch import Batch
+from searchr1.train.distributed import DataParallel
+from searchr1.train.models import TrainModels
+
+ALONE = DataParallel()  # the single-process group: every collective is a no-op
+
+
+def trainable(module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer updates (LoRA: the adapters only)."""
+    return [p for p in module.parameters() if p.requires_grad] if module is not None else []
+
+
+def warmup_schedule(warmup_steps: int):
+    """LambdaLR factor: linear warm-up over `warmup_steps` optimizer steps, then constant."""
+    return lambda n: min(1.0, (n + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, T - x.shape[1])) if x.shape[1] < T else x
+
+
+class RunningStats:
+    """Weighted running means of scalar stats (and running maxima of others)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+
+    def peak(self, stats: dict) -> None:
+        for k, v in stats.items():
+            v = float(v)
+            if math.isfinite(v):
+                self.maxima[k] = max(v, self.maxima.get(k, v))
+
+    def add(self, stats: dict, weight: float = 1.0) -> None:
+        for k, v in stats.items():
+            v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            if math.isfinite(v):
+                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+                self.weights[k] = self.weights.get(k, 0.0) + weight
+
+
+def sampler_mismatch(old: torch.Tensor, sample: torch.Tensor, policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far the sampler's log-probs are from the trainer's (max and mean |diff| over generated tokens)."""
+    m = policy_mask.bool()
+    diff = (old - sample).abs()
+    if not m.any():
+        zero = torch.zeros(())
+        return {"max": zero, "mean": zero}
+    return {"max": diff[m].max(), "mean": diff[m].mean()}
+
+
+class Learner:
+    """Owns the optimizers and schedulers of `models` and turns scored batches into updates.
+
+    `optimizer_cls` / `weight_decay` choose the optimizer (AdamW with `train.weight_decay` by
+    default; tests use SGD, whose updates are linear in the gradient). Build it after
+    `models.distribute(dist)`: under zero1 the optimizer itself is sharded."""
+
+    def __init__(self, models: TrainModels, tc, dist: DataParallel = ALONE, optimizer_cls=torch.optim.AdamW,
+                 weight_decay: float | None = None) -> None:
+        self.models, self.tc, self.dist = models, tc, dist
+        decay = tc.weight_decay if weight_decay is None else weight_decay
+        self.optimizers = {"policy": dist.optimizer(trainable(models.policy), optimizer_cls, lr=tc.lr,
+                                                    weight_decay=decay)}
+        if models.critic is not None:
+            self.optimizers["critic"] = dist.optimizer(trainable(models.critic), optimizer_cls, lr=tc.critic_lr,
+                                                       weight_decay=decay)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(tc.warmup_steps))
+                           for name, opt in self.optimizers.items()}
+
+    @property
+    def lr(self) -> float:
+        return float(self.schedulers["policy"].get_last_lr()[0])
+
+    # ------------------------------------------------------------------ forward passes without grad
+    @torch.no_grad()
+    def forward(self, batch: Batch, which: str = "policy") -> torch.Tensor:
+        """``[B, T]`` log-probs of the policy or the reference, or the critic's values, in
+        micro-batches. Under data parallelism each rank computes its block of rows and the blocks
+        are all-gathered."""
+        models, tc, dist = self.models, self.tc, self.dist
+        module = {"policy": models.policy_forward, "reference": models.reference_forward,
+                  "critic": models.policy_forward if models.shared_critic else models.critic_forward}[which]
+        outs = []
+        mine = torch.arange(batch.size, device=batch.input_ids.device)[dist.shard(batch.size)]
+        # every rank runs the same number of forwards here: one all-gather of a sharded model for all of them
+        with dist.gathered(module):
+            for idx in mine.split(tc.micro_batch_size):
+                mb = batch.rows(idx)
+                with models.compute():
+                    if which == "critic" and not models.shared_critic:
+                        out = module(mb.input_ids, mb.attention_mask, mb.response_start)
+                    else:
+                        context = models.reference_context() if which == "reference" else contextlib.nullcontext()
+                        with context:
+                            res = module(mb.input_ids, mb.attention_mask, mb.response_start,
+                                         temperature=tc.temperature)
+                        out = res.values if which == "critic" else res.logprobs
+                outs.append(_pad_to(out.float(), batch.response_len))
+        return dist.gather_rows(torch.cat(outs, 0))
+
+    # ------------------------------------------------------------------ targets
+    def reuses_own_forward(self, batch: Batch) -> bool:
+        """One optimizer step on outcome advantages: the policy taking it is the one that would
+        recompute the old log-probs, so the update uses its own forward's, detached (as TRL does
+        on-policy): one forward pass less, same update. Not when advantages read the old log-probs
+        (PPO; the KL in the reward)."""
+        tc = self.tc
+        return (tc.algorithm != "ppo" and not tc.use_kl_in_reward and tc.ppo_epochs == 1
+                and tc.mini_batch_size >= batch.size)
+
+    def prepare(self, batch: Batch, scores: torch.Tensor) -> tuple[Batch, dict[str, float]]:
+        """The batch with its training targets filled in, and the metrics of the preparation."""
+        tc, models = self.tc, self.models
+        old = None if self.reuses_own_forward(batch) else self.forward(batch, "policy")
+        ref = self.forward(batch, "reference") if models.reference is not None else None
+        values = self.forward(batch, "critic") if models.critic is not None else None
+        mask = batch.loss_mask
+        metrics: dict[str, float] = {}
+        if old is None and ref is None:
+            metrics["actor/kl"] = 0.0
+        if old is not None:  # else the update reports both from its own forward
+            diff = sampler_mismatch(old, batch.sample_logprobs, batch.policy_mask)
+            metrics["rollout/logprob_diff"] = float(diff["max"])
+            metrics["rollout/logprob_diff_mean"] = float(diff["mean"])
+            metrics["actor/kl"] = float(masked_mean(kl_penalty(old, ref, "k1"), mask)) if ref is not None else 0.0
+        returns = None
+        if tc.algorithm in ("grpo", "rloo"):
+            if tc.algorithm == "grpo":
+                advantages, _ = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
+            else:
+                advantages, _ = rloo_advantages(scores, batch.group_ids, mask)
+            groups = torch.unique(batch.group_ids)
+            informative = torch.unique(batch.group_ids[informative_groups(scores, batch.group_ids)])
+            metrics["adv/zero_variance_groups"] = float(len(groups) - len(informative))
+            metrics["adv/zero_variance_fraction"] = metrics["adv/zero_variance_groups"] / max(len(groups), 1)
+        else:
+            kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref is not None) else 0.0
+            kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
+            token_rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
+            if tc.algorithm == "reinforce_pp":
+                advantages, returns = reinforce_pp_advantages(token_rewards, mask, tc.gamma)
+                returns = None  # no critic learns them
+            else:
+                advantages, returns = gae_advantages(token_rewards, values, mask, tc.gamma, tc.lam,
+                                                     whiten=tc.whiten_advantages)
+                metrics["critic/explained_variance"] = float(explained_variance(values, returns, mask))
+                metrics["critic/values_mean"] = float(masked_mean(values, mask))
+        metrics["adv/mean"] = float(masked_mean(advantages, mask))
+        metrics["adv/abs_mean"] = float(masked_mean(advantages.abs(), mask))
+        return dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref, advantages=advantages, values=values,
+                                   returns=returns), metrics
+
+    def learn(self, batch: Batch, scores: torch.Tensor, step: int) -> dict[str, float]:
+        """`prepare` then `update` (`step` seeds the mini-batch shuffle); the learning metrics, with
+        their timings."""
+        t_prep = time.perf_counter()
+        batch, metrics = self.prepare(batch, scores)
+        t_update = time.perf_counter()
+        metrics.update(self.update(batch, step))
+        metrics["time/prepare_s"] = t_update - t_prep
+        metrics["time/update_s"] = time.perf_counter() - t_update
+        return metrics
+
+    # ------------------------------------------------------------------ the update
+    def _set_mode(self, training: bool) -> None:
+        for m in (self.models.policy, self.models.critic):
+            if m is not None:
+                m.train(training)
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        """ppo_epochs x shuffled mini-batches of a prepared batch; gradient accumulation over
+        micro-batches. Under data parallelism rank r trains on its 1/W of each mini-batch with the
+        loss scaled by W (DDP averages gradients)."""
+        models, tc, dist = self.models, self.tc, self.dist
+        self._set_mode(True)
+        policy_params, critic_params = trainable(models.policy), trainable(models.critic)
+        stats = RunningStats()
+        skipped = optimizer_steps = 0
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        for _epoch in range(tc.ppo_epochs):
+            perm = torch.randperm(batch.size, generator=gen).to(batch.input_ids.device)
+            for mini in perm.split(tc.mini_batch_size):
+                mini_tokens = float(batch.loss_mask[mini].sum())
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                finite = True
+                micros = mini[dist.shard(len(mini))].split(tc.micro_batch_size)
+                for i, micro in enumerate(micros):
+                    mb = batch.rows(micro)
+                    if tc.loss_agg == "token-mean":
+                        weight = float(mb.loss_mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
+                    else:
+                        weight = len(micro) / len(mini)
+                    sync_later = i < len(micros) - 1  # gradients are all-reduced once, after the last micro-batch
+                    with dist.no_sync(models.policy_forward, sync_later), \
+                            dist.no_sync(models.critic_forward, sync_later):
+                        finite = self._micro_step(mb, weight * dist.world, stats) and finite
+                    if not finite and not dist.distributed:
+                        break  # alone, no other rank waits for this backward
+                finite = dist.all_true(finite)
+                grad_norm = dist.clip_grad_norm(policy_params, max_norm) if policy_params else torch.tensor(0.)
+                critic_norm = dist.clip_grad_norm(critic_params, max_norm) if critic_params else None
+                norms_finite = bool(torch.isfinite(grad_norm)) and (critic_norm is None
+                                                                    or bool(torch.isfinite(critic_norm)))
+                if not finite or not norms_finite:
+                    skipped += 1
+                    for opt in self.optimizers.values():
+                        opt.zero_grad(set_to_none=True)
+                    continue
+                for opt in self.optimizers.values():
+                    opt.step()
+                for sched in self.schedulers.values():
+                    sched.step()
+                optimizer_steps += 1
+                stats.add({"actor/grad_norm": grad_norm})
+                if critic_norm is not None:
+                    stats.add({"critic/grad_norm": critic_norm})
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self._set_mode(False)
+        out = dist.merge_stats(stats.sums, stats.weights, stats.maxima)
+        out["train/skipped_updates"] = skipped
+        out["train/optimizer_steps"] = optimizer_steps
+        return out
+
+    def _micro_step(self, mb: Batch, weight: float, stats: RunningStats) -> bool:
+        """Forward and backward of one micro-batch; False if the loss was not finite. The backward
+        runs even then under data parallelism (the other ranks wait for its all-reduce); the
+        optimizer step is skipped everywhere instead."""
+        models, tc = self.models, self.tc
+        mask = mb.loss_mask
+        with models.compute():
+            out = models.policy_forward(mb.input_ids, mb.attention_mask, mb.response_start,
+                                        temperature=tc.temperature, with_entropy=True,
+                                        entropy_grad=tc.entropy_coef > 0)
+            if models.critic is None:
+                values = None
+            elif models.shared_critic:
+                values = out.values
+            else:
+                values = models.critic_forward(mb.input_ids, mb.attention_mask, mb.response_start)
+        old, ref = mb.old_logprobs, mb.ref_logprobs
+        if old is None:  # this forward's own, detached (`reuses_own_forward`)
+            old = out.logprobs.detach()
+            if mb.policy_mask.any():
+                diff = sampler_mismatch(old, mb.sample_logprobs, mb.policy_mask)
+                stats.peak({"rollout/logprob_diff": diff["max"]})
+                stats.add({"rollout/logprob_diff_mean": diff["mean"]}, weight)
+            if ref is not None:
+                stats.add({"actor/kl": masked_mean(kl_penalty(old, ref, "k1"), mask)}, weight)
+        micro_stats = {}
+        is_weights = None
+        if tc.tis_cap > 0:
+            is_weights, tis = truncated_is_weights(old, mb.sample_logprobs, mb.policy_mask, tc.tis_cap)
+            micro_stats.update({"actor/tis_capped_fraction": tis["capped_fraction"],
+                                "actor/tis_weight_mean": tis["weight_mean"]})
+        pg, pg_stats = policy_loss(out.logprobs, old, mb.advantages, mask, tc.clip_ratio, tc.clip_ratio_high or None,
+                                   tc.dual_clip_c or None, tc.loss_agg, token_weights=is_weights)
+        loss = pg
+        micro_stats.update({"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
+                            "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]})
+        entropy = aggregate_loss(out.entropy, mask, tc.loss_agg)
+        micro_stats["actor/entropy"] = entropy
+        if tc.entropy_coef > 0:
+            loss = loss - tc.entropy_coef * entropy
+        if ref is not None and not tc.use_kl_in_reward and tc.kl_coef > 0:
+            kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, tc.loss_agg)
+            loss = loss + tc.kl_coef * kl
+            micro_stats["actor/kl_loss"] = kl
+        if values is not None:
+            vl, v_stats = value_loss(values, mb.values, mb.returns, mask, tc.value_clip or None, tc.loss_agg)
+            loss = loss + tc.vf_coef * vl
+            micro_stats["critic/value_loss"] = vl
+            micro_stats["critic/clip_fraction"] = v_stats["clip_fraction"]
+        finite = bool(torch.isfinite(loss))
+        (loss * weight).backward()
+        if finite:
+            stats.add(micro_stats, weight)
+        return finite

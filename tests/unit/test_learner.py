@@ -1,0 +1,196 @@
+"""The learner's algorithm menu and corrections, and a step's rollouts (dynamic sampling, overlong
+handling): each against the pure functions they promise to apply, or by hand."""
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fakes import char_tokenizer
+from searchr1.rl import (kl_penalized_rewards, kl_penalty, overlong_penalty, reinforce_pp_advantages,
+                         rloo_advantages)
+from searchr1.rollout.agent import RolloutStats
+from searchr1.rollout.trajectory import Trajectory
+from searchr1.train.batch import collate
+from searchr1.train.learner import ALONE, Learner
+from searchr1.train.models import build_models
+from searchr1.train.rollouts import PromptSampler, RolloutCollector
+from searchr1.train.settings import TrainConfig
+
+torch.set_num_threads(1)
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                                        pad_token_id=0, eos_token_id=1, bos_token_id=None)).eval()
+
+
+def _trajs():
+    """Two groups of two, uneven lengths, an injected run in the first row."""
+    spec = [([3, 4, 5], [7, 8, 9, 10, 11], [1, 1, 0, 1, 1]), ([3, 4, 5], [12, 13, 14], [1, 1, 1]),
+            ([6, 7], [15, 16, 17, 18], [1, 0, 0, 1]), ([6, 7], [19, 20], [1, 1])]
+    out = []
+    for i, (prompt, response, mask) in enumerate(spec):
+        t = Trajectory(question="q", golden_answers=[], prompt_ids=prompt, group=i // 2)
+        for tok, m in zip(response, mask):
+            t.append([tok], m, [-1.5] if m else None)
+        out.append(t)
+    return out
+
+
+SCORES = torch.tensor([1.0, 0.0, 0.0, 0.5])
+
+
+def _learner(**kw):
+    settings = dict(prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2, lr=0.1, kl_coef=0.01)
+    tc = TrainConfig(**{**settings, **kw})
+    return Learner(build_models(tiny_llama(), tc), tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
+
+
+def _weights(learner):
+    return torch.cat([p.detach().flatten() for p in learner.models.policy.parameters()])
+
+
+def test_rloo_uses_the_leave_one_out_baseline():
+    learner = _learner(algorithm="rloo")
+    batch = collate(_trajs(), 0)
+    prepared, _ = learner.prepare(batch, SCORES)
+    expected, _ = rloo_advantages(SCORES, batch.group_ids, batch.loss_mask)
+    assert torch.equal(prepared.advantages, expected)
+    # group 0: 1 - 0 = 1 and 0 - 1 = -1 (n/(n-1) x deviation from the mean, n = 2)
+    assert prepared.advantages[0, 0].item() == 1.0 and prepared.advantages[1, 0].item() == -1.0
+    assert prepared.old_logprobs is None  # one optimizer step on outcome advantages: reuses its own forward
+    assert "actor/kl_loss" in learner.update(prepared, step=1)  # the KL to the reference is a loss term
+
+
+def test_reinforce_pp_whitens_returns_of_kl_penalised_token_rewards():
+    learner = _learner(algorithm="reinforce_pp", kl_coef=0.5)
+    assert learner.tc.use_kl_in_reward and learner.tc.kl_estimator == "k1"
+    batch = collate(_trajs(), 0)
+    prepared, metrics = learner.prepare(batch, SCORES)
+    old, ref = learner.forward(batch, "policy"), learner.forward(batch, "reference")
+    assert torch.equal(prepared.old_logprobs, old)  # the KL in the reward needs them first
+    rewards = kl_penalized_rewards(SCORES, kl_penalty(old, ref, "k1"), batch.loss_mask, 0.5)
+    expected, _ = reinforce_pp_advantages(rewards, batch.loss_mask, 1.0)
+    assert torch.allclose(prepared.advantages, expected)
+    assert prepared.returns is None and prepared.values is None  # no critic
+    out = learner.update(prepared, step=1)
+    assert "actor/kl_loss" not in out and out["train/optimizer_steps"] == 1
+
+
+def test_tis_with_matching_sampler_log_probs_changes_nothing():
+    batch = collate(_trajs(), 0)
+    updates = []
+    for cap in (0.0, 2.0):
+        learner = _learner(algorithm="grpo", tis_cap=cap)
+        exact = learner.forward(batch, "policy") * batch.policy_mask  # the sampler is the trainer
+        metrics = learner.learn(dataclasses.replace(batch, sample_logprobs=exact), SCORES, step=1)
+        updates.append(_weights(learner))
+    assert metrics["actor/tis_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["actor/tis_capped_fraction"] == 0.0
+    assert metrics["rollout/logprob_diff"] < 1e-5
+    torch.testing.assert_close(updates[0], updates[1], atol=1e-6, rtol=0)
+
+
+def test_tis_reweights_tokens_the_sampler_over_sampled():
+    batch = collate(_trajs(), 0)
+    learner = _learner(algorithm="grpo", tis_cap=2.0)
+    exact = learner.forward(batch, "policy") * batch.policy_mask
+    # the sampler gave the first row's tokens e^1 times the trainer's probability: weight e^-1
+    skewed = exact.clone()
+    skewed[0] += batch.policy_mask[0] * 1.0
+    before = _weights(learner)
+    metrics = learner.learn(dataclasses.replace(batch, sample_logprobs=skewed), SCORES, step=1)
+    moved = _weights(learner) - before
+    plain = _learner(algorithm="grpo")
+    plain.learn(dataclasses.replace(batch, sample_logprobs=exact), SCORES, step=1)
+    assert (moved - (_weights(plain) - before)).abs().max() > 1e-4  # a different update
+    generated = batch.policy_mask.sum().item()
+    assert metrics["actor/tis_weight_mean"] == pytest.approx(
+        (batch.policy_mask[0].sum().item() * torch.exp(torch.tensor(-1.0)).item()
+         + generated - batch.policy_mask[0].sum().item()) / generated, rel=1e-4)
+    assert metrics["rollout/logprob_diff"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_excluding_truncated_rows_clears_their_loss_mask_only():
+    trajs = _trajs()
+    trajs[1].stop_reason = "length"
+    batch = collate(trajs, 0)
+    assert batch.truncated.tolist() == [False, True, False, False]
+    kept = batch.excluding(batch.truncated)
+    assert kept.loss_mask[1].sum() == 0
+    assert torch.equal(kept.loss_mask[[0, 2, 3]], batch.loss_mask[[0, 2, 3]])
+    assert torch.equal(kept.policy_mask, batch.policy_mask)  # metrics still see the row
+
+
+# ----------------------------------------------------------------------------- a step's rollouts
+
+
+class AnswerAgent:
+    """Answers episode k of question i with ANSWERS[i][k]; counts the rounds it is asked to play."""
+
+    def __init__(self, answers) -> None:
+        self.answers, self.rounds = answers, 0
+
+    def run(self, trajs, params):
+        self.rounds += 1
+        for t in trajs:
+            i, k = int(t.question[1:]), int(t.id.split("#")[1])
+            t.response_text = f"<answer> {self.answers[i][k]} </answer>"
+            t.response_ids = [5] * (3 + 4 * k)
+            t.policy_mask, t.logprobs = [1] * len(t.response_ids), [0.0] * len(t.response_ids)
+            t.stop_reason = "answer"
+        return RolloutStats(seconds=1.0, generated_tokens=len(trajs))
+
+
+# question i is informative (one episode right, one wrong) only when i % 3 == 0
+ANSWERS = [["x", "y"] if i % 3 == 0 else ["x", "x"] for i in range(12)]
+ROWS = [{"id": str(i), "question": f"q{i}", "golden_answers": ["x"]} for i in range(12)]
+
+
+def _collector(agent, rounds, **kw):
+    tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=4, template="Q: {question}\n",
+                     dynamic_sampling=rounds > 0, dynamic_sampling_max_rounds=max(rounds, 1), **kw)
+    reward = lambda t: float(" x " in t.response_text)  # noqa: E731
+    return RolloutCollector(agent, char_tokenizer(), ROWS, PromptSampler(len(ROWS), 0), tc, False, reward,
+                            max_response_tokens=10, dist=ALONE, gathered=contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 6])
+def test_dynamic_sampling_keeps_groups_with_signal_until_full_or_capped(rounds):
+    agent = AnswerAgent(ANSWERS)
+    out = _collector(agent, rounds).collect(step=1)
+    # the same sampler order, read independently: informative questions until two are found
+    order = PromptSampler(len(ROWS), 0).take(2 * rounds)
+    informative, needed = [], rounds
+    for r in range(rounds):
+        informative += [i for i in order[2 * r:2 * r + 2] if i % 3 == 0]
+        if len(informative) >= 2:
+            needed = r + 1
+            break
+    assert agent.rounds == needed == out.metrics["dynamic/rounds"]
+    assert out.metrics["dynamic/informative_groups"] == min(len(informative), 2)
+    assert out.metrics["dynamic/filled"] == float(len(informative) >= 2)
+    assert len(out.trajectories) == 4 and out.stats.seconds == needed  # the batch keeps its shape
+    questions = [int(t.question[1:]) for t in out.trajectories[::2]]
+    assert questions[:len(informative[:2])] == informative[:2]  # groups with signal first, in rollout order
+    assert out.scores.tolist() == [float(ANSWERS[int(t.question[1:])][int(t.id[-1])] == "x")
+                                   for t in out.trajectories]
+
+
+def test_without_dynamic_sampling_one_round_is_played():
+    agent = AnswerAgent(ANSWERS)
+    out = _collector(agent, 0).collect(step=1)
+    assert agent.rounds == 1 and out.metrics == {} and len(out.trajectories) == 4
+
+
+def test_overlong_penalty_is_added_to_the_reward():
+    agent = AnswerAgent([["x", "x"]] * 12)
+    out = _collector(agent, 0, overlong="penalty", overlong_buffer=4).collect(step=1)
+    lengths = torch.tensor([len(t.response_ids) for t in out.trajectories])  # 3 and 7 tokens, budget 10
+    assert torch.allclose(out.scores, 1.0 + overlong_penalty(lengths, 10, 4))
+    assert out.scores.tolist() == pytest.approx([1.0, 0.75, 1.0, 0.75])
