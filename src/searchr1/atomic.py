@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -12,6 +13,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def swap_in(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Replace `final` (a file or a directory; it may not exist) by `tmp` with renames only: the old
+    one is renamed aside first (os.replace cannot replace a non-empty directory), then removed."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def write_parquet_atomic(table, path: str | os.PathLike) -> None:

@@ -5,7 +5,8 @@ import pytest
 from searchr1.errors import SearchR1Error
 from searchr1.rewards import compute_score
 from searchr1.rollout.trajectory import Trajectory
-from searchr1.train.rollouts import default_reward_fn, exact_match, score_trajectories
+from searchr1.eval.metrics import aggregate
+from searchr1.train.rollouts import default_reward_fn, score_trajectories
 
 
 def _t(text, gold=("Paris",)):
@@ -35,5 +36,6 @@ def test_score_trajectories_tensor_and_errors():
 
 
 def test_exact_match_metric():
-    assert exact_match(_t("<answer> Paris </answer>")) == 1.0
-    assert exact_match(_t("<answer> Paris </answer>", gold=())) == 0.0
+    # reward/em of a step is evaluation's aggregate over its episodes
+    assert aggregate([_t("<answer> Paris </answer>")])["em"] == 1.0
+    assert aggregate([_t("<answer> Paris </answer>", gold=())])["em"] == 0.0

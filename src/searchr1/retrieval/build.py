@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from searchr1 import __version__
-from searchr1.atomic import write_text_atomic
+from searchr1.atomic import swap_in, write_text_atomic
 from searchr1.errors import CorpusFormatError, IndexFormatError
 from searchr1.retrieval.corpus import BadLine, file_fingerprint, iter_passages
 from searchr1.retrieval.docstore import DocStore, write_docstore
@@ -50,16 +50,6 @@ def read_index_meta(index_dir: str | os.PathLike) -> dict:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` (file or directory, may not exist) by `tmp` with renames only."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def _build_method(method: str, store: DocStore, out: Path, cfg: IndexConfig, progress: bool) -> dict:
@@ -106,7 +96,7 @@ def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
         try:
             meta = _build_fresh(corpus, fingerprint, tmp, cfg, progress)
             out.parent.mkdir(parents=True, exist_ok=True)
-            _swap_in(tmp, out)
+            swap_in(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return meta
@@ -121,7 +111,7 @@ def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 stats = _build_method(method, store, tmp, cfg, progress)
-                _swap_in(tmp, out / method)
+                swap_in(tmp, out / method)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             meta["methods"][method] = stats

@@ -173,8 +173,7 @@ class Learner:
             kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
             token_rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
             if tc.algorithm == "reinforce_pp":
-                advantages, returns = reinforce_pp_advantages(token_rewards, mask, tc.gamma)
-                returns = None  # no critic learns them
+                advantages, _ = reinforce_pp_advantages(token_rewards, mask, tc.gamma)  # no critic learns returns
             else:
                 advantages, returns = gae_advantages(token_rewards, values, mask, tc.gamma, tc.lam,
                                                      whiten=tc.whiten_advantages)
@@ -197,17 +196,12 @@ class Learner:
         return metrics
 
     # ------------------------------------------------------------------ the update
-    def _set_mode(self, training: bool) -> None:
-        for m in (self.models.policy, self.models.critic):
-            if m is not None:
-                m.train(training)
-
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         """ppo_epochs x shuffled mini-batches of a prepared batch; gradient accumulation over
         micro-batches. Under data parallelism rank r trains on its 1/W of each mini-batch with the
         loss scaled by W (DDP averages gradients)."""
         models, tc, dist = self.models, self.tc, self.dist
-        self._set_mode(True)
+        models.set_training(True)
         policy_params, critic_params = trainable(models.policy), trainable(models.critic)
         stats = RunningStats()
         skipped = optimizer_steps = 0
@@ -253,7 +247,7 @@ class Learner:
                     stats.add({"critic/grad_norm": critic_norm})
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        self._set_mode(False)
+        models.set_training(False)
         out = dist.merge_stats(stats.sums, stats.weights, stats.maxima)
         out["train/skipped_updates"] = skipped
         out["train/optimizer_steps"] = optimizer_steps

@@ -244,6 +244,12 @@ class TrainModels:
             out["critic"] = self.critic
         return out
 
+    def set_training(self, training: bool) -> None:
+        """Train (dropout on) or eval mode for the trained modules: the policy and the critic."""
+        for m in (self.policy, self.critic):
+            if m is not None:
+                m.train(training)
+
     def reference_context(self):
         """Context in which `self.reference` computes the reference policy."""
         if self.lora and self.reference is self.policy:

@@ -104,10 +104,6 @@ def score_trajectories(trajectories: Sequence[Trajectory], reward_fn: RewardFn) 
     return torch.tensor(scores, dtype=torch.float32)
 
 
-def exact_match(traj: Trajectory) -> float:
-    return float(compute_score(traj.response_text, traj.golden_answers) >= 1.0) if traj.golden_answers else 0.0
-
-
 def rollout_metrics(trajs: Sequence[Trajectory], batch: Batch, scores: torch.Tensor) -> dict[str, float]:
     """What the step's episodes did; the behaviour counts are evaluation's own aggregate."""
     n = len(trajs)

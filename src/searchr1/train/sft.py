@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from searchr1.atomic import swap_in
 from searchr1.data.warmup import demonstration, observations_support
 from searchr1.protocol import build_prompt
 from searchr1.rewards import compute_score
@@ -125,12 +126,11 @@ def warmup(cfg, models_or_policy, tokenizer, retriever, questions: Sequence, con
 
 def save_model(model, tokenizer, out_dir: Path) -> Path:
     """`save_pretrained` of the warmed-up model and its tokenizer into `out_dir`, atomically (a
-    temporary directory renamed into place), so a reader never sees half a model."""
+    temporary directory swapped into place), so a reader never sees half a model."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    swap_in(tmp, out_dir)
     return out_dir

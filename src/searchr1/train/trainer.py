@@ -74,9 +74,7 @@ def _checkpoint_to_resume(run_dir: Path, say) -> Path | None:
 @contextlib.contextmanager
 def _generating(models, dist):
     """The policy whole (sharded runs gather it once), in eval mode, under the compute precision."""
-    for m in (models.policy, models.critic):
-        if m is not None:
-            m.train(False)
+    models.set_training(False)
     with dist.gathered(models.policy_forward), models.compute():
         yield
 
