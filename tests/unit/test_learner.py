@@ -194,3 +194,16 @@ def test_overlong_penalty_is_added_to_the_reward():
     lengths = torch.tensor([len(t.response_ids) for t in out.trajectories])  # 3 and 7 tokens, budget 10
     assert torch.allclose(out.scores, 1.0 + overlong_penalty(lengths, 10, 4))
     assert out.scores.tolist() == pytest.approx([1.0, 0.75, 1.0, 0.75])
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(algorithm="rloo", group_size=1, mini_batch_size=2), "rloo needs group_size >= 2"),
+    (dict(algorithm="rloo", kl_in_reward=True), "rloo puts the KL in the loss"),
+    (dict(algorithm="ppo", group_size=1, mini_batch_size=2, dynamic_sampling=True), "dynamic_sampling needs"),
+    (dict(dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds must be >= 1"),
+    (dict(tis_cap=-1.0), "tis_cap must be >= 0"),
+    (dict(overlong="penalty"), "overlong=penalty needs overlong_buffer >= 1"),
+])
+def test_bad_algorithm_settings_are_clear_errors(kw, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{**dict(prompts_per_step=2, group_size=2, mini_batch_size=4), **kw})
