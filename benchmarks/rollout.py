@@ -1,32 +1,42 @@
-"""Multi-turn rollout benchmark: our engine against a Search-R1-style loop, same model, same run.
+"""Multi-turn rollout benchmark: generation engines and schedules, same model, same questions, same run.
 
-    python benchmarks/rollout.py                               # SmolLM2-135M, 16 NQ questions, 3 repeats
-    python benchmarks/rollout.py --questions 8 --repeats 2 --model DIR
+    python benchmarks/rollout.py --model runs/algorithms/sft-model          # 128 NQ dev questions, pool 16
+    python benchmarks/rollout.py --arms search-r1,continuous --questions 16  # against Search-R1's loop
+    python benchmarks/rollout.py --resume ...                                # keeps the arms already measured
 
-Both loops run the same agent (`searchr1.rollout.agent`) over the same BM25 index of wiki18_mini
-(built into benchmarks/.cache if missing) with greedy decoding, max 4 turns, 500 new tokens
-per turn, top-3 passages. They differ only in the generation backend:
+Every arm runs the same agent (`searchr1.rollout.agent`) over the same BM25 index of wiki18_mini
+(built into benchmarks/.cache if missing) with greedy decoding, max 4 turns, 500 new tokens per
+turn, top-3 passages, on the same questions. They differ in the engine and the schedule:
 
-  ours       stops each row at </search>, </answer> or EOS; keeps every row's KV cache across
-             turns, so a turn encodes only the appended <information> tokens.
-  search-r1  like Search-R1's loop (search_r1/llm_agent/generation.py): each turn generates up to
-             500 tokens per row (EOS still ends a row), cuts the text after the first closing tag
-             afterwards, and re-encodes the whole context at the start of every turn.
+  search-r1   like Search-R1's loop (search_r1/llm_agent/generation.py), in fixed batches of --pool:
+              each turn generates up to 500 tokens for every row of the batch (EOS still ends a row),
+              cuts the text after the first closing tag afterwards, and re-encodes the whole context
+              at the start of every turn.
+  turn        the engine before continuous batching (benchmarks/_turn_engine.py), fixed batches of
+              --pool: rows stop at </search>, </answer> or EOS and keep their KV cache, but a turn
+              ends when its slowest row does, and the next batch starts when the whole batch is done.
+  fixed       the continuous engine, in fixed batches of --pool: a row that stops gets its documents
+              and goes on at once, but no new question joins until the whole batch is done.
+  continuous  the continuous engine with one pool of --pool over all the questions: when an
+              episode ends, the next question's episode joins the running cache.
+
+Reported per arm: wall time, generated tokens kept per second, questions per second, decode tokens
+per second in passes with the pool full (continuous engine only), the tail (continuous: from when
+the queue emptied and the pool stopped being full to the end), and beside them the matmul ceiling:
+the time of every nn.Linear of the model on --pool random rows, the most a decode pass of --pool
+rows could do. Greedy trajectories are compared token for token between arms; they should agree
+up to float round-off in near-ties.
 
 --prime TEXT forces every response to start with TEXT (agent.response_prefix, injected with loss
-mask 0), e.g. --prime "<search>": the response then starts inside a search tag. SmolLM2-135M never opens a tag on its own, so without it
-no turn ends at a tag and the loops differ only in cache reuse; with it every episode searches
-at least once, the multi-turn case the engine is built for. The table says which was used.
-
-Reported: wall time, useful tokens (those kept in the trajectories) per second, tokens pushed
-through the model (incl. discarded ones and re-encoded context), and how many trajectories are
-identical between the two loops (greedy: they should be, up to float round-off in long
-ties).
+mask 0), e.g. --prime "<search>" for a model that never opens a tag itself (SmolLM2-135M-Instruct).
+The warmed-up model of the demo (searchr1-demo/sft-model) searches on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
 import sys
@@ -35,14 +45,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
 from _common import CACHE, SHARED_DATA, machine, save_json, table  # noqa: E402
+from searchr1.rollout.generator import TurnBatchedSession  # noqa: E402
 
 STOP = ("</search>", "</answer>")
 
 
-class SearchR1StyleSession:
+class SearchR1StyleSession(TurnBatchedSession):
     """Wraps an `HFSession` built with reuse_cache=False: fixed-length turns, truncated afterwards."""
 
     def __init__(self, inner, tokenizer, turn_tokens: int) -> None:
+        super().__init__()
         self.inner, self.tokenizer, self.turn_tokens = inner, tokenizer, turn_tokens
         self.discarded = 0
 
@@ -98,6 +110,56 @@ class SearchR1StyleGenerator:
         return self.last
 
 
+class Recording:
+    """A generator that keeps its last session, so the benchmark can read the engine's counters."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.tokenizer, self.last = inner, inner.tokenizer, None
+
+    def session(self, prompts, params):
+        self.last = self.inner.session(prompts, params)
+        return self.last
+
+
+def attention_seconds(model, rows: int, kv_len: int, repeats: int = 7) -> float:
+    """Seconds of one decode pass's attention alone: SDPA of one query per row over `kv_len` fp32
+    keys and values in every layer, at the model's head counts (grouped query heads packed as
+    transformers packs them), median of `repeats`."""
+    import torch
+
+    c = model.config
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+    dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    q = torch.randn(rows, kv_heads, heads // kv_heads, dim)
+    k, v = torch.randn(rows, kv_heads, kv_len, dim), torch.randn(rows, kv_heads, kv_len, dim)
+    mask = torch.ones(rows, 1, 1, kv_len, dtype=torch.bool)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for _ in range(c.num_hidden_layers):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def linear_ceiling(model, rows: int, repeats: int = 7) -> float:
+    """Tokens/s if a decode pass of `rows` rows cost only its matrix products: every nn.Linear of
+    the model (LM head included) applied to `rows` random rows, median of `repeats` timed passes."""
+    import torch
+
+    shapes = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in shapes}
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for w in shapes:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+            times.append(time.perf_counter() - t0)
+    return rows / statistics.median(times[1:])
+
+
 def open_bm25(corpus: Path):
     from searchr1.retrieval.build import build_index
     from searchr1.retrieval.local import open_index
@@ -111,21 +173,39 @@ def open_bm25(corpus: Path):
     return open_index(RetrieverConfig(index=str(index), method="bm25"))
 
 
+ARMS = ("search-r1", "turn", "fixed", "continuous-unshared", "continuous")
+
+
+def fingerprint(trajectory) -> str:
+    """A short digest of [response ids, stop reason] (kept as is if it already is one)."""
+    if isinstance(trajectory, str):
+        return trajectory
+    return hashlib.sha1(json.dumps(trajectory).encode()).hexdigest()[:16]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-    p.add_argument("--questions", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--questions", type=int, default=128)
+    p.add_argument("--pool", type=int, default=16, help="episodes decoded together (fixed batch size, or pool)")
+    p.add_argument("--arms", default="turn,continuous", help=f"comma-separated, from {','.join(ARMS)}; the "
+                                                                "first is the baseline of the ratios")
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--turn-tokens", type=int, default=500)
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
     p.add_argument("--prime", default="", help="text every response starts with (e.g. '<search>')")
+    p.add_argument("--resume", action="store_true", help="keep the arms already in --out (same settings)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rollout.json")
     args = p.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if unknown := [a for a in arms if a not in ARMS]:
+        p.error(f"unknown arms {unknown}; choose from {ARMS}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
 
+    from _turn_engine import TurnEngine
     from searchr1.data.qa import read_qa
     from searchr1.protocol import build_prompt
     from searchr1.rollout.agent import Agent, new_trajectory
@@ -139,50 +219,109 @@ def main() -> None:
           f"{torch.get_num_threads()}")
     ours = HFGenerator.from_pretrained(args.model, device="cpu")
     tok = ours.tokenizer
-    baseline = SearchR1StyleGenerator(HFGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
     retriever = open_bm25(SHARED_DATA / "corpus" / "wiki18_mini.jsonl")
     questions = read_qa(SHARED_DATA / "nq" / "NQ-open.dev.jsonl", args.questions)
     cfg = AgentConfig(max_turns=args.max_turns, max_turn_tokens=args.turn_tokens, response_prefix=args.prime)
+    settings = {"model": args.model, "questions": len(questions), "pool": args.pool, "turn_tokens": args.turn_tokens,
+                "max_turns": args.max_turns, "prime": args.prime, "threads": torch.get_num_threads()}
+    saved = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    results = saved.get("arms", {}) if saved.get("settings") == settings else {}
 
-    def rollout(generator):
+    def generator(arm):
+        if arm == "search-r1":
+            return SearchR1StyleGenerator(HFGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
+        if arm == "turn":
+            return Recording(TurnEngine(ours))
+        return Recording(HFGenerator(ours.model, tok, share_prefix=arm != "continuous-unshared"))
+
+    def rollout(arm):
+        gen = generator(arm)
         trajs = [new_trajectory(tok, build_prompt(q["question"], tok), q["question"], q["golden_answers"], q["id"])
                  for q in questions]
-        stats = Agent(generator, retriever, cfg).run(trajs, SamplingParams(temperature=0))
-        return trajs, stats
+        agent, greedy, total = Agent(gen, retriever, cfg), SamplingParams(temperature=0), {}
+        chunks = ([trajs] if arm.startswith("continuous") else
+                  [trajs[i:i + args.pool] for i in range(0, len(trajs), args.pool)])
+        decode, prefill_s, prefill_tokens, shared_tokens = {}, 0.0, 0, 0
+        for chunk in chunks:
+            stats = agent.run(chunk, greedy, pool=args.pool)
+            for k, v in stats.as_dict().items():
+                total[k] = total.get(k, 0) + v
+            session = getattr(gen.last, "inner", gen.last)
+            for width, record in getattr(session, "decode_passes", {}).items():
+                decode.setdefault(width, [0, 0.0, 0])
+                for k, v in enumerate(record):
+                    decode[width][k] += v
+            prefill_s += getattr(session, "prefill_seconds", 0.0)
+            prefill_tokens += getattr(session, "prefill_tokens", 0)
+            shared_tokens += getattr(session, "shared_tokens", 0)
+        full = decode.get(args.pool)
+        return trajs, {
+            "seconds": total["seconds"], "generate_s": total["generate_seconds"],
+            "retrieve_s": total["retrieve_seconds"], "useful_tokens": total["generated_tokens"],
+            "injected": total["injected_tokens"], "searches": total["searches"], "turns": total["turns"],
+            "discarded": gen.last.discarded if arm == "search-r1" else 0,
+            "drain_s": total["drain_seconds"] if arm.startswith("continuous") else None,
+            "prefill_s": prefill_s if decode else None, "prefill_tokens": prefill_tokens,
+            "shared_prefix_tokens": shared_tokens,
+            "full_pool_mean_kv_len": full[2] / full[0] if full and len(full) > 2 else None,
+            "full_pool_decode_tok_s": full[0] * args.pool / full[1] if full else None,
+            "decode_passes": {str(w): v for w, v in sorted(decode.items())},
+        }
 
-    runs = {"ours": [], "search-r1": []}
+    def save(extra=None):
+        save_json(args.out, {"settings": settings, "arms": results, **(extra or {})})
+
     trajectories = {}
-    for _ in range(args.repeats):
-        for name, gen in (("ours", ours), ("search-r1", baseline)):
-            trajs, stats = rollout(gen)
-            runs[name].append({"seconds": stats.seconds, "generate_s": stats.generate_seconds,
-                               "retrieve_s": stats.retrieve_seconds, "useful_tokens": stats.generated_tokens,
-                               "injected": stats.injected_tokens, "searches": stats.searches,
-                               "discarded": gen.last.discarded if name == "search-r1" else 0})
-            trajectories[name] = trajs
-    identical = sum(a.response_ids == b.response_ids for a, b in zip(trajectories["ours"], trajectories["search-r1"]))
-    same_stop = [(a, b) for a, b in zip(trajectories["ours"], trajectories["search-r1"])
-                 if a.stop_reason == b.stop_reason and a.turns and b.turns]
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    base_s = med["search-r1"]["seconds"]
+    for arm in arms:
+        if arm in results:
+            print(f"{arm}: kept from {args.out}")
+            trajectories[arm] = [fingerprint(t) for t in results[arm]["trajectories"]]
+            results[arm]["trajectories"] = trajectories[arm]
+            continue
+        runs = []
+        for _ in range(args.repeats):
+            trajs, r = rollout(arm)
+            runs.append(r)
+            print(f"{arm}: {r['seconds']:.1f} s, {r['useful_tokens']} tokens", flush=True)
+        med = {k: statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[-1][k]
+               for k in runs[0]}
+        trajectories[arm] = [fingerprint([t.response_ids, t.stop_reason]) for t in trajs]
+        results[arm] = {"runs": runs, "median": med, "trajectories": trajectories[arm],
+                        "stops": {r: sum(t.stop_reason == r for t in trajs) for r in ("answer", "eos", "max_turns", "length")}}
+        save()
+
+    ceiling = {rows: linear_ceiling(ours.model, rows) for rows in (1, args.pool)}
+    base = results[arms[0]]["median"]
     rows = []
-    for name in ("search-r1", "ours"):
-        m = med[name]
-        rows.append([name, m["seconds"], m["generate_s"], m["retrieve_s"], int(m["useful_tokens"]),
-                     m["useful_tokens"] / m["seconds"], int(m["discarded"]), int(m["searches"]),
-                     f"{base_s / m['seconds']:.2f}x"])
+    for arm in arms:
+        m = results[arm]["median"]
+        rows.append([arm, m["seconds"], m["generate_s"], m["retrieve_s"], int(m["useful_tokens"]),
+                     m["useful_tokens"] / m["seconds"], len(questions) / m["seconds"],
+                     "" if m["full_pool_decode_tok_s"] is None else f"{m['full_pool_decode_tok_s']:.0f}",
+                     "" if m["drain_s"] is None else f"{m['drain_s']:.0f} ({m['drain_s'] / m['seconds']:.0%})",
+                     int(m["searches"]), f"{base['seconds'] / m['seconds']:.2f}x"])
     primed = f", responses start with {args.prime!r}" if args.prime else ""
-    print(table(f"{args.questions} NQ dev questions, {args.model}, greedy, max {args.max_turns} turns x "
-                f"{args.turn_tokens} tokens{primed} (median of {args.repeats})",
-                ["loop", "wall s", "generate s", "retrieve s", "kept tokens", "kept tokens/s", "discarded tokens",
-                 "searches", "speed-up vs search-r1"], rows))
-    print(f"\nidentical trajectories (greedy): {identical}/{len(questions)}; "
-          f"same stop reason: {len(same_stop)}/{len(questions)}")
-    stops = {name: {r: sum(t.stop_reason == r for t in ts) for r in ("answer", "eos", "max_turns", "length")}
-             for name, ts in trajectories.items()}
-    print(f"stop reasons: {stops}")
-    save_json(args.out, {"prime": args.prime, "runs": runs, "median": med, "identical": identical, "stops": stops,
-                         "questions": len(questions), "model": args.model})
+    print(table(f"{len(questions)} NQ dev questions, {args.model}, greedy, pool/batch {args.pool}, max "
+                f"{args.max_turns} turns x {args.turn_tokens} tokens{primed} (median of {args.repeats})",
+                ["arm", "wall s", "generate s", "retrieve s", "kept tokens", "kept tokens/s", "questions/s",
+                 f"decode tok/s at {args.pool} rows", "tail s (share)", "searches", f"speed-up vs {arms[0]}"], rows))
+    print(f"\nmatmul ceiling (every nn.Linear of the model, fp32, median of 7): {ceiling[args.pool]:.0f} tokens/s "
+          f"at {args.pool} rows, {ceiling[1]:.0f} at 1 row")
+    floors = {}
+    for arm in arms:
+        kv = results[arm]["median"].get("full_pool_mean_kv_len")
+        if kv:
+            att = attention_seconds(ours.model, args.pool, int(kv))
+            floors[arm] = {"kv_len": kv, "attention_s": att,
+                           "tok_s": args.pool / (args.pool / ceiling[args.pool] + att)}
+            print(f"{arm}: full-pool passes read {kv:.0f} keys per row on average; their attention alone takes "
+                  f"{att * 1e3:.0f} ms a pass (SDPA, fp32, model's heads), so matmuls + attention allow at most "
+                  f"{floors[arm]['tok_s']:.0f} tokens/s at {args.pool} rows")
+    for arm in arms[1:]:
+        same = sum(a == b for a, b in zip(trajectories[arms[0]], trajectories[arm]))
+        print(f"identical trajectories (greedy), {arm} vs {arms[0]}: {same}/{len(questions)}")
+    print(f"stop reasons: { {arm: results[arm]['stops'] for arm in arms} }")
+    save({"ceiling_tok_s": {str(k): v for k, v in ceiling.items()}, "matmul_attention_floor": floors})
     print(f"raw results: {args.out}")
 
 

@@ -76,3 +76,12 @@ class ScriptedLM(torch.nn.Module):
             tok = self.tokenizer.eos_token_id if nxt is None else self.tokenizer.convert_tokens_to_ids(nxt)
             logits[b, 0, tok] = LOGIT
         return SimpleNamespace(logits=logits)
+
+
+class Passages:
+    """A retriever over made-up passages that name the query (the real index is tested elsewhere)."""
+
+    def search(self, queries, k):
+        from searchr1.retrieval.base import Hit
+
+        return [[Hit(f"d{i}", f"Title {i}", f"Passage {i} about {q}.", 1.0) for i in range(k)] for q in queries]

@@ -98,3 +98,19 @@ def smollm():
 
     torch.manual_seed(0)
     return load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """(model, tokenizer): a randomly initialised 2-layer Llama over the character tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fakes import char_tokenizer
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fakes import char_tokenizer
+from fakes import Passages
 from searchr1.rollout.agent import Agent, new_trajectory
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.hf import HFGenerator
@@ -20,18 +20,6 @@ def fresh_logprobs(model, prompt_ids, response_ids) -> torch.Tensor:
         logits = model(ids).logits[0].float()
     steps = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
     return steps.gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
 
 
 def test_uneven_multiturn_logprobs_match_a_fresh_forward(tiny_llama):
@@ -85,15 +73,6 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
         assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
 
 
-class Passages:
-    """A retriever over a fixed list of passages (the real index is tested elsewhere)."""
-
-    def search(self, queries, k):
-        from searchr1.retrieval.base import Hit
-
-        return [[Hit(f"d{i}", f"Title {i}", f"Passage {i} about {q}.", 1.0) for i in range(k)] for q in queries]
-
-
 def test_smollm_agent_rollout_masks_and_logprobs(smollm):
     model, tok = smollm
     gen = HFGenerator(model, tok)
@@ -102,10 +81,11 @@ def test_smollm_agent_rollout_masks_and_logprobs(smollm):
     chat = tok.apply_chat_template([{"role": "user", "content": "Who wrote the novel Dracula?"}],
                                    add_generation_prompt=True, tokenize=False)
     trajs = [new_trajectory(tok, chat, question="Who wrote Dracula?", golden_answers=["Bram Stoker"],
-                            id=str(i)) for i in range(3)]
+                            id=str(i)) for i in range(6)]
     cfg = AgentConfig(max_turns=2, max_turn_tokens=40, max_obs_tokens=80, retrieval_backoff_s=0,
                       response_prefix="<search>")
-    Agent(gen, Passages(), cfg).run(trajs, SamplingParams(temperature=1.0, seed=0))
+    # a pool of 3: episodes join the running cache as others end
+    Agent(gen, Passages(), cfg).run(trajs, SamplingParams(temperature=1.0, seed=0), pool=3)
     searched = [t for t in trajs if t.num_searches and t.turns[0].observation]
     assert searched, [t.turns[0].text for t in trajs]
     for t in trajs:

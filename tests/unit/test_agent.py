@@ -74,7 +74,7 @@ def test_search_then_answer_masks_every_token(tok):
         assert all(x == 0.0 for x, m in zip(t.logprobs, t.policy_mask) if not m)
     # both episodes' queries went to the retriever in one call, at the configured depth
     assert retriever.calls == [(["cats", "cats"], 3)]
-    assert (stats.searches, stats.retrieval_calls, stats.turns) == (2, 1, 2)
+    assert (stats.searches, stats.retrieval_calls, stats.turns) == (2, 1, 4)  # turns summed over episodes
     assert stats.injected_tokens == 2 * len(tok.encode(obs))
 
 
@@ -183,3 +183,53 @@ def test_turn_outcome_rules_in_order(action, eos, tokens, turns, expected):
     from searchr1.rollout.agent import turn_outcome
 
     assert turn_outcome(action, eos, tokens, turns, max_turns=4, max_response_tokens=100) == expected
+
+
+def varied(ctx: str) -> str | None:
+    """Episodes of different lengths: question k searches k times (k = the digit in it), then answers."""
+    k = int(next(c for c in ctx if c.isdigit()))
+    if ctx.count("<information>") < k % 4:
+        return continue_script(ctx, "<search> q" + "x" * (3 * k) + " </search>")
+    return continue_script(ctx, "<answer> dogs </answer>")
+
+
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_a_pool_smaller_than_the_batch_plays_every_episode_exactly_as_all_at_once(tok, pool):
+    def play(pool):
+        lm = ScriptedLM(tok, varied)
+        trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in range(7)]
+        stats = Agent(HFGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
+            trajs, GREEDY, pool=pool)
+        return trajs, stats, lm
+
+    reference, _, _ = play(None)
+    trajs, stats, lm = play(pool)
+    for a, b in zip(reference, trajs):
+        assert (a.response_ids, a.policy_mask, a.logprobs, a.stop_reason) == (b.response_ids, b.policy_mask,
+                                                                             b.logprobs, b.stop_reason)
+    assert [t.num_searches for t in trajs] == [0, 1, 2, 3, 0, 1, 2]
+    assert (stats.max_live, stats.episodes) == (pool, 7)
+    assert max(batch for batch, width in lm.calls if width == 1) <= pool  # never more rows than the pool
+
+
+def test_the_next_episode_joins_as_soon_as_one_ends(tok):
+    # pool 2: Q0 answers at once, so Q2 starts while Q1 is still searching
+    lm = ScriptedLM(tok, varied)
+    trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in (0, 3, 1)]
+    order = []
+    Agent(HFGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
+        trajs, GREEDY, pool=2, on_progress=lambda s: order.append((s.episodes, s.max_live)))
+    assert [t.stop_reason for t in trajs] == ["answer"] * 3
+    # the decode batch stayed at two rows after the first episode ended, until the queue drained
+    decodes = [batch for batch, width in lm.calls if width == 1]
+    first_answer = len("<answer> dogs </answer>") - 1  # decode passes of Q0's answer after its prefill
+    # Q0 and Q3 decode together; the pass right after Q0 ended has two rows again: Q1 joined
+    # (without it, Q3 would decode alone)
+    assert set(decodes[:first_answer]) == {2} and decodes[first_answer] == 2
+    assert order[-1] == (3, 2)
+
+
+def test_pool_must_be_positive(tok):
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        Agent(HFGenerator(ScriptedLM(tok, varied), tok), FakeRetriever(), AgentConfig()).run(
+            [new_trajectory(tok, "Q1?")], GREEDY, pool=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fakes import ScriptedLM, char_tokenizer, continue_script, scripted_logprob
@@ -62,12 +64,12 @@ def test_rows_grow_unevenly_across_turns(tok):
     assert text(tok, second[0]) == "<answer> dogs </answer>"
     assert text(tok, second[1]) == "ch> cats </search>"
     assert s.contexts[0] == tok.encode("Q1?") + first[0].token_ids + info + second[0].token_ids
-    # prompts and the observation are each encoded in one forward pass; everything else one token
-    # at a time (the observation with the last sampled token, which was not fed yet)
-    widths = [width for _, width in lm.calls]
-    assert widths[0] == len(tok.encode("A longer question?"))
-    assert widths.count(len(info) + 1) == 1
-    assert set(widths) == {widths[0], len(info) + 1, 1}
+    # each prompt and the observation are encoded in a forward pass of their own (no padding);
+    # everything else one token at a time (the observation with the last sampled token, which was
+    # not fed yet)
+    assert lm.calls[:2] == [(1, len(tok.encode("Q1?"))), (1, len(tok.encode("A longer question?")))]
+    assert lm.calls.count((1, len(info) + 1)) == 1
+    assert set(lm.calls[2:]) == {(1, len(info) + 1), (2, 1), (1, 1)}
 
 
 def test_finished_rows_leave_the_batch_and_others_are_unaffected(tok):
@@ -77,7 +79,8 @@ def test_finished_rows_leave_the_batch_and_others_are_unaffected(tok):
     s.finish([1])
     before = len(lm.calls)
     out = s.generate({0: tok.encode("<information>"), 2: []}, 100, STOP)
-    assert lm.calls[before][0] == 2  # batch of two rows now
+    decodes = [batch for batch, width in lm.calls[before:] if width == 1]
+    assert decodes[0] == 2 and max(decodes) == 2  # a batch of two rows now
     assert text(tok, out[0]) == "<answer> dogs </answer>"
     assert (text(tok, out[2]), out[2].finish) == ("<eos>", "eos")  # its script was done
     with pytest.raises(ValueError, match="row 1 is not live"):
@@ -127,11 +130,34 @@ def test_stopped_rows_are_split_off_while_others_keep_generating(tok):
     s = gen.session(prompts, GREEDY)
     first = s.generate({0: [], 1: [], 2: [], 3: []}, 100, STOP)
     assert text(tok, first[0]) == "x" * 30 + "<eos>" and all(first[r].finish == "eos" for r in (1, 2, 3))
-    # after the first step, only the generating row goes through the model
-    assert [b for b, _ in lm.calls] == [4] + [1] * 30
+    # each prompt is prefilled on its own; then only the generating row goes through the model
+    assert lm.calls == [(1, len(p)) for p in prompts] + [(1, 1)] * 30
     # the stopped rows kept their context: the next turn continues all four correctly
     lm.calls.clear()
     nxt = s.generate({0: tok.encode("?"), 1: tok.encode("long"), 2: [], 3: []}, 100, STOP)
-    assert lm.calls[0][0] == 4
+    assert [batch for batch, width in lm.calls if width == 1][0] == 4
     assert s.contexts[1] == prompts[1] + first[1].token_ids + tok.encode("long") + nxt[1].token_ids
     assert nxt[0].finish == "eos" and nxt[2].finish == "eos"
+
+
+def test_a_new_row_copies_the_prefix_another_row_holds(tok):
+    # the scripted model reads each row's context back from the cache, so a wrong copy shows up
+    echo = lambda ctx: continue_script(ctx, "<answer> " + ctx[:ctx.index("?") + 1][-6:] + " </answer>")
+    lm, gen = make(tok, echo)
+    template = "Answer the question. Question: "
+    prompts = [tok.encode(template + q) for q in ("who?", "what then?", "who?")]
+    s = gen.session(prompts, GREEDY)
+    s.generate({0: []}, 100, STOP)
+    out = s.generate({1: [], 2: []}, 100, STOP)
+    assert text(tok, out[1]) == "<answer>  then? </answer>" and text(tok, out[2]) == "<answer> : who? </answer>"
+    # row 1 computed only what follows its common prefix with row 0 (the template and "wh"); row 2
+    # (the same prompt as row 0) only its last token
+    common = len(os.path.commonprefix([prompts[0], prompts[1]]))
+    assert common == len(template) + 2
+    assert (1, len(prompts[1]) - common) in lm.calls and (1, 1) in lm.calls
+    assert s.shared_tokens == common + len(prompts[2]) - 1
+    _, plain = make(tok, echo, share_prefix=False)
+    s = plain.session(prompts, GREEDY)
+    assert [text(tok, x) for x in s.generate({0: [], 1: [], 2: []}, 100, STOP).values()] == \
+        ["<answer> : who? </answer>", "<answer>  then? </answer>", "<answer> : who? </answer>"]
+    assert s.shared_tokens == 0

@@ -136,7 +136,7 @@ class AnswerAgent:
     def __init__(self, answers) -> None:
         self.answers, self.rounds = answers, 0
 
-    def run(self, trajs, params):
+    def run(self, trajs, params, pool=None):
         self.rounds += 1
         for t in trajs:
             i, k = int(t.question[1:]), int(t.id.split("#")[1])
@@ -201,6 +201,7 @@ def test_overlong_penalty_is_added_to_the_reward():
     (dict(algorithm="rloo", kl_in_reward=True), "rloo puts the KL in the loss"),
     (dict(algorithm="ppo", group_size=1, mini_batch_size=2, dynamic_sampling=True), "dynamic_sampling needs"),
     (dict(dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds must be >= 1"),
+    (dict(rollout_pool=-1), "rollout_pool must be >= 0"),
     (dict(tis_cap=-1.0), "tis_cap must be >= 0"),
     (dict(overlong="penalty"), "overlong=penalty needs overlong_buffer >= 1"),
 ])

@@ -73,7 +73,7 @@ def ask(cfg, question: str, console=None, generator=None, retriever=None) -> Tra
         console.print(Text("question: ", style="bold").append(question))
         printed = 0
 
-        def on_turn(turn: int, live: int) -> None:
+        def on_progress(_stats=None) -> None:
             nonlocal printed
             while printed < len(traj.turns):
                 print_turn(console, traj.turns[printed], printed + 1)
@@ -82,8 +82,8 @@ def ask(cfg, question: str, console=None, generator=None, retriever=None) -> Tra
         t0 = time.perf_counter()
         with console.status("generating"):
             stats = Agent(generator, retriever, cfg.agent).run(
-                [traj], SamplingParams(temperature=cfg.eval.temperature, seed=cfg.eval.seed), on_turn)
-        on_turn(0, 0)
+                [traj], SamplingParams(temperature=cfg.eval.temperature, seed=cfg.eval.seed), on_progress=on_progress)
+        on_progress()
         seconds = time.perf_counter() - t0
     finally:
         if own_retriever:

@@ -1,7 +1,7 @@
 """`searchr1 eval`: one model, one retriever, benchmarks x modes -> honest numbers and reports.
 
-For every dataset and every mode the harness builds the prompts, plays the episodes in batches
-with the same agent loop that training uses, scores every trajectory with `searchr1.rewards`
+For every dataset and every mode the harness builds the prompts, plays the episodes in a pool of
+`eval.batch_size` (continuous batching) with the same agent loop that training uses, scores every trajectory with `searchr1.rewards`
 (the reward function of training, so the numbers mean the same thing), and aggregates them
 (`searchr1.eval.metrics`). The datasets are `cfg.eval.datasets` (`searchr1.data.questions`), or
 rows the caller passes in memory (`questions=`). The modes:
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import time
@@ -42,7 +41,7 @@ from searchr1.eval.html import render_report
 from searchr1.eval.metrics import aggregate, average_metrics, markdown_report, metric_tables, score_trajectory
 from searchr1.protocol import DIRECT_TEMPLATE, RAG_TEMPLATE, build_prompt, format_documents, get_template
 from searchr1.retrieval.local import open_retriever
-from searchr1.rollout.agent import Agent, new_trajectory, search_with_retries
+from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.trajectory import Trajectory
 
@@ -183,7 +182,7 @@ def _write_reports(out: Path, results: dict, runs: list[Run], html: bool, html_m
 
 
 class _Progress:
-    """Batches done / total, with the live turn, on a rich console (silent without one)."""
+    """Episodes done / total, with the live count, on a rich console (silent without one)."""
 
     def __init__(self, console, total: int) -> None:
         self.bar = None
@@ -191,7 +190,7 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("batches"), TimeElapsedColumn(), console=console)
+                                TextColumn("episodes"), TimeElapsedColumn(), console=console)
             self.task = self.bar.add_task("eval", total=total)
             self.bar.start()
 
@@ -199,9 +198,20 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, description=text)
 
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None and n:
+            self.bar.advance(self.task, n)
+
+    def tracker(self, name: str, total: int) -> Callable[[RolloutStats], None]:
+        """An `Agent.run` progress callback that advances the bar by the episodes that ended."""
+        counted = 0
+
+        def on_progress(stats: RolloutStats) -> None:
+            nonlocal counted
+            self.advance(stats.episodes - counted)
+            counted = stats.episodes
+            self.describe(f"{name} ({stats.episodes}/{total} done, {stats.max_live} live at most)")
+        return on_progress
 
     def close(self) -> None:
         if self.bar is not None:
@@ -224,22 +234,14 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
     timing = {"retrieve_seconds": retrieve_s, "generate_seconds": 0.0, "agent_seconds": 0.0,
               "retrieval_calls": 1 if mode == "rag" else 0, "searches": 0}
     t0 = time.perf_counter()
-    batches = math.ceil(len(rows) / ev.batch_size)
-    for b in range(batches):
-        batch = run.trajectories[b * ev.batch_size:(b + 1) * ev.batch_size]
-        params = SamplingParams(temperature=ev.temperature, seed=ev.seed + b)
-        on_turn: Callable[[int, int], None] | None = None
-        if progress is not None:
-            on_turn = lambda turn, live, b=b: progress.describe(  # noqa: E731
-                f"{label}/{mode} batch {b + 1}/{batches} turn {turn} ({live} live)")
-        stats = agent.run(batch, params, on_turn)
-        timing["generate_seconds"] += stats.generate_seconds
-        timing["retrieve_seconds"] += stats.retrieve_seconds
-        timing["agent_seconds"] += stats.seconds
-        timing["retrieval_calls"] += stats.retrieval_calls
-        timing["searches"] += stats.searches
-        if progress is not None:
-            progress.advance()
+    params = SamplingParams(temperature=ev.temperature, seed=ev.seed)
+    on_progress = None if progress is None else progress.tracker(f"{label}/{mode}", len(rows))
+    stats = agent.run(run.trajectories, params, pool=ev.batch_size, on_progress=on_progress)
+    timing["generate_seconds"] += stats.generate_seconds
+    timing["retrieve_seconds"] += stats.retrieve_seconds
+    timing["agent_seconds"] += stats.seconds
+    timing["retrieval_calls"] += stats.retrieval_calls
+    timing["searches"] += stats.searches
     seconds = time.perf_counter() - t0 + retrieve_s
     run.scores = [score_trajectory(t) for t in run.trajectories]
     run.metrics = aggregate(run.trajectories, run.scores, seconds)
@@ -299,7 +301,7 @@ def evaluate(cfg, console=None, generator=None, retriever=None,
             "timing": {label: {} for label in data},
             "files": {},
         }
-        total = sum(math.ceil(len(rows) / ev.batch_size) for _, rows in data.values()) * len(modes)
+        total = sum(len(rows) for _, rows in data.values()) * len(modes)
         progress = _Progress(console, total)
         runs: list[Run] = []
         try:

@@ -35,7 +35,7 @@ class EvalConfig:
                                            "prompt), agent (the Search-R1 multi-turn search loop)")
     agent_template: str = param("search-r1", "prompt template of the agent mode: a template name or text with "
                                              "{question}")
-    batch_size: int = param(16, "episodes generated together")
+    batch_size: int = param(16, "episodes live at once (continuous batching: when one ends, the next starts)")
     temperature: float = param(0.0, "sampling temperature; 0 = greedy (the paper's evaluation)")
     out_dir: str = param("runs/eval", "where results.json, results.md, report.html and the trajectories go")
     html: bool = param(True, "write report.html (every trajectory, readable in a browser)")

@@ -7,9 +7,12 @@ Each live episode is in one state per turn:
         |-----</search> q------> RETRIEVE ----------> GENERATE (with <information> appended)
         '-----anything else----> GENERATE (with Search-R1's invalid-action note appended)
 
-All live episodes generate a turn together; all searches of a turn go to the retriever in one
-batched call. After `max_turns` action turns comes the final turn: whatever it says ends the
-episode (a search there is not executed, as in Search-R1).
+Episodes run in a pool (continuous batching): the generator advances every live episode a token
+at a time, and as soon as one episode's turn ends the agent applies the environment to it alone
+(the searches that ended in the same step go to the retriever in one batched call) and starts its
+next turn, or, when the episode is over, starts the next waiting episode in its place. After
+`max_turns` action turns comes the final turn: whatever it says ends the episode (a search there
+is not executed, as in Search-R1).
 
 Tokens are appended to the trajectory as ids, never re-tokenised from text, with their policy mask
 set at the moment they are appended: 1 for what the policy sampled, 0 for what the environment
@@ -20,6 +23,7 @@ empty information.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +32,7 @@ from searchr1.errors import RetrieverError, RetrieverRequestError
 from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
                                format_documents, parse_action, truncate_tokens)
 from searchr1.retrieval.base import Hit, Retriever
-from searchr1.rollout.generator import Generator, SamplingParams
+from searchr1.rollout.generator import Generator, Sample, SamplingParams
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.trajectory import Trajectory, Turn
 
@@ -37,7 +41,11 @@ class RolloutStats:
     seconds: float = 0.0
     generate_seconds: float = 0.0
     retrieve_seconds: float = 0.0
-    turns: int = 0  # batched generation turns
+    turns: int = 0  # generation turns, summed over episodes
+    steps: int = 0  # generator steps (one decoded token for every generating episode)
+    episodes: int = 0  # episodes ended
+    max_live: int = 0  # most episodes live at once
+    drain_seconds: float = 0.0  # the tail: from when the queue emptied and the pool stopped being full to the end
     retrieval_calls: int = 0
     searches: int = 0
     generated_tokens: int = 0  # mask-1 tokens
@@ -141,68 +149,96 @@ class Agent:
         self._tail = encode_text(self.tokenizer, OBSERVATION_CLOSE)
         self._note = encode_text(self.tokenizer, INVALID_ACTION_NOTE)
 
-    def run(self, trajectories: list[Trajectory], params: SamplingParams,
-            on_turn: Callable[[int, int], None] | None = None) -> RolloutStats:
+    def run(self, trajectories: list[Trajectory], params: SamplingParams, pool: int | None = None,
+            on_progress: Callable[[RolloutStats], None] | None = None) -> RolloutStats:
         """Play every episode to its end, filling the trajectories in place.
 
-        `on_turn(turn, live)` is called before each batched turn (for progress displays).
+        At most `pool` episodes are live at once (None: all of them); when one ends, the next
+        waiting episode starts in its place, so the generator's batch stays full until the queue
+        drains. `on_progress(stats)` is called after every step that ended a turn.
         """
         cfg, stats = self.cfg, RolloutStats()
+        pool = len(trajectories) if pool is None else pool
+        if pool < 1:
+            raise ValueError(f"pool must be >= 1, got {pool}")
         start = time.perf_counter()
         session = self.generator.session([t.prompt_ids for t in trajectories], params)
         prefix = encode_text(self.tokenizer, cfg.response_prefix) if cfg.response_prefix else []
-        appended: dict[int, list[int]] = {}
-        for i, traj in enumerate(trajectories):
-            traj.append(prefix, 0)
-            appended[i] = prefix
-        try:
-            while appended:
-                stats.turns += 1
-                if on_turn:
-                    on_turn(stats.turns, len(appended))
-                budgets = {i: min(cfg.max_turn_tokens, cfg.max_response_tokens - len(trajectories[i].response_ids))
-                           for i in appended}
-                t0 = time.perf_counter()
-                samples = session.generate(appended, budgets, STOP_STRINGS)
-                stats.generate_seconds += time.perf_counter() - t0
+        waiting, live = deque(range(len(trajectories))), set()
+        drain_start = None
 
-                appended, searching, ended = {}, [], []
-                for i, sample in samples.items():
-                    traj = trajectories[i]
-                    text = self._decode(sample.token_ids)
-                    traj.append(sample.token_ids, 1, sample.logprobs)
-                    stats.generated_tokens += len(sample.token_ids)
-                    # the forced prefix belongs to the first turn's action ("<search>" + " query </search>")
-                    action = parse_action(text if traj.turns else cfg.response_prefix + text)
-                    traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
-                                           generated_tokens=len(sample.token_ids), finish=sample.finish))
-                    outcome = turn_outcome(action.kind, sample.finish == "eos", len(traj.response_ids),
-                                           len(traj.turns), cfg.max_turns, cfg.max_response_tokens)
-                    if outcome in ENDINGS:
-                        traj.stop_reason = outcome
-                        if outcome == "answer":
-                            traj.answer = action.content
-                    elif outcome == "search":
-                        searching.append(i)
-                    else:
-                        room = cfg.max_response_tokens - len(traj.response_ids)
-                        appended[i] = self._inject(traj, self._note[:room])
-                    if traj.done:
-                        ended.append(i)
-                if searching:
-                    self._retrieve(trajectories, searching, appended, stats)
-                for i in [i for i in appended if len(trajectories[i].response_ids) >= cfg.max_response_tokens]:
-                    trajectories[i].stop_reason = "length"  # the injected tokens filled the response
-                    appended.pop(i)
-                    ended.append(i)
-                for i in ended:
-                    trajectories[i].response_text = self._decode(trajectories[i].response_ids)
+        def submit(i: int, ids: list[int]) -> None:
+            room = cfg.max_response_tokens - len(trajectories[i].response_ids)
+            session.submit(i, ids, min(cfg.max_turn_tokens, room), STOP_STRINGS)
+
+        try:
+            while waiting or live:
+                while waiting and len(live) < pool:
+                    i = waiting.popleft()
+                    trajectories[i].append(prefix, 0)
+                    submit(i, prefix)
+                    live.add(i)
+                stats.max_live = max(stats.max_live, len(live))
+                t0 = time.perf_counter()
+                if drain_start is None and not waiting and len(live) < pool:
+                    drain_start = t0
+                samples = session.step()
+                stats.generate_seconds += time.perf_counter() - t0
+                stats.steps += 1
+                if not samples:
+                    continue
+                appended, ended = self._play(trajectories, samples, stats)
+                for i, ids in appended.items():
+                    submit(i, ids)
                 session.finish(ended)
+                live.difference_update(ended)
+                stats.episodes += len(ended)
+                if on_progress:
+                    on_progress(stats)
         finally:
             session.close()
         stats.injected_tokens = sum(len(t.policy_mask) - sum(t.policy_mask) for t in trajectories)
         stats.seconds = time.perf_counter() - start
+        stats.drain_seconds = 0.0 if drain_start is None else start + stats.seconds - drain_start
         return stats
+
+    def _play(self, trajectories: list[Trajectory], samples: Mapping[int, Sample],
+              stats: RolloutStats) -> tuple[dict[int, list[int]], list[int]]:
+        """Record the turns that ended and apply the environment: (row -> tokens to append before the
+        row's next turn, rows whose episode ended)."""
+        cfg = self.cfg
+        appended, searching, ended = {}, [], []
+        for i, sample in samples.items():
+            traj = trajectories[i]
+            text = self._decode(sample.token_ids)
+            traj.append(sample.token_ids, 1, sample.logprobs)
+            stats.generated_tokens += len(sample.token_ids)
+            stats.turns += 1
+            # the forced prefix belongs to the first turn's action ("<search>" + " query </search>")
+            action = parse_action(text if traj.turns else cfg.response_prefix + text)
+            traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
+                                   generated_tokens=len(sample.token_ids), finish=sample.finish))
+            outcome = turn_outcome(action.kind, sample.finish == "eos", len(traj.response_ids),
+                                   len(traj.turns), cfg.max_turns, cfg.max_response_tokens)
+            if outcome in ENDINGS:
+                traj.stop_reason = outcome
+                if outcome == "answer":
+                    traj.answer = action.content
+                ended.append(i)
+            elif outcome == "search":
+                searching.append(i)
+            else:
+                room = cfg.max_response_tokens - len(traj.response_ids)
+                appended[i] = self._inject(traj, self._note[:room])
+        if searching:
+            self._retrieve(trajectories, searching, appended, stats)
+        for i in [i for i in appended if len(trajectories[i].response_ids) >= cfg.max_response_tokens]:
+            trajectories[i].stop_reason = "length"  # the injected tokens filled the response
+            appended.pop(i)
+            ended.append(i)
+        for i in ended:
+            trajectories[i].response_text = self._decode(trajectories[i].response_ids)
+        return appended, ended
 
     # ------------------------------------------------------------------------- environment steps
 

@@ -1,14 +1,23 @@
 """The interface between the agent loop and whatever samples tokens.
 
-A `Generator` opens a `GenerationSession` over a batch of prompts. The session is stateful on
-purpose: between turns the agent appends tokens (retrieved `<information>`, notes) to some rows
-and asks for the next turn, and a backend that keeps each row's KV cache (ours, on transformers;
-vLLM with prefix caching) then encodes only the appended tokens instead of the whole context.
+A `Generator` opens a `GenerationSession` over the prompts of a rollout (rows 0..n-1). The
+session is stateful on purpose: between turns the agent appends tokens (retrieved
+`<information>`, notes) to a row and starts its next turn, and a backend that keeps each row's
+KV cache (ours, on transformers; vLLM with prefix caching) then encodes only the appended tokens.
+
+Two ways to drive it. Turn by turn, every listed row together:
 
     session = generator.session(prompt_ids, SamplingParams(temperature=1.0, seed=0))
     out = session.generate({0: [], 1: []}, max_new_tokens=500, stop=("</search>", "</answer>"))
     out = session.generate({0: info_ids}, max_new_tokens=500, stop=...)   # row 1 finished: not asked
     session.finish([0]); session.close()
+
+Or step by step, which is what continuous batching needs: `submit` starts one row's turn, `step`
+advances all generating rows and returns the turns that ended, so a row whose turn ended can be
+given its documents (or a new row started) while the others keep generating:
+
+    session.submit(0, [], 500, stop); session.submit(1, [], 500, stop)
+    while ...: for row, sample in session.step().items(): ...
 """
 
 from __future__ import annotations
@@ -56,6 +65,14 @@ class Sample:
 
 
 class GenerationSession(Protocol):
+    def submit(self, row: int, tokens: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> None:
+        """Append `tokens` to the row's context and start its next turn."""
+        ...
+
+    def step(self) -> dict[int, Sample]:
+        """Advance the generating rows; the turns that ended since the last call, by row."""
+        ...
+
     def generate(self, appended: Mapping[int, Sequence[int]], max_new_tokens: int | Mapping[int, int],
                  stop: Sequence[str] = ()) -> dict[int, Sample]:
         """Append `appended[row]` to each listed row's context, then sample a continuation for
@@ -73,6 +90,28 @@ class Generator(Protocol):
     tokenizer: object
 
     def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationSession: ...
+
+
+class TurnBatchedSession:
+    """`submit` / `step` for a backend that generates whole turns (`generate`): each `step` runs one
+    turn for every row submitted since the last one, together. Scripted teachers and turn-synchronous
+    baselines use it; they cannot interleave rows within a turn, and need not. Subclasses define
+    `generate` and call `TurnBatchedSession.__init__`."""
+
+    def __init__(self) -> None:
+        self._submitted: dict[int, tuple[list[int], int, tuple[str, ...]]] = {}
+
+    def submit(self, row: int, tokens: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> None:
+        if self._submitted and next(iter(self._submitted.values()))[2] != tuple(stop):
+            raise ValueError("rows submitted for one turn must share their stop strings")
+        self._submitted[row] = (list(tokens), int(max_new_tokens), tuple(stop))
+
+    def step(self) -> dict[int, Sample]:
+        batch, self._submitted = self._submitted, {}
+        if not batch:
+            return {}
+        stop = next(iter(batch.values()))[2]
+        return self.generate({r: ids for r, (ids, _, _) in batch.items()}, {r: n for r, (_, n, _) in batch.items()}, stop)
 
 
 def find_stop(text: str, stop: Sequence[str]) -> str | None:

@@ -1,30 +1,47 @@
-"""The always-available `Generator`: batched sampling on a Hugging Face causal LM.
+"""The always-available `Generator`: continuous batching on a Hugging Face causal LM.
 
-Why not `model.generate`: a multi-turn rollout appends different numbers of injected tokens to
-different rows between turns, and `generate` can only continue a batch whose rows grew alike.
-This backend keeps one KV cache for the batch and lets rows grow unevenly: each forward pass
-feeds every row its pending tokens, left-padded to a common length, and the attention mask
-(with holes where the padding sits) plus explicit position ids keep each row's view exactly that
-of its own unpadded sequence. So a turn costs the new tokens only, never a re-encoding of the
-context (`reuse_cache=False` re-encodes it every turn, like Search-R1's loop, as a baseline).
+Why not `model.generate`: a multi-turn rollout stops each row at its own `</search>`, appends
+different injected tokens to different rows, and wants the next episode to start as soon as one
+ends; `generate` continues a fixed batch whose rows grow alike.
 
-Generation stops per row at a stop string (checked on the decoded tail after every token), at
-EOS, or at the row's token budget; rows that stopped wait while the others finish the turn.
+This engine works a token at a time over a pool of rows, each in its own slot of one KV cache
+(`searchr1.rollout.kv`). `submit(row, tokens, budget, stop)` appends tokens to a row and starts its
+next turn; `step()` advances every generating row by one token and returns the turns that ended:
+
+  * rows with more than one token waiting (a new prompt, an `<information>` block) are prefilled
+    first, one row per forward pass: the pass costs its own tokens only, never padding; a new
+    row first copies the longest prefix another live row holds (the shared prompt template, or
+    the whole prompt for the rest of a GRPO group) instead of computing it;
+  * then one batched forward pass decodes a token for every generating row; each row attends to
+    its own slot only (a 2D mask), at its own position ids.
+
+So a row that stops never waits for the others: the agent gives it its documents (or the next
+question) and it rejoins the decode batch at the next step. Turns end at a stop string (checked on
+the decoded tail after every token), at EOS, at the row's token budget, or at the model's context.
+A turn costs only the new tokens (`reuse_cache=False` re-encodes the whole context at every
+submit instead, like Search-R1's loop, as a baseline).
+
+Sampling is seeded per row (`row_seed`), so what a row draws does not depend on which rows share
+its batch: the same seed gives the same trajectories with any pool size.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
 from searchr1.rollout.generator import Sample, SamplingParams, find_stop
+from searchr1.rollout.kv import SlotCache, check_model
 from searchr1.rollout.sampling import sample_next
 
 # Stop strings are a few characters; the last 16 tokens always cover one that the latest token
 # completed (a token decodes to at least one character, or to nothing for a partial UTF-8 byte).
 _TAIL_TOKENS = 16
+# Shorter common prefixes are computed, not copied: not worth a look-up.
+_MIN_SHARED = 8
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -43,14 +60,17 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 class HFGenerator:
     """`Generator` over a transformers causal LM (any device, any dtype the model runs in)."""
 
-    def __init__(self, model, tokenizer, *, reuse_cache: bool = True, max_context: int | None = None) -> None:
+    def __init__(self, model, tokenizer, *, reuse_cache: bool = True, share_prefix: bool = True,
+                 max_context: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
+        self.share_prefix = share_prefix
         self.eos_ids = eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        check_model(model)
         # transformers 5.x renamed the forward's `past_key_values` to `cache`; accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -73,7 +93,23 @@ class HFGenerator:
             torch.set_num_threads(cfg.threads)
         return cls.from_pretrained(cfg.name, cfg.device, cfg.dtype, **kwargs)
 
+    def extend(self, sample: Sample, token: int, logprob: float, stop: Sequence[str], budget: int) -> bool:
+        """Append one sampled token to `sample`; True, with `sample.finish` set, when it ends the turn:
+        EOS, a stop string completed (looked for in the decoded tail), or the token budget spent."""
+        sample.token_ids.append(token)
+        sample.logprobs.append(logprob)
+        if token in self.eos_ids:
+            sample.finish = "eos"
+        elif stop and (hit := find_stop(self.tokenizer.decode(sample.token_ids[-_TAIL_TOKENS:]), stop)):
+            sample.finish, sample.stop = "stop", hit
+        elif len(sample.token_ids) >= budget:
+            sample.finish = "length"
+        else:
+            return False
+        return True
+
     def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> "HFSession":
+        """Rows 0..len(prompts)-1; a row takes a slot in the cache when its first turn is submitted."""
         return HFSession(self, prompts, params)
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = (),
@@ -87,165 +123,223 @@ class HFGenerator:
         return [out[i] for i in range(len(prompts))]
 
 
-class _Rows:
-    """The model-side state of a set of rows: KV cache, attention mask over its columns (with holes
-    where padding sits), next position id, and tokens not yet in the cache. Rows can be split off
-    and merged back, so a forward pass only carries the rows that are generating."""
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row `row`'s sampling noise in a session seeded with `seed` (distinct per row)."""
+    return (seed * 0x9E3779B97F4A7C15 + row * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
 
-    def __init__(self, rows: list[int], pending: list[list[int]], device, cache=None, attn=None, pos=None) -> None:
-        self.rows = rows  # position in this set -> row id
-        self.pending = pending
-        self.cache = cache  # DynamicCache or None before the first forward pass
-        self.attn = attn if attn is not None else torch.zeros(len(rows), 0, dtype=torch.long, device=device)
-        self.pos = pos if pos is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
 
-    def select(self, idx: list[int]) -> "_Rows":
-        index = torch.tensor(idx, dtype=torch.long, device=self.attn.device)
-        cache = None
-        if self.cache is not None:
-            from transformers import DynamicCache
+class _Turn:
+    """A row's turn in progress: what it sampled so far and when it stops."""
 
-            cache = DynamicCache([(k[index], v[index]) for k, v, *_ in self.cache])
-        return _Rows([self.rows[i] for i in idx], [self.pending[i] for i in idx], self.attn.device, cache,
-                     self.attn[index], self.pos[index])
-
-    @staticmethod
-    def merge(parts: list["_Rows"]) -> "_Rows":
-        """One set holding all rows of `parts`; shorter histories are right-padded with masked columns
-        (positions are explicit, so a masked gap inside a history changes nothing)."""
-        parts = [p for p in parts if p.rows]
-        if len(parts) == 1:
-            return parts[0]
-        width = max(p.attn.shape[1] for p in parts)
-        pad = lambda x, dim: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, width - x.shape[dim]))
-        cache = None
-        if any(p.cache is not None for p in parts):
-            from transformers import DynamicCache
-
-            ref = list(next(p.cache for p in parts if p.cache is not None))
-            # rows that never went through the model yet have an empty history
-            empty = lambda n, x: x.new_zeros((n, x.shape[1], 0, x.shape[3]))
-            layers = [list(p.cache) if p.cache is not None else [(empty(len(p.rows), k), empty(len(p.rows), v))
-                                                                  for k, v, *_ in ref] for p in parts]
-            cache = DynamicCache([(torch.cat([pad(l[i][0], 2) for l in layers]), torch.cat([pad(l[i][1], 2) for l in layers]))
-                                  for i in range(len(layers[0]))])
-        return _Rows([r for p in parts for r in p.rows], [x for p in parts for x in p.pending], parts[0].attn.device,
-                     cache, torch.cat([pad(p.attn, 1) for p in parts]), torch.cat([p.pos for p in parts]))
+    def __init__(self, budget: int, stop: tuple[str, ...]) -> None:
+        self.sample = Sample()
+        self.budget = budget
+        self.stop = stop
 
 
 class HFSession:
-    """The state of one batch of rows across turns. Rows are numbered by their prompt index.
+    """The rows of one rollout, numbered by prompt index, and the slots of those that are live.
 
-    Within a turn, rows that stopped are split off the batch once they are at least half of it,
-    so long generations in a few rows do not drag finished rows through every forward pass.
+    A row is live from its first `submit` until `finish`; a live row holds a slot of the KV cache
+    (slots [0, live) in order of `self.live`). `contexts[row]` is every token of the row so far.
     """
 
     def __init__(self, gen: HFGenerator, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
-        if not prompts or any(len(p) == 0 for p in prompts):
+        if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         self.gen = gen
         self.params = params
         self.device = gen.device
-        self.contexts = [list(map(int, p)) for p in prompts]  # by row id: every token so far
-        self.state = _Rows(list(range(len(prompts))), [list(c) for c in self.contexts], self.device)
-        self.rng = None
-        if params.seed is not None:
-            self.rng = torch.Generator(device=self.device).manual_seed(params.seed)
-        self.forward_tokens = 0  # tokens fed through the model (incl. padding): the cost of the session
+        self.contexts = [list(map(int, p)) for p in prompts]
+        self.cache = SlotCache()
+        self.live: list[int] = []  # slot -> row
+        self.cached: list[int] = []  # slot -> tokens of that row in the cache
+        self.pending: dict[int, list[int]] = {}  # row -> tokens not yet in the cache
+        self.turns: dict[int, _Turn] = {}  # rows generating
+        self.done: dict[int, Sample] = {}  # turns that ended, not yet returned by step()
+        self.closed: set[int] = set()
+        self.rngs: dict[int, torch.Generator] = {}
+        self.forward_tokens = 0  # tokens fed through the model (incl. idle rows): the cost of the session
+        # rows in the pass -> [passes, seconds incl. sampling, keys read per row (summed over passes)]
+        self.decode_passes: dict[int, list[float]] = {}
+        self.prefill_tokens = 0
+        self.prefill_seconds = 0.0
+        self.shared_tokens = 0  # prompt tokens copied from another row's cache instead of computed
+        self.max_cache_bytes = 0
 
     @property
     def rows(self) -> list[int]:
-        return self.state.rows
+        return list(self.live)
 
     # ------------------------------------------------------------------------- public
 
+    def submit(self, row: int, tokens: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> None:
+        """Append `tokens` to row `row`'s context and start its next turn (ended by `step`)."""
+        if not 0 <= row < len(self.contexts) or row in self.closed:
+            raise ValueError(f"row {row} is not live in this session (finished or unknown)")
+        if row in self.turns:
+            raise ValueError(f"row {row} is already generating")
+        if row not in self.pending:  # its first turn: the prompt goes in first
+            self.pending[row] = list(self.contexts[row])
+            self.live.append(row)
+            self.cached.append(0)
+        ids = list(map(int, tokens))
+        self.contexts[row].extend(ids)
+        self.pending[row].extend(ids)
+        if not self.gen.reuse_cache:  # the baseline: forget the row's cache, re-encode its context
+            self.pending[row] = list(self.contexts[row])
+            self.cached[self.live.index(row)] = 0
+        turn = _Turn(min(int(max_new_tokens), self.gen.max_context - len(self.contexts[row])), tuple(stop))
+        if turn.budget <= 0:
+            self.done[row] = turn.sample  # "length" at once
+        else:
+            self.turns[row] = turn
+
+    def step(self) -> dict[int, Sample]:
+        """Advance every generating row by a token (rows with tokens waiting are prefilled first);
+        returns the turns that ended, by row."""
+        t0 = time.perf_counter()
+        for row in [r for r in self.turns if len(self.pending[r]) > 1]:
+            self._emit([row], self._prefill(row))
+        t1 = time.perf_counter()
+        self.prefill_seconds += t1 - t0
+        decoding = [r for r in self.turns if len(self.pending[r]) == 1]
+        if decoding:
+            logits, width = self._decode(decoding)
+            self._emit(decoding, logits)  # its .tolist() waits for the device, so the time is the pass's
+            record = self.decode_passes.setdefault(width, [0, 0.0, 0])
+            record[0] += 1
+            record[1] += time.perf_counter() - t1
+            record[2] += self.cache.plan.kv_len
+        out, self.done = self.done, {}
+        return out
+
     def generate(self, appended: Mapping[int, Sequence[int]], max_new_tokens: int | Mapping[int, int],
                  stop: Sequence[str] = ()) -> dict[int, Sample]:
-        state = self.state
-        where = {row: b for b, row in enumerate(state.rows)}
+        """One turn for each row of `appended`, all at once: `submit` each, `step` until all ended."""
         for row, ids in appended.items():
-            if row not in where:
-                raise ValueError(f"row {row} is not live in this session (finished or unknown)")
-            state.pending[where[row]].extend(map(int, ids))
-            self.contexts[row].extend(map(int, ids))
-        if not self.gen.reuse_cache:  # the baseline: forget the cache, re-encode every context
-            state = _Rows(state.rows, [list(self.contexts[row]) for row in state.rows], self.device)
-
-        samples = {row: Sample() for row in appended}
-        budget = {}
-        for row in appended:
-            want = max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row]
-            budget[row] = min(int(want), self.gen.max_context - len(self.contexts[row]))
-        go = [b for b, row in enumerate(state.rows) if budget.get(row, 0) > 0]  # others: "length" at once
-        done = [state.select([b for b in range(len(state.rows)) if b not in set(go)])] if len(go) < len(state.rows) else []
-        work = state.select(go) if done else state
-        active = list(range(len(work.rows)))
-
-        while active:
-            logits = self._forward(work, active)
-            tokens, logprobs = sample_next(logits[active], self.params, self.rng)
-            still = []
-            for b, tok, lp in zip(active, tokens.tolist(), logprobs.tolist()):
-                row = work.rows[b]
-                s = samples[row]
-                s.token_ids.append(tok)
-                s.logprobs.append(lp)
-                self.contexts[row].append(tok)
-                work.pending[b] = [tok]
-                if tok in self.gen.eos_ids:
-                    s.finish = "eos"
-                elif stop and (hit := find_stop(self.gen.tokenizer.decode(s.token_ids[-_TAIL_TOKENS:]), stop)):
-                    s.finish, s.stop = "stop", hit
-                elif len(s.token_ids) >= budget[row]:
-                    s.finish = "length"
-                else:
-                    still.append(b)
-            active = still
-            if active and len(active) <= len(work.rows) // 2:
-                keep = set(active)
-                done.append(work.select([b for b in range(len(work.rows)) if b not in keep]))
-                work = work.select(active)
-                active = list(range(len(work.rows)))
-        self.state = _Rows.merge(done + [work])
-        return samples
+            self.submit(row, ids, max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row], stop)
+        out: dict[int, Sample] = {}
+        while len(out) < len(appended):
+            out.update(self.step())
+        return out
 
     def finish(self, rows: Iterable[int]) -> None:
-        finished = set(rows)
-        keep = [b for b, row in enumerate(self.state.rows) if row not in finished]
-        if len(keep) < len(self.state.rows):
-            self.state = self.state.select(keep)
+        """Release rows: the last live row moves into each freed slot, so live rows stay in [0, live)."""
+        for row in rows:
+            self.closed.add(row)
+            self.turns.pop(row, None)
+            self.rngs.pop(row, None)
+            if row not in self.live:
+                continue
+            slot, last = self.live.index(row), len(self.live) - 1
+            if slot != last:
+                self.cache.move(last, slot, self.cached[last])
+                self.live[slot], self.cached[slot] = self.live[last], self.cached[last]
+            self.live.pop()
+            self.cached.pop()
+            self.pending.pop(row, None)
 
     def close(self) -> None:
-        self.state = _Rows([], [], self.device)
+        self.finish(list(self.live))
+        self.cache = SlotCache()
 
-    # ------------------------------------------------------------------------- the forward pass
+    # ------------------------------------------------------------------------- sampling
+
+    def _rng(self, row: int) -> torch.Generator | None:
+        if self.params.seed is None or self.params.greedy:
+            return None
+        if row not in self.rngs:
+            self.rngs[row] = torch.Generator(device=self.device).manual_seed(row_seed(self.params.seed, row))
+        return self.rngs[row]
+
+    def _emit(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Sample a token for each of `rows` (logits: float[len(rows), V]) and end the turns that stop."""
+        rngs = [self._rng(r) for r in rows]
+        tokens, logprobs = sample_next(logits, self.params, None if rngs[0] is None else rngs)
+        for row, tok, lp in zip(rows, tokens.tolist(), logprobs.tolist()):
+            turn = self.turns[row]
+            self.contexts[row].append(tok)
+            self.pending[row] = [tok]
+            if self.gen.extend(turn.sample, tok, lp, turn.stop, turn.budget):
+                self.done[row] = self.turns.pop(row).sample
+
+    # ------------------------------------------------------------------------- the forward passes
+
+    def _share_prefix(self, row: int, slot: int) -> None:
+        """A row that has nothing in the cache yet copies the longest prefix of its tokens that another
+        live row already holds (the prompt template every question shares; the whole prompt for
+        the other rollouts of a GRPO group) instead of computing it: a copy, not a forward pass.
+        At least one token is left to feed, for the logits of the row's next token."""
+        want = self.pending[row]
+        best, donor = 0, None
+        for s, other in enumerate(self.live):
+            if s == slot or self.cached[s] <= best:
+                continue
+            held, n, limit = self.contexts[other], 0, min(self.cached[s], len(want) - 1)
+            while n < limit and held[n] == want[n]:
+                n += 1
+            if n > best:
+                best, donor = n, s
+        if donor is not None and best >= _MIN_SHARED:
+            self.cache.reserve(len(self.live), best)
+            self.cache.move(donor, slot, best)
+            self.cached[slot] = best
+            self.pending[row] = want[best:]
+            self.shared_tokens += best
 
     @torch.no_grad()
-    def _forward(self, rows: _Rows, active: Sequence[int]) -> torch.Tensor:
-        """Feed each active row its pending tokens (others get nothing); logits of each row's last
-        position: float[B, V]. Rows without tokens see only padding, masked out."""
-        batch = len(rows.rows)
-        width = max(len(rows.pending[b]) for b in active)
-        ids = torch.full((batch, width), self.gen.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for b in active:
-            seg = rows.pending[b]
-            if seg:
-                ids[b, width - len(seg):] = torch.tensor(seg, dtype=torch.long)
-                mask[b, width - len(seg):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = rows.pos[:, None] + (mask.cumsum(dim=1) - 1).clamp(min=0)
-        attn = torch.cat([rows.attn, mask], dim=1)
-        if rows.cache is None:
-            from transformers import DynamicCache
+    def _prefill(self, row: int) -> torch.Tensor:
+        """Feed one row all its pending tokens; the logits of its last position: float[1, V]."""
+        slot = self.live.index(row)
+        if self.cached[slot] == 0 and self.gen.share_prefix and self.gen.reuse_cache:
+            self._share_prefix(row, slot)
+        ids, start = self.pending[row], self.cached[slot]
+        self.cache.plan_prefill(slot, start, len(ids))
+        self.prefill_tokens += len(ids)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        logits = self._forward(torch.tensor([ids], device=self.device), positions,
+                               torch.ones(1, start + len(ids), dtype=torch.long, device=self.device))
+        self.cached[slot] += len(ids)
+        self.pending[row] = []
+        return logits
 
-            rows.cache = DynamicCache()
-        # The DynamicCache grows in place, so the returned cache object is not needed.
+    @torch.no_grad()
+    def _decode(self, rows: list[int]) -> tuple[torch.Tensor, int]:
+        """One token for each of `rows` in one pass over live slots [0, B): (float[len(rows), V], B).
+
+        Live rows that are not generating (waiting for their next turn) and sit among the first B
+        slots ride along on a pad token written past their end and not counted, so the next real
+        token overwrites it. Once they are at least half of the live rows, the generating rows are
+        swapped to the front first, so the waiting ones stop costing a row of every pass."""
+        if len(rows) <= len(self.live) // 2:
+            self._to_front(rows)
+        slot_of = {r: s for s, r in enumerate(self.live)}
+        width = max(slot_of[r] for r in rows) + 1
+        go = set(rows)
+        ids = [self.pending[r][0] if r in go else self.gen.pad_id for r in self.live[:width]]
+        positions = torch.tensor(self.cached[:width], dtype=torch.long, device=self.device)
+        self.cache.plan_decode(positions)
+        attn = (torch.arange(int(positions.max()) + 1, device=self.device)[None] <= positions[:, None]).long()
+        logits = self._forward(torch.tensor(ids, device=self.device)[:, None], positions[:, None], attn)
+        for r in rows:
+            self.cached[slot_of[r]] += 1
+            self.pending[r] = []
+        return logits[[slot_of[r] for r in rows]], width
+
+    def _to_front(self, rows: list[int]) -> None:
+        """Swap slots so that `rows` occupy slots [0, len(rows))."""
+        front = set(rows)
+        behind = [s for s in range(len(rows), len(self.live)) if self.live[s] in front]
+        idle = [s for s in range(len(rows)) if self.live[s] not in front]
+        for a, b in zip(idle, behind):
+            self.cache.swap(a, b, max(self.cached[a], self.cached[b]))
+            self.live[a], self.live[b] = self.live[b], self.live[a]
+            self.cached[a], self.cached[b] = self.cached[b], self.cached[a]
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         out = self.gen.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                             logits_to_keep=1, **{self.gen._cache_kwarg: rows.cache})
-        rows.attn = attn
-        rows.pos = rows.pos + mask.sum(dim=1)
-        self.forward_tokens += batch * width
-        for b in active:
-            rows.pending[b] = []
+                             logits_to_keep=1, **{self.gen._cache_kwarg: self.cache})
+        self.forward_tokens += ids.numel()
+        self.max_cache_bytes = max(self.max_cache_bytes, self.cache.nbytes())
         return out.logits[:, -1, :].float()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from searchr1.rollout.generator import SamplingParams
@@ -28,8 +30,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | Sequence[torch.Generator] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row. logits: float[B, V] -> (tokens long[B], logprobs float[B]).
+
+    `generator`: one for the whole batch, or one per row (row b draws from generator[b] only, so
+    what a row samples does not depend on which other rows share its batch).
 
     The log-prob is taken under softmax(logits / T) before top-k/top-p filtering (T = 1 when
     greedy): the distribution a fresh forward pass of the policy computes, which is what PPO's
@@ -43,5 +49,10 @@ def sample_next(logits: torch.Tensor, params: SamplingParams,
         scaled = logits / params.temperature
         logprobs = torch.log_softmax(scaled, dim=-1)
         probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if generator is None or isinstance(generator, torch.Generator):
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            if len(generator) != len(probs):
+                raise ValueError(f"{len(probs)} rows but {len(generator)} generators")
+            tokens = torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, generator)])
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from searchr1.rollout.generator import Sample, SamplingParams, find_stop
+from searchr1.rollout.generator import Sample, SamplingParams, TurnBatchedSession, find_stop
 
 
 class ScriptedGenerator:
@@ -27,8 +27,9 @@ class ScriptedGenerator:
         return ScriptedSession(self)
 
 
-class ScriptedSession:
+class ScriptedSession(TurnBatchedSession):
     def __init__(self, gen: ScriptedGenerator) -> None:
+        super().__init__()
         self.gen = gen
         self.turn = [0] * len(gen.scripts)
 

@@ -182,7 +182,8 @@ class RolloutCollector:
                                   round_ * tc.prompts_per_step + mine.start)
         seed = tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007 + round_ * 1_000_000_000_039
         with self.gathered():
-            stats = self.agent.run(trajs, SamplingParams(temperature=tc.temperature, top_p=tc.top_p, seed=seed))
+            stats = self.agent.run(trajs, SamplingParams(temperature=tc.temperature, top_p=tc.top_p, seed=seed),
+                                   pool=tc.rollout_pool or None)
         return dist.gather_objects(trajs), stats
 
     def collect(self, step: int) -> StepRollouts:

@@ -101,6 +101,8 @@ class TrainConfig:
     temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
                                     "training forward, so ratios compare like with like)")
     top_p: float = param(1.0, "rollout nucleus sampling mass")
+    rollout_pool: int = param(0, "episodes live at once in a step's rollouts (continuous batching: when one "
+                                 "ends the next starts); 0 = all of the step's episodes at once")
     template: str = param("search-r1", "prompt template: a name or text with {question}")
     format_reward: bool = param(False, "add Search-R1's format score to the exact-match reward")
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
@@ -139,6 +141,8 @@ class TrainConfig:
             raise ValueError("dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all equal)")
         if self.dynamic_sampling_max_rounds < 1:
             raise ValueError("dynamic_sampling_max_rounds must be >= 1")
+        if self.rollout_pool < 0:
+            raise ValueError("rollout_pool must be >= 0 (0 = all episodes at once)")
         if self.tis_cap < 0:
             raise ValueError("tis_cap must be >= 0 (0 = off)")
         if self.overlong == "penalty" and self.overlong_buffer < 1:
