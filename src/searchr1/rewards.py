@@ -29,6 +29,7 @@ __all__ = [
     "exact_match",
     "f1_score",
     "is_valid_format",
+    "lenient_answer",
     "normalize_answer",
     "score_breakdown",
 ]
@@ -201,14 +202,36 @@ def compute_score(
     return structure_format_score if valid else final_format_score
 
 
-def score_breakdown(response_text: str, golden_answers: Any) -> dict[str, Any]:
-    """Per-response metrics for evaluation reports: the extracted answer (None when there is
-    none), em, f1, cover_em (floats in [0, 1]) and valid_format (bool)."""
+def lenient_answer(response_text: str) -> str | None:
+    """The answer a response gives under the lenient rule (FlashRAG's baselines score the generated
+    text itself; they ask for no tags): the `<answer>` span when there is one (`extract_answer`),
+    else the response's first non-empty line, stripped. None for a blank response.
+
+    Training rewards never use this: Search-R1's rule (no answer tag, no score) is `extract_answer`.
+    """
     answer = extract_answer(response_text)
+    if answer is not None or not isinstance(response_text, str):
+        return answer
+    return next((line.strip() for line in response_text.splitlines() if line.strip()), None)
+
+
+def score_breakdown(response_text: str, golden_answers: Any) -> dict[str, Any]:
+    """Per-response metrics for evaluation reports, under both answer rules:
+
+    strict (Search-R1's, the training reward's): answer, em, f1, cover_em; the answer is the last
+    `<answer>` span, None when there is none.
+    lenient (`lenient_answer`, FlashRAG-style): lenient_answer, em_lenient, f1_lenient,
+    cover_em_lenient.
+    valid_format: bool. Scores are floats in [0, 1]."""
+    answer, loose = extract_answer(response_text), lenient_answer(response_text)
     return {
         "answer": answer,
         "em": exact_match(answer, golden_answers),
         "f1": f1_score(answer, golden_answers),
         "cover_em": cover_exact_match(answer, golden_answers),
+        "lenient_answer": loose,
+        "em_lenient": exact_match(loose, golden_answers),
+        "f1_lenient": f1_score(loose, golden_answers),
+        "cover_em_lenient": cover_exact_match(loose, golden_answers),
         "valid_format": is_valid_format(response_text),
     }

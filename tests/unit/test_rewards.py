@@ -309,10 +309,15 @@ def test_score_breakdown():
         "em": 0.0,
         "f1": pytest.approx(0.8),  # [eiffel tower paris] vs [eiffel tower]
         "cover_em": 1.0,
+        "lenient_answer": "the Eiffel Tower, Paris",  # the tag, as under the strict rule
+        "em_lenient": 0.0,
+        "f1_lenient": pytest.approx(0.8),
+        "cover_em_lenient": 1.0,
         "valid_format": True,
     }
     assert score_breakdown("nothing", ["x"]) == {
-        "answer": None, "em": 0.0, "f1": 0.0, "cover_em": 0.0, "valid_format": False}
+        "answer": None, "em": 0.0, "f1": 0.0, "cover_em": 0.0, "lenient_answer": "nothing", "em_lenient": 0.0,
+        "f1_lenient": 0.0, "cover_em_lenient": 0.0, "valid_format": False}
 
 
 ALLOWED_SHAPED = {0.0, 0.1, 0.2, 0.8, 1.0}
@@ -325,12 +330,14 @@ def test_scores_are_total_and_in_the_allowed_sets(text, golds):
     assert compute_score(text, golds) in {0.0, 1.0}
     assert round(compute_score(text, golds, format_reward=True), 12) in ALLOWED_SHAPED
     b = score_breakdown(text, golds)
-    assert set(b) == {"answer", "em", "f1", "cover_em", "valid_format"}
+    assert set(b) == {"answer", "em", "f1", "cover_em", "lenient_answer", "em_lenient", "f1_lenient",
+                      "cover_em_lenient", "valid_format"}
     assert b["answer"] is None or isinstance(b["answer"], str)
     assert isinstance(b["valid_format"], bool)
-    for k in ("em", "f1", "cover_em"):
+    for k in ("em", "f1", "cover_em", "em_lenient", "f1_lenient", "cover_em_lenient"):
         assert isinstance(b[k], float) and 0.0 <= b[k] <= 1.0
     assert b["em"] <= b["f1"] + 1e-12 and b["em"] <= b["cover_em"]
+    assert b["em"] <= b["em_lenient"]  # the lenient rule reads the same tag, or a line where there is none
     assert compute_score(text, golds) == b["em"]
 
 
@@ -339,3 +346,34 @@ def test_huge_responses_are_fast():
     assert compute_score(big, ["y"], format_reward=True) == 1.0
     assert compute_score("<answer>" * 100_000, ["y"], format_reward=True) == 0.0
     assert is_valid_format("<think></think>" * 100_000) is False
+
+
+@pytest.mark.parametrize("response, strict, lenient", [
+    ("Paris", None, "Paris"),  # bare correct answer: only the lenient rule reads it
+    ("<answer> Paris </answer>", "Paris", "Paris"),  # tagged: both rules agree
+    ("Paris\n<answer> Rome </answer>", "Rome", "Rome"),  # both: the tag wins under both rules
+    ("", None, None),  # empty
+    (" \n\t\n", None, None),  # blank
+    ("\n  Paris, France \nIt is the capital.", None, "Paris, France"),  # multi-line: the first non-empty line
+    ("<answer></answer>", "", ""),  # an empty tag is an (empty) answer under both
+])
+def test_strict_and_lenient_answer_rules(response, strict, lenient):
+    from searchr1.protocol import extract_answer
+    from searchr1.rewards import lenient_answer
+
+    assert extract_answer(response) == strict
+    assert lenient_answer(response) == lenient
+
+
+def test_score_breakdown_reports_both_rules():
+    from searchr1.rewards import score_breakdown
+
+    bare = score_breakdown("Paris", ["Paris"])
+    assert (bare["em"], bare["em_lenient"], bare["cover_em"], bare["cover_em_lenient"]) == (0.0, 1.0, 0.0, 1.0)
+    chatty = score_breakdown("The capital is Paris.\nDone.", ["Paris"])
+    assert (chatty["em_lenient"], chatty["cover_em_lenient"]) == (0.0, 1.0)
+    assert chatty["f1_lenient"] == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))  # "capital is paris" vs "paris"
+    tagged = score_breakdown("<answer> Paris </answer>", ["Paris"])
+    assert tagged["em"] == tagged["em_lenient"] == 1.0
+    # the training reward keeps Search-R1's rule: no tag, no score
+    assert compute_score("Paris", ["Paris"]) == 0.0

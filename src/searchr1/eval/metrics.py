@@ -12,12 +12,17 @@ from searchr1.eval.settings import MODES
 from searchr1.rewards import score_breakdown
 from searchr1.rollout.trajectory import Trajectory
 
+# The lenient rule's scores (`rewards.lenient_answer`), beside the strict em / f1 / cover_em.
+LENIENT_KEYS = ("em_lenient", "f1_lenient", "cover_em_lenient")
 # Metric keys of `aggregate`, in report order, with the label the tables use.
 METRIC_LABELS = {
     "n": "questions",
     "em": "EM",
     "f1": "F1",
     "cover_em": "cover-EM",
+    "em_lenient": "EM (lenient)",
+    "f1_lenient": "F1 (lenient)",
+    "cover_em_lenient": "cover-EM (lenient)",
     "valid_format": "valid format",
     "answered": "answered",
     "searches": "searches / question",
@@ -46,7 +51,9 @@ def aggregate(trajectories: Sequence[Trajectory], scores: Sequence[dict] | None 
               seconds: float = 0.0) -> dict:
     """Metrics of a set of scored episodes (scores computed here when not given).
 
-    em, f1, cover_em, valid_format: means over questions (0..1). answered: share of episodes that
+    em, f1, cover_em, valid_format: means over questions (0..1), under the strict rule (Search-R1's:
+    the answer tag is required); em_lenient, f1_lenient, cover_em_lenient: the same under the lenient
+    rule (`rewards.lenient_answer`: the tag if present, else the response's first line). answered: share of episodes that
     ended by closing an <answer>. searches, turns: means per question. invalid_rate: invalid turns
     over all turns (pooled). tokens_mean / tokens_total: policy-generated (mask-1) tokens.
     seconds: wall time given by the caller; qps = n / seconds. stop_reasons: counts.
@@ -68,6 +75,7 @@ def aggregate(trajectories: Sequence[Trajectory], scores: Sequence[dict] | None 
         "em": _mean([float(s["em"]) for s in scores]),
         "f1": _mean([float(s["f1"]) for s in scores]),
         "cover_em": _mean([float(s["cover_em"]) for s in scores]),
+        **{k: _mean([float(s.get(k, 0.0)) for s in scores]) for k in LENIENT_KEYS},
         "valid_format": _mean([float(s["valid_format"]) for s in scores]),
         "answered": _mean([float(t.stop_reason == "answer") for t in trajectories]),
         "searches": _mean([t.num_searches for t in trajectories]),
@@ -83,7 +91,7 @@ def aggregate(trajectories: Sequence[Trajectory], scores: Sequence[dict] | None 
 
 def average_metrics(per_dataset: Sequence[dict]) -> dict:
     """Macro average over datasets (each dataset weighs the same, as in the paper's 'Avg.')."""
-    keys = ("em", "f1", "cover_em", "valid_format", "answered", "searches", "invalid_rate", "turns",
+    keys = ("em", "f1", "cover_em", *LENIENT_KEYS, "valid_format", "answered", "searches", "invalid_rate", "turns",
             "tokens_mean")
     out = {k: _mean([m[k] for m in per_dataset]) for k in keys}
     out["n"] = sum(m["n"] for m in per_dataset)
@@ -117,7 +125,7 @@ def metric_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]
     modes = _modes_of(metrics)
     datasets = list(metrics)
     tables = []
-    for key in ("em", "f1", "cover_em", "searches"):
+    for key in ("em", "em_lenient", "f1", "cover_em", "searches"):
         rows = [[ds] + [_fmt(key, metrics[ds].get(mode, {}).get(key)) for mode in modes] for ds in datasets]
         if len(datasets) > 1:
             avg = []
@@ -126,7 +134,7 @@ def metric_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]
                 avg.append(_fmt(key, _mean(have)) if len(have) == len(datasets) else "–")
             rows.append(["average"] + avg)
         tables.append((METRIC_LABELS[key], ["dataset"] + modes, rows))
-    detail_keys = ["n", "em", "f1", "cover_em", "valid_format", "answered", "searches", "invalid_rate",
+    detail_keys = ["n", "em", "f1", "cover_em", *LENIENT_KEYS, "valid_format", "answered", "searches", "invalid_rate",
                    "tokens_mean", "tokens_total", "seconds", "qps"]
     rows = []
     for ds in datasets:
@@ -176,5 +184,9 @@ def markdown_report(results: dict) -> str:
         lines += ["", f"## {title}", "", markdown_table(header, rows)]
     lines += ["", "EM: exact match after SQuAD normalisation against any gold answer; cover-EM: a gold "
                   "answer occurs in the predicted answer; searches: mean searches per question; "
-                  "average: macro average over datasets.", ""]
+                  "average: macro average over datasets. Two answer rules, the same for every mode: "
+                  "strict (EM, F1, cover-EM; Search-R1's and the training reward's) reads only the last "
+                  "<answer> span, so a response without one scores 0; lenient (the '(lenient)' columns; "
+                  "FlashRAG-style, as the paper's direct and RAG rows were scored) reads the <answer> span "
+                  "if there is one, else the response's first non-empty line.", ""]
     return "\n".join(lines)
