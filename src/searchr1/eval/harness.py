@@ -1,9 +1,9 @@
 """`searchr1 eval`: one model, one retriever, benchmarks x modes -> honest numbers and reports.
 
 For every dataset and every mode the harness builds the prompts, plays the episodes in a pool of
-`eval.batch_size` (continuous batching) with the same agent loop that training uses, scores every trajectory with `searchr1.rewards`
-(the reward function of training, so the numbers mean the same thing), and aggregates them
-(`searchr1.eval.metrics`). The datasets are `cfg.eval.datasets` (`searchr1.data.questions`), or
+`eval.batch_size` (continuous batching) with the same agent loop that training uses, scores
+every trajectory with `searchr1.rewards` (the reward function of training, so the numbers mean
+the same thing), and aggregates them (`searchr1.eval.metrics`). The datasets are `cfg.eval.datasets` (`searchr1.data.questions`), or
 rows the caller passes in memory (`questions=`). The modes:
 
   direct  DIRECT_TEMPLATE, one turn, no retrieval

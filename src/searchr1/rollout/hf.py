@@ -165,7 +165,6 @@ class HFSession:
         self.prefill_tokens = 0
         self.prefill_seconds = 0.0
         self.shared_tokens = 0  # prompt tokens copied from another row's cache instead of computed
-        self.max_cache_bytes = 0
 
     @property
     def rows(self) -> list[int]:
@@ -341,5 +340,4 @@ class HFSession:
         out = self.gen.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
                              logits_to_keep=1, **{self.gen._cache_kwarg: self.cache})
         self.forward_tokens += ids.numel()
-        self.max_cache_bytes = max(self.max_cache_bytes, self.cache.nbytes())
         return out.logits[:, -1, :].float()

@@ -161,6 +161,3 @@ class SlotCache(Cache):
 
     def get_query_offset(self, layer_idx: int = 0) -> int:
         return self.plan.q_offset
-
-    def nbytes(self) -> int:
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers if layer.is_initialized)
