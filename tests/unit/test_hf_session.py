@@ -161,3 +161,22 @@ def test_a_new_row_copies_the_prefix_another_row_holds(tok):
     assert [text(tok, x) for x in s.generate({0: [], 1: [], 2: []}, 100, STOP).values()] == \
         ["<answer> : who? </answer>", "<answer>  then? </answer>", "<answer> : who? </answer>"]
     assert s.shared_tokens == 0
+
+
+def test_step_api_misuse_is_a_clear_error(tok):
+    _, gen = make(tok)
+    s = gen.session([tok.encode("Q1?")], GREEDY)
+    s.submit(0, [], 100, STOP)
+    with pytest.raises(ValueError, match="row 0 is already generating"):
+        s.submit(0, [], 100, STOP)
+    with pytest.raises(ValueError, match="row 5 is not live"):
+        s.submit(5, [], 100, STOP)
+
+
+def test_a_turn_batched_session_refuses_mixed_stop_strings(tok):
+    from searchr1.rollout.scripted import ScriptedGenerator
+
+    s = ScriptedGenerator(tok, [["a"], ["b"]]).session([[1], [2]], GREEDY)
+    s.submit(0, [], 10, STOP)
+    with pytest.raises(ValueError, match="share their stop strings"):
+        s.submit(1, [], 10, ("</answer>",))
