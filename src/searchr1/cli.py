@@ -8,6 +8,7 @@
   searchr1 train -c paper-grpo-qwen2.5-3b retriever.url=http://127.0.0.1:8000
   searchr1 export verl -c paper-grpo-qwen2.5-3b --out runs/verl --retriever-url http://HOST:8000
   searchr1 demo
+  searchr1 study study.arms=rag,grpo study.seeds=0,1,2   (default preset: study-synthetic; resumable)
   searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
   searchr1 config keys                                    (every key, its type, default and help)
 
@@ -172,6 +173,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from searchr1.study.runner import run_study
+
+    if args.config is None:
+        args.config = "study-synthetic"
+    cfg = _load(args)
+    console = _console()
+    run_study(cfg, console)
+    console.print(f"searchr1: study results in {cfg.study.dir} (study.json, study.md, study.html, plots/)",
+                  markup=False)
+    return 0
+
+
 def cmd_config_show(args) -> int:
     sys.stdout.write(to_yaml(_load(args)))
     return 0
@@ -246,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
         func=cmd_demo)
+
+    _with_config(sub.add_parser(
+        "study", help="the paper's comparison: baselines and trained arms, seeds, intervals, paired tests (resumable;"
+                      " default preset study-synthetic)")).set_defaults(func=cmd_study)
 
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="config_command", required=True)
     _with_config(config.add_parser("show", help="print the resolved config as YAML")).set_defaults(func=cmd_config_show)

@@ -28,6 +28,7 @@ from searchr1.data.synthetic import Question
 from searchr1.eval.harness import evaluate, read_trajectories
 from searchr1.eval.html import _CSS, _table, esc, render_episode
 from searchr1.eval.metrics import markdown_table
+from searchr1.eval.plots import line_plot_svg
 from searchr1.retrieval.build import build_index
 from searchr1.retrieval.client import HttpRetriever
 from searchr1.retrieval.corpus import write_passages
@@ -298,62 +299,6 @@ def print_comparison(console, report: dict) -> None:
     console.print(table)
     console.print("supervised warm-up: " + ("YES (the gain is warm-up + RL, not RL alone)" if report["sft_used"]
                                             else "no (pure RL)"))
-
-
-def line_plot_svg(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
-                  width: int = 640, height: int = 300, y_min: float | None = None,
-                  y_max: float | None = None) -> str:
-    """A self-contained SVG line plot (no plotting library): one polyline + markers per series,
-    labelled axes with ticks, and a legend. `series[name] = [(x, y), ...]`; None ys are skipped."""
-    from html import escape
-
-    colours = ["#1f6fb2", "#e07b00", "#2e9d4c", "#b2331f"]
-    left, right, top, bottom = 60, 20, 34, 46
-    pts = {k: [(float(x), float(y)) for x, y in v if y is not None] for k, v in series.items()}
-    xs = [x for v in pts.values() for x, _ in v] or [0.0, 1.0]
-    ys = [y for v in pts.values() for _, y in v] or [0.0, 1.0]
-    x0, x1 = min(xs), max(xs)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    lo = min(ys) if y_min is None else min(y_min, min(ys))
-    hi = max(ys) if y_max is None else max(y_max, max(ys))
-    if hi == lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return top + (1 - (y - lo) / (hi - lo)) * ph
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
-    for i in range(5):  # y ticks and grid
-        v = lo + (hi - lo) * i / 4
-        y = sy(v)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
-    ticks = sorted({round(x0 + (x1 - x0) * i / 5) for i in range(6)} & set(range(int(x0), int(x1) + 1))) or [x0, x1]
-    for v in ticks:  # x ticks (integer steps)
-        x = sx(v)
-        out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#999"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{v:g}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
-    for i, (name, v) in enumerate(pts.items()):
-        c = colours[i % len(colours)]
-        if len(v) > 1:
-            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in v)
-            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
-        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>' for x, y in v]
-        lx = left + 10 + i * 150
-        out.append(f'<line x1="{lx}" y1="{top + 12}" x2="{lx + 18}" y2="{top + 12}" stroke="{c}" stroke-width="2"/>')
-        out.append(f'<text x="{lx + 22}" y="{top + 16}">{escape(name)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
 
 
 def _curve_svgs(report: dict) -> list[str]:

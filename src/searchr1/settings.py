@@ -14,6 +14,7 @@ from searchr1.data.settings import DataConfig
 from searchr1.eval.settings import EvalConfig
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
 from searchr1.rollout.settings import AgentConfig, ModelConfig
+from searchr1.study.settings import StudyConfig
 from searchr1.train.settings import SFTConfig, TrainConfig
 
 
@@ -59,3 +60,5 @@ class Config:
     eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")
     train: TrainConfig = param(TrainConfig, "`searchr1 train`: PPO / GRPO over multi-turn search rollouts")
     sft: SFTConfig = param(SFTConfig, "optional supervised warm-up on search demonstrations before RL (demo)")
+    study: StudyConfig = param(StudyConfig, "`searchr1 study`: baselines against trained arms, several seeds, "
+                                            "intervals and paired tests")

@@ -83,16 +83,6 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
     assert "after RL" in proc.stdout and "report.md" in proc.stdout
 
 
-def test_line_plot_svg_draws_every_point_with_labelled_axes():
-    from searchr1.demo import line_plot_svg
-
-    svg = line_plot_svg({"a": [(1, 0.0), (2, 0.5), (3, None)], "b": [(1, 1.0)]}, title="t", xlabel="step",
-                        ylabel="value", y_min=0.0, y_max=1.0)
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count("<circle") == 3 and svg.count("<polyline") == 1  # None skipped; one point: no line
-    assert ">step<" in svg and ">value</text>" in svg and ">0.00<" in svg and ">1.00<" in svg
-
-
 @pytest.mark.slow
 def test_default_demo_fits_its_budget(tmp_path):
     """`searchr1 demo` as the README runs it (cpu-demo preset, SmolLM2-135M-Instruct)."""

@@ -122,3 +122,28 @@ def test_sources_say_where_questions_come_from(tmp_path):
                                  "val": "synthetic world (seed 5), held-out split"}
     assert sources(config("train.train_data=nq,hotpotqa", "eval.datasets=nq,bamboogle")) == {
         "train": "nq,hotpotqa (train)", "val": "nq,bamboogle (evaluation split)"}
+
+
+def test_exclude_held_out_trains_on_the_rest_of_an_evaluated_set(tmp_path):
+    qa = write_qa(tmp_path / "dev.jsonl", 10)
+    # eval: a seeded sample of 4 of the same file; a reworded copy of one training question too
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(json.dumps({"id": "x", "question": "The QUESTION q7", "golden_answers": ["a"]}) + "\n")
+    cfg = config(f"train.train_data={qa}", "train.exclude_held_out=true", f"eval.datasets=[{qa},{copy}]",
+                 "eval.limit=4", "eval.seed=3")
+    evaluated = {r["id"] for r in held_out_questions(cfg)["dev"]}
+    rows = training_questions(cfg)
+    assert len(evaluated) == 4
+    assert {r["id"] for r in rows} == {f"q{i}" for i in range(10)} - evaluated - {"q7"}
+    # off (the default): every question trains
+    assert len(training_questions(config(f"train.train_data={qa}", f"eval.datasets=[{qa}]", "eval.limit=4"))) == 10
+
+
+def test_a_benchmark_entry_may_name_its_own_split():
+    from searchr1.data.questions import name_and_split
+
+    assert name_and_split("nq:efficientqa_dev", "train") == ("nq", "efficientqa_dev")
+    assert name_and_split(" musique:train ", "") == ("musique", "train")
+    assert name_and_split("hotpotqa", "dev") == ("hotpotqa", "dev")
+    assert name_and_split("runs/my:file.jsonl", "dev") == ("runs/my:file.jsonl", "dev")  # not a benchmark
+    assert name_and_split("nq:", "dev") == ("nq:", "dev")

@@ -4,7 +4,8 @@
 here, so one config gives every command the same rows, `{id, question, golden_answers, data_source}`:
 
   training_questions(cfg)  train.train_data: 'synthetic' (the world's train split, `cfg.world`) or
-                           benchmark names / QA files, then the seeded train.train_limit sample
+                           benchmark names / QA files (less the held-out questions when
+                           train.exclude_held_out), then the seeded train.train_limit sample
   held_out_questions(cfg)  label -> rows: the world's held-out split when training on it, else the
                            eval.datasets, each limited by eval.limit / eval.seed
   load_datasets(ev)        label -> (info, rows) of an EvalConfig: what `searchr1 eval` reads
@@ -20,6 +21,7 @@ from pathlib import Path
 from searchr1.data.benchmarks import is_benchmark, load_benchmark, resolve_split, subset
 from searchr1.data.synthetic import Question, World, build_world, make_questions, split_questions
 from searchr1.errors import SearchR1Error
+from searchr1.rewards import normalize_answer
 
 #: The label of the synthetic world's held-out questions in eval results (the stem of the file
 #: `searchr1 train` used to write them to, so result keys stay what they were).
@@ -59,6 +61,15 @@ def dataset_label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", base).strip("_") or "dataset"
 
 
+def name_and_split(entry: str, split: str) -> tuple[str, str]:
+    """`nq:efficientqa_dev` -> ("nq", "efficientqa_dev"): a benchmark entry may name its own split;
+    anything else (a file path, a bare name) keeps `split`."""
+    name, sep, own = entry.strip().rpartition(":")
+    if sep and own and is_benchmark(name):
+        return name, own
+    return entry.strip(), split
+
+
 def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
     """label -> (info, rows) for every dataset of an `EvalConfig`; rows are
     {id, question, golden_answers, data_source}, info is {name, split, n}.
@@ -66,13 +77,14 @@ def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
     A dataset without questions is kept (with its name as label): `evaluate` refuses it, while an
     export only needs the datasets together to hold some."""
     out: dict[str, tuple[dict, list[dict]]] = {}
-    for name in ev.datasets:
-        rows = load_benchmark(name, ev.split, source=ev.source, data_dir=ev.data_dir or None, limit=ev.limit,
+    for entry in ev.datasets:
+        name, split = name_and_split(entry, ev.split)
+        rows = load_benchmark(name, split, source=ev.source, data_dir=ev.data_dir or None, limit=ev.limit,
                               seed=ev.seed)
         label = dataset_label(str(rows[0].get("data_source") or name) if rows else name)
         while label in out:
             label += "_"
-        split = resolve_split(name, ev.split) if is_benchmark(name) else "file"
+        split = resolve_split(name, split) if is_benchmark(name) else "file"
         out[label] = ({"name": name, "split": split, "n": len(rows)}, list(rows))
     return out
 
@@ -95,13 +107,23 @@ def training_questions(cfg) -> list[dict]:
         rows = [as_row(q) for q in synthetic_split(cfg.world)[0]]
     else:
         rows = []
-        for name in _train_names(tc):
-            rows += load_benchmark(name, tc.train_split, source=tc.data_source, data_dir=tc.data_dir or None)
+        for entry in _train_names(tc):
+            name, split = name_and_split(entry, tc.train_split)
+            rows += load_benchmark(name, split, source=tc.data_source, data_dir=tc.data_dir or None)
+        if tc.exclude_held_out:
+            rows = without_held_out(rows, held_out_questions(cfg))
     if tc.train_limit and len(rows) > tc.train_limit:
         rows = random.Random(tc.seed).sample(rows, tc.train_limit)
     if not rows:
         raise NoQuestionsError(f"train.train_data {tc.train_data!r} gave no questions")
     return rows
+
+
+def without_held_out(rows: list[dict], held_out: dict[str, list[dict]]) -> list[dict]:
+    """`rows` less every question that is also held out, compared after SQuAD normalisation
+    (case, punctuation, articles), so a reformatted copy of an evaluated question is caught too."""
+    seen = {normalize_answer(r["question"]) for qs in held_out.values() for r in qs}
+    return [r for r in rows if normalize_answer(r["question"]) not in seen]
 
 
 def held_out_questions(cfg) -> dict[str, list[dict]]:

@@ -21,7 +21,8 @@ MODES: tuple[str, ...] = ("direct", "rag", "agent")
 class EvalConfig:
     datasets: list[str] = param(["nq", "hotpotqa"],
                                 "benchmarks (nq, triviaqa, popqa, hotpotqa, 2wiki, musique, bamboogle) or paths "
-                                "to QA files ({id, question, golden_answers} JSONL / JSON)")
+                                "to QA files ({id, question, golden_answers} JSONL / JSON); a benchmark may name "
+                                "its own split (musique:train)")
     split: str = param("", "split of every benchmark; '' = each benchmark's evaluation split (test for "
                            "nq/triviaqa/popqa/bamboogle, dev otherwise, as in the paper)")
     source: Literal["auto", "local", "hub"] = param(

@@ -110,9 +110,13 @@ class TrainConfig:
     # ------------------------------------------------------------------ data
     train_data: str = param("synthetic", "training questions: 'synthetic' (the synthetic world's train split, "
                                          "settings in world), or benchmark names / QA file paths, "
-                                         "comma-separated (e.g. nq,hotpotqa)")
+                                         "comma-separated (e.g. nq,hotpotqa); a benchmark may name its own split "
+                                         "(nq:efficientqa_dev,hotpotqa:dev)")
     train_split: str = param("train", "split of a benchmark given in train_data")
     train_limit: int = param(0, "use at most this many training questions (seeded sample); 0 = all")
+    exclude_held_out: bool = param(False, "drop training questions whose normalised text is also one of the "
+                                          "held-out questions (eval.datasets): train on the rest of a dev set "
+                                          "that is also evaluated, never on the evaluated questions")
     data_source: Literal["auto", "local", "hub"] = param(
         "auto", "where benchmark training questions are read: local = data_dir, hub = FlashRAG's copy on the "
                 "Hugging Face hub, auto = the local file if there is one, else the hub")

@@ -1,0 +1,77 @@
+"""The arms of a study: what each one is, as a change to the study's one config.
+
+Every trained arm starts from the same model (the warm-up, or model.name without one) with the
+same questions, steps, batch shape and learning rate; an arm changes only what names it. The
+untrained arms are the paper's baselines: direct and RAG prompt the base model (model.name), the
+warmup arm plays the warmed-up model as a search agent (the starting point of the trained arms),
+and rag-warmup gives that same warmed-up model one retrieval in the prompt: RAG with the model the
+trained arms start from, the like-for-like baseline when a warm-up is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from searchr1.settings import Config
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str             # the row name in tables
+    trained: bool
+    mode: str              # the eval mode its questions are played in: direct | rag | agent
+    start: str             # which model it runs or trains: "base" (model.name) or "start" (the warm-up if any)
+    about: str
+    change: Callable[[Config], Config] = lambda cfg: cfg
+
+    def configure(self, cfg: Config) -> Config:
+        """`cfg` with this arm's changes (training algorithm, template, masking, search turns)."""
+        return self.change(cfg)
+
+
+def _train(**changes) -> Callable[[Config], Config]:
+    return lambda cfg: dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+def _no_search(cfg: Config) -> Config:
+    """R1: the same RL (GRPO), but the r1 prompt and no search turn: the first turn is the last."""
+    cfg = _train(algorithm="grpo", template="r1")(cfg)
+    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_turns=0),
+                               eval=dataclasses.replace(cfg.eval, agent_template="r1"))
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("direct", "Direct inference", False, "direct", "base",
+        "the base model answers from its own knowledge (direct template, no retrieval)"),
+    Arm("rag", "RAG", False, "rag", "base",
+        "the base model answers from the top-k passages retrieved for the question (rag template)"),
+    Arm("rag-warmup", "RAG, warmed-up model", False, "rag", "start",
+        "the warmed-up model answers from the top-k passages retrieved for the question: RAG with the model "
+        "every trained arm starts from"),
+    Arm("warmup", "Warm-up only (SFT)", False, "agent", "start",
+        "the supervised warm-up alone, played as a search agent: where every trained arm starts"),
+    Arm("r1", "R1 (RL, no search)", True, "agent", "start",
+        "GRPO with the r1 template and no search turns (agent.max_turns=0)", _no_search),
+    Arm("ppo", "Search-R1 PPO", True, "agent", "start",
+        "PPO (critic + GAE) with search, retrieved tokens masked", _train(algorithm="ppo")),
+    Arm("grpo", "Search-R1 GRPO", True, "agent", "start",
+        "GRPO with search, retrieved tokens masked", _train(algorithm="grpo")),
+    Arm("grpo-unmasked", "Search-R1 GRPO, no masking", True, "agent", "start",
+        "GRPO with search, the loss also on retrieved tokens (train.mask_retrieved=false)",
+        _train(algorithm="grpo", mask_retrieved=False)),
+    Arm("rloo", "Search-R1 RLOO", True, "agent", "start",
+        "RLOO (leave-one-out group baseline) with search, retrieved tokens masked", _train(algorithm="rloo")),
+    Arm("reinforce_pp", "Search-R1 REINFORCE++", True, "agent", "start",
+        "REINFORCE++ (batch-whitened returns, KL in the rewards) with search, retrieved tokens masked",
+        _train(algorithm="reinforce_pp")),
+)}
+
+
+def arm(name: str) -> Arm:
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise ValueError(f"unknown arm {name!r}: one of {', '.join(ARMS)}") from None

@@ -1,0 +1,284 @@
+"""The resumable study loop: one supervised warm-up, then every arm x seed as a unit of work.
+
+Layout under `study.dir`:
+
+  study_config.json         what the units depend on; a rerun with other settings is refused
+  world/ index/             the synthetic world and its BM25 index (warm-up; synthetic studies)
+  warmup/model warmup.json  the warmed-up model every trained arm starts from
+  runs/{arm}/{seed}/        train/ (checkpoints, metrics.jsonl), eval/ (trajectories), record.json
+  study.json study.md study.html plots/
+
+A unit is done when its record.json exists (written atomically, last). A killed study reruns only
+unfinished units; a killed training run resumes from its last checkpoint (`study.save_every`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from searchr1.atomic import write_text_atomic
+from searchr1.config import deep_merge
+from searchr1.data.benchmarks import subset
+from searchr1.data.questions import as_row, load_datasets, synthetic_split
+from searchr1.errors import SearchR1Error
+from searchr1.settings import Config
+from searchr1.study.arms import Arm, arm
+from searchr1.study.report import write_report
+from searchr1.study.summary import CURVE_KEYS, summarise
+
+#: Per-episode fields kept in a record, besides the scores.
+EPISODE_KEYS = ("num_searches", "stop_reason")
+
+#: Settings that change no unit's result: a resumed study may change them.
+_FREE = {"study": {"arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
+                   "keep_checkpoints"},
+         "model": {"threads"}, "train": {"progress", "tensorboard", "wandb"},
+         "eval": {"batch_size", "html", "html_max_per_run"}}
+
+
+class StudyConfigChanged(SearchR1Error):
+    """A study directory resumed with settings its finished units were not run with."""
+
+
+def _fingerprint(cfg: Config) -> dict:
+    data = dataclasses.asdict(cfg)
+    for section, keys in _FREE.items():
+        for key in keys:
+            data[section].pop(key, None)
+    for section in ("server", "demo", "data"):  # not read by a study
+        data.pop(section, None)
+    return data
+
+
+def _diff(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def check_config(cfg: Config, root: Path) -> None:
+    """Record the settings of a new study; refuse to resume one with settings that change results."""
+    path = root / "study_config.json"
+    new = _fingerprint(cfg)
+    if path.is_file():
+        # a setting added to searchr1 after the study started was, for that study, its default
+        old = deep_merge(_fingerprint(Config()), json.loads(path.read_text()))
+        changed = _diff(old, new)
+        if changed:
+            raise StudyConfigChanged(
+                f"{root} holds a study run with other settings ({'; '.join(changed[:6])}"
+                f"{'; ...' if len(changed) > 6 else ''}); its finished runs would not be comparable. "
+                "Use another study.dir, or delete the old one")
+    else:
+        write_text_atomic(path, json.dumps(new, indent=1))
+
+
+# ----------------------------------------------------------------------------- world, questions, warm-up
+
+
+def _synthetic(cfg: Config) -> bool:
+    return cfg.train.train_data.strip() == "synthetic"
+
+
+def _world_index(cfg: Config, root: Path):
+    """The synthetic world under root/world, its BM25 index under root/index; returns (cfg of that
+    world's retriever, train questions)."""
+    from searchr1.demo import prepare_world
+    from searchr1.retrieval.build import build_index
+
+    wcfg = dataclasses.replace(cfg, demo=dataclasses.replace(cfg.demo, dir=str(root / "world")))
+    corpus, train_questions, _ = prepare_world(wcfg)
+    index_dir = root / "index"
+    build_index(dataclasses.replace(cfg.index, corpus=str(corpus), dir=str(index_dir), methods=["bm25"]),
+                progress=False)
+    rcfg = dataclasses.replace(cfg.retriever, index=str(index_dir), url="", method="bm25")
+    return rcfg, train_questions
+
+
+def study_questions(cfg: Config) -> dict[str, list[dict]]:
+    """label -> rows every arm is scored on: the synthetic world's held-out split (by hop count
+    when study.split_hops), each label limited by eval.limit / eval.seed; else eval.datasets."""
+    if not _synthetic(cfg):
+        return {label: rows for label, (_, rows) in load_datasets(cfg.eval).items()}
+    held_out = synthetic_split(cfg.world)[1]
+    if not cfg.study.split_hops:
+        groups = {"synthetic": held_out}
+    else:
+        groups = {f"synthetic_{h}hop": [q for q in held_out if q.hops == h] for h in sorted({q.hops for q in held_out})}
+    return {label: subset([as_row(q) for q in qs], cfg.eval.limit, cfg.eval.seed) for label, qs in groups.items()}
+
+
+def warm_up(cfg: Config, root: Path, world_retriever, train_questions, console=None) -> dict:
+    """The supervised warm-up on synthetic demonstrations (format only), once per study."""
+    from searchr1.rollout.hf import HFGenerator
+    from searchr1.train.sft import save_model, warmup
+
+    info_path = root / "warmup" / "warmup.json"
+    if info_path.is_file():
+        return json.loads(info_path.read_text())
+    if cfg.sft.steps < 1:
+        raise SearchR1Error("study.warmup=true needs sft.steps >= 1 (or study.warmup=false: RL from model.name)")
+    t0 = time.perf_counter()
+    generator = HFGenerator.from_config(cfg.model)
+    result = warmup(cfg, generator.model, generator.tokenizer, world_retriever, train_questions, console)
+    if not result["steps"]:
+        raise SearchR1Error("the warm-up kept no demonstration (no question retrieved its passages)")
+    save_model(generator.model, generator.tokenizer, root / "warmup" / "model")
+    info = {k: result[k] for k in ("steps", "kept", "dropped", "tokens", "first_loss", "last_loss", "losses")}
+    info["seconds"] = time.perf_counter() - t0
+    write_text_atomic(info_path, json.dumps(info, indent=1))
+    return info
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def unit_dir(root: Path, a: Arm, seed: int | None) -> Path:
+    return root / "runs" / a.name / (f"seed{seed}" if seed is not None else "greedy")
+
+
+def _episodes(results: dict, out_dir: Path) -> dict[str, dict[str, dict]]:
+    """label -> question id -> its scores (and searches, stop reason), from the trajectory files."""
+    from searchr1.eval.harness import read_trajectories
+
+    out: dict[str, dict[str, dict]] = {}
+    for key, name in results["files"].items():
+        label = key.rsplit("/", 1)[0]
+        out[label] = {}
+        for r in read_trajectories(out_dir / name):
+            scores = {k: v for k, v in r["scores"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            scores.update({k: r.get(k) for k in EPISODE_KEYS})
+            scores["valid_format"] = bool(r["scores"].get("valid_format"))
+            out[label][str(r["id"])] = scores
+    return out
+
+
+def _curves(run_dir: Path) -> list[dict]:
+    """Per-step rows of the training curves (eval rows merged into their step's)."""
+    from searchr1.train.logging import read_metrics
+
+    by_step: dict[int, dict] = {}
+    for row in read_metrics(run_dir):
+        keep = {k: v for k, v in row.items() if k in CURVE_KEYS or (k.startswith("eval/") and k.endswith("/em"))}
+        by_step.setdefault(int(row["step"]), {"step": int(row["step"])}).update(keep)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _evaluate(cfg: Config, a: Arm, out_dir: Path, generator, retriever, questions) -> dict:
+    from searchr1.eval.harness import evaluate
+
+    ecfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, modes=[a.mode], out_dir=str(out_dir),
+                                                             html=False))
+    return evaluate(ecfg, None, generator, retriever, questions=questions)
+
+
+def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retriever, questions,
+             console=None) -> dict:
+    """Train (when the arm trains) and evaluate one arm x seed; returns its record."""
+    from searchr1.rollout.hf import HFGenerator
+
+    udir = unit_dir(root, a, seed)
+    cfg = a.configure(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model)))
+    record = {"arm": a.name, "seed": seed, "model": model, "mode": a.mode, "curves": [], "seconds": {}}
+    t0 = time.perf_counter()
+    if a.trained:
+        from searchr1.train.models import causal_lm
+        from searchr1.train.trainer import train
+
+        sc = cfg.study
+        tc = dataclasses.replace(cfg.train, seed=seed, run_dir=str(udir / "train"), resume=True,
+                                 save_every=sc.save_every, keep_last=1, eval_every=sc.eval_every)
+        cfg = dataclasses.replace(cfg, train=tc)
+        result = train(cfg, console, retriever=retriever)
+        record["seconds"]["train"] = time.perf_counter() - t0
+        record["curves"] = _curves(udir / "train")
+        record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": tc.template,
+                           "mask_retrieved": tc.mask_retrieved, "max_turns": cfg.agent.max_turns}
+        generator = HFGenerator(causal_lm(result["models"].policy).eval(), result["tokenizer"])
+    else:
+        generator = HFGenerator.from_config(cfg.model)
+    t1 = time.perf_counter()
+    results = _evaluate(cfg, a, udir / "eval", generator, retriever, questions)
+    record["seconds"]["eval"] = time.perf_counter() - t1
+    record["metrics"] = {label: m[a.mode] for label, m in results["metrics"].items()}
+    record["episodes"] = _episodes(results, udir / "eval")
+    return record
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def run_study(cfg: Config, console=None) -> dict:
+    """Run (or resume) `cfg.study`; returns the summary written to study.json."""
+    import torch
+
+    from searchr1.retrieval.local import open_retriever
+
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    sc = cfg.study
+    say = (lambda text: console.print(text, markup=False)) if console is not None else (lambda text: None)
+    root = Path(sc.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    check_config(cfg, root)
+    arms = [arm(n) for n in sc.arms]
+    warming = sc.warmup and any(a.start == "start" for a in arms)
+    needs_world = _synthetic(cfg) or (warming and not sc.warmup_model)
+    world_rcfg, train_questions = _world_index(cfg, root) if needs_world else (None, [])
+    if _synthetic(cfg):
+        cfg = dataclasses.replace(cfg, retriever=world_rcfg)
+    questions = study_questions(cfg)
+    say(f"study: {len(arms)} arms, seeds {list(sc.seeds)}, "
+        f"{', '.join(f'{k} ({len(v)})' for k, v in questions.items())} -> {root}")
+    retriever = open_retriever(cfg.retriever) if any(a.mode != "direct" or a.trained for a in arms) else None
+    warm = None
+    try:
+        start_model = cfg.model.name
+        if warming and sc.warmup_model:
+            if not Path(sc.warmup_model).is_dir():
+                raise SearchR1Error(f"study.warmup_model {sc.warmup_model!r} is not a model directory")
+            start_model = sc.warmup_model
+            info = Path(sc.warmup_model).parent / "warmup.json"  # where a study keeps it
+            warm = {**(json.loads(info.read_text()) if info.is_file() else {}), "model": start_model}
+            say(f"study: starting from the warmed-up model {start_model}")
+        elif warming:
+            world_retriever = retriever if _synthetic(cfg) else open_retriever(world_rcfg)
+            try:
+                warm = warm_up(cfg, root, world_retriever, train_questions, console)
+            finally:
+                if world_retriever is not retriever:
+                    world_retriever.close()
+            start_model = str(root / "warmup" / "model")
+            say(f"study: warm-up {warm['steps']} steps on {warm['kept']} demonstrations -> {start_model}")
+        records = []
+        # seed-major: a study stopped early holds every arm at its first seeds, not some arms at all seeds
+        units = [(a, None) for a in arms if not a.trained] + [(a, s) for s in sc.seeds for a in arms if a.trained]
+        for a, seed in units:
+            udir = unit_dir(root, a, seed)
+            path = udir / "record.json"
+            if path.is_file():
+                records.append(json.loads(path.read_text()))
+                continue
+            say(f"study: {a.name}" + (f" seed {seed}" if seed is not None else "") + " ...")
+            model = start_model if a.start == "start" else cfg.model.name
+            record = run_unit(cfg, a, seed, model, root, retriever, questions, console)
+            udir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(record))
+            if a.trained and not sc.keep_checkpoints:
+                shutil.rmtree(udir / "train" / "checkpoints", ignore_errors=True)
+            records.append(record)
+            summary = summarise(cfg, records, questions, warm)  # partial results survive a kill
+            write_report(root, summary)
+            say(f"study: {a.name} done in {sum(record['seconds'].values()):.0f} s")
+    finally:
+        if retriever is not None:
+            getattr(retriever, "close", lambda: None)()
+    summary = summarise(cfg, records, questions, warm)
+    summary["complete"] = True
+    write_report(root, summary)
+    return summary

@@ -1,0 +1,69 @@
+"""Settings of `searchr1 study`: which arms, how many seeds, where results go, how intervals are made."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from searchr1.config import param
+
+ArmName = Literal["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grpo-unmasked", "rloo",
+                  "reinforce_pp"]
+ARM_NAMES: tuple[str, ...] = typing.get_args(ArmName)
+#: The default of study.arms: the paper's arms, and RAG on the warmed-up model (rloo and
+#: reinforce_pp are there to be asked for).
+PAPER_ARMS = ["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grpo-unmasked"]
+
+#: The paper's claims, as "A:B" pairs tested on the same questions (A minus B).
+DEFAULT_COMPARE = ["grpo:rag", "ppo:rag", "grpo:rag-warmup", "ppo:rag-warmup", "grpo:r1", "grpo:grpo-unmasked",
+                   "ppo:grpo", "grpo:warmup"]
+
+
+@dataclass
+class StudyConfig:
+    dir: str = param("runs/study", "where the study keeps everything: runs, records, study.json/.md/.html")
+    arms: list[ArmName] = param(list(PAPER_ARMS), "arms to run: direct / rag (the base model prompted, no "
+                                                  "training), rag-warmup (RAG with the warmed-up model), warmup "
+                                                  "(the supervised warm-up alone, as an agent), "
+                                                  "r1 (RL without search, the r1 template), ppo / grpo (Search-R1), "
+                                                  "grpo-unmasked (GRPO with the loss on retrieved tokens too), "
+                                                  "rloo / reinforce_pp (the other critic-free algorithms)")
+    seeds: list[int] = param([0, 1, 2], "train.seed of each trained arm's runs (untrained arms decode greedily "
+                                        "and run once)")
+    warmup: bool = param(True, "trained arms (and the warmup arm) start from the supervised warm-up "
+                               "(sft.*, synthetic demonstrations only), else from model.name")
+    warmup_model: str = param("", "a warmed-up model directory to start from (e.g. another study's "
+                                  "warmup/model) instead of running the warm-up; '' = run it")
+    eval_every: int = param(0, "held-out evaluation every N training steps, for the EM curve (0 = only the "
+                               "final one)")
+    save_every: int = param(1, "checkpoint every N steps, so a killed study loses at most N steps of a run")
+    keep_checkpoints: bool = param(False, "keep each finished run's checkpoint (full fine-tuning of a 135M model "
+                                          "is ~1.6 GB with optimizer state)")
+    compare: list[str] = param(list(DEFAULT_COMPARE), "paired tests 'A:B' (A minus B, same questions); pairs "
+                                                      "naming an arm not in the study are skipped")
+    metric: Literal["em", "f1", "cover_em", "em_lenient", "f1_lenient", "cover_em_lenient"] = param(
+        "em", "the per-question score of the headline table and the paired tests")
+    bootstrap: int = param(10_000, "bootstrap resamples of every interval")
+    permutations: int = param(10_000, "sign flips of the paired permutation test (exact below 2^n <= this)")
+    confidence: float = param(0.95, "confidence level of every interval")
+    split_hops: bool = param(True, "synthetic world: report single-hop and two-hop questions as two datasets")
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError(f"arms must name at least one of {', '.join(ARM_NAMES)}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError("arms lists an arm twice")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must list at least one seed, none twice")
+        if self.eval_every < 0 or self.save_every < 1:
+            raise ValueError("need eval_every >= 0 and save_every >= 1")
+        if self.bootstrap < 100 or self.permutations < 100:
+            raise ValueError("need bootstrap >= 100 and permutations >= 100 resamples")
+        if not 0.5 < self.confidence < 1:
+            raise ValueError("confidence must be in (0.5, 1)")
+        for pair in self.compare:
+            a, sep, b = pair.partition(":")
+            if not sep or a not in ARM_NAMES or b not in ARM_NAMES or a == b:
+                raise ValueError(f"compare entry {pair!r}: write 'A:B' with two different arms of "
+                                 f"{', '.join(ARM_NAMES)}")
