@@ -67,7 +67,7 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
     assert (c1["a"], c1["b"], call["dataset"], call["n"]) == ("grpo", "rag", "all", 6)
     assert len(call["mcnemar"]) == 2 and 0 <= call["p_value"] <= 1
     md = (out / "study.md").read_text()
-    assert "searchr1 study (complete)" in md and "Search-R1 GRPO" in md and "Paired tests" in md
+    assert "searchr1 study: complete" in md and "Search-R1 GRPO" in md and "Paired tests" in md
     html = (out / "study.html").read_text()
     assert html.count('<img src="plots/') == 7
     assert (out / "plots" / "reward_mean.svg").read_text().startswith("<svg")

@@ -156,8 +156,8 @@ _NOTES = [
 
 
 def markdown(summary: Mapping) -> str:
-    status = "complete" if summary["complete"] else "PARTIAL (units still to run)"
-    parts = [f"# searchr1 study ({status})", ""] + [f"- {n}" for n in _NOTES] + [""]
+    status = "complete" if summary["complete"] else "PARTIAL: units still to run"
+    parts = [f"# searchr1 study: {status}", ""] + [f"- {n}" for n in _NOTES] + [""]
     for title, header, rows in _sections(summary):
         parts += [f"## {title}", "", markdown_table(header, rows), ""]
     if summary["paper"]["rows"]:
@@ -167,8 +167,8 @@ def markdown(summary: Mapping) -> str:
 
 
 def html(summary: Mapping, plot_files: list[str]) -> str:
-    status = "complete" if summary["complete"] else "PARTIAL (units still to run)"
-    body = [f"<h1>searchr1 study ({esc(status)})</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in _NOTES)
+    status = "complete" if summary["complete"] else "PARTIAL: units still to run"
+    body = [f"<h1>searchr1 study: {esc(status)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in _NOTES)
             + "</ul>"]
     for title, header, rows in _sections(summary):
         body += [f"<h2>{esc(title)}</h2>", _table(header, rows)]

@@ -17,7 +17,7 @@ PAPER_ARMS = ["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grp
 
 #: The paper's claims, as "A:B" pairs tested on the same questions (A minus B).
 DEFAULT_COMPARE = ["grpo:rag", "ppo:rag", "grpo:rag-warmup", "ppo:rag-warmup", "grpo:r1", "grpo:grpo-unmasked",
-                   "ppo:grpo", "grpo:warmup"]
+                   "ppo:grpo", "grpo:warmup", "ppo:warmup", "warmup:rag-warmup"]
 
 
 @dataclass
