@@ -8,7 +8,7 @@
   searchr1 train -c paper-grpo-qwen2.5-3b retriever.url=http://127.0.0.1:8000
   searchr1 export verl -c paper-grpo-qwen2.5-3b --out runs/verl --retriever-url http://HOST:8000
   searchr1 demo
-  searchr1 study study.arms=rag,grpo study.seeds=0,1,2   (default preset: study-synthetic; resumable)
+  searchr1 study study.arms=[rag,grpo] study.seeds=[0,1,2]   (default preset: study-synthetic; resumable)
   searchr1 config show -c cpu-demo server.port=9000      (the resolved config, as YAML)
   searchr1 config keys                                    (every key, its type, default and help)
 

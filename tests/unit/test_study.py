@@ -5,10 +5,10 @@ import json
 import pytest
 
 from searchr1.config import load_config
-from searchr1.errors import ConfigError
+from searchr1.errors import ConfigError, SearchR1Error
 from searchr1.settings import Config
 from searchr1.study.arms import ARMS, arm
-from searchr1.study.runner import StudyConfigChanged, check_config, study_questions
+from searchr1.study.runner import StudyConfigChanged, check_config, run_study, study_questions
 from searchr1.study.summary import summarise
 
 
@@ -128,3 +128,14 @@ def test_paper_rows_appear_only_for_the_papers_datasets():
     assert rows["columns"] == ["nq", "hotpotqa", "2wikimultihopqa"]  # 2Wiki under our label for it
     assert rows["rows"]["RAG"]["nq"] == 0.348 and rows["rows"]["Search-R1-base (PPO)"]["average"] == 0.303
     assert rows["rows"]["RAG"]["2wikimultihopqa"] == 0.226
+
+
+@pytest.mark.parametrize("override, message", [
+    ("study.warmup_model=/nonexistent/model", "not a model directory"),
+    ("sft.steps=0", "needs sft.steps >= 1"),
+])
+def test_a_study_that_cannot_start_fails_before_writing_anything(tmp_path, override, message):
+    out = tmp_path / "study"
+    with pytest.raises(SearchR1Error, match=message):
+        run_study(_cfg(f"study.dir={out}", override))
+    assert not out.exists()

@@ -92,7 +92,8 @@ def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
 # ----------------------------------------------------------------------------- a run's questions
 
 
-def _synthetic(tc) -> bool:
+def trains_on_synthetic(tc) -> bool:
+    """Whether `TrainConfig` `tc` trains on the synthetic world (train.train_data=synthetic)."""
     return tc.train_data.strip() == "synthetic"
 
 
@@ -103,7 +104,7 @@ def _train_names(tc) -> list[str]:
 def training_questions(cfg) -> list[dict]:
     """The training rows of `cfg.train` (NoQuestionsError when there are none)."""
     tc = cfg.train
-    if _synthetic(tc):
+    if trains_on_synthetic(tc):
         rows = [as_row(q) for q in synthetic_split(cfg.world)[0]]
     else:
         rows = []
@@ -130,7 +131,7 @@ def held_out_questions(cfg) -> dict[str, list[dict]]:
     """label -> rows of the questions a run is validated on: the synthetic world's held-out split
     when it trains on that world (limited as eval.limit / eval.seed limit a QA file), else
     `cfg.eval.datasets` as `load_datasets` reads them."""
-    if _synthetic(cfg.train):
+    if trains_on_synthetic(cfg.train):
         held_out = [as_row(q) for q in synthetic_split(cfg.world)[1]]
         return {SYNTHETIC_TEST: subset(held_out, cfg.eval.limit, cfg.eval.seed)}
     return {label: rows for label, (_, rows) in load_datasets(cfg.eval).items()}
@@ -139,7 +140,7 @@ def held_out_questions(cfg) -> dict[str, list[dict]]:
 def sources(cfg) -> dict[str, str]:
     """Where the training ("train") and held-out ("val") questions come from, in words."""
     tc, ev = cfg.train, cfg.eval
-    if _synthetic(tc):
+    if trains_on_synthetic(tc):
         world = f"synthetic world (seed {cfg.world.seed})"
         return {"train": f"{world}, train split", "val": f"{world}, held-out split"}
     return {"train": f"{','.join(_train_names(tc))} ({tc.train_split})",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from html import escape
 
 COLOURS = ["#1f6fb2", "#e07b00", "#2e9d4c", "#b2331f", "#7b3fb2", "#6b6b6b", "#00a0a0"]
-LEFT, RIGHT, TOP, BOTTOM = 60, 20, 34, 46
 
 
 def line_plot_svg(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
@@ -17,7 +16,7 @@ def line_plot_svg(series: dict[str, list[tuple[float, float]]], *, title: str, x
     [(x, low, high), ...]` shades a range around the series of the same name (e.g. min-max over
     seeds)."""
     bands = bands or {}
-    left, right, top, bottom = LEFT, RIGHT, TOP, BOTTOM
+    left, right, top, bottom = 60, 20, 34, 46
     pts = {k: [(float(x), float(y)) for x, y in v if y is not None] for k, v in series.items()}
     spans = {k: [(float(x), float(lo), float(hi)) for x, lo, hi in v if lo is not None and hi is not None]
              for k, v in bands.items()}

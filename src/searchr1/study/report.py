@@ -155,14 +155,14 @@ _NOTES = [
 ]
 
 
-def markdown(summary: Mapping) -> str:
+def markdown(summary: Mapping, plot_files: list[str]) -> str:
     status = "complete" if summary["complete"] else "PARTIAL: units still to run"
     parts = [f"# searchr1 study: {status}", ""] + [f"- {n}" for n in _NOTES] + [""]
     for title, header, rows in _sections(summary):
         parts += [f"## {title}", "", markdown_table(header, rows), ""]
     if summary["paper"]["rows"]:
         parts += [f"Paper rows: {summary['paper']['source']}.", ""]
-    parts += ["## Curves", ""] + [f"![{name}](plots/{name})" for name in curve_svgs(summary)] + [""]
+    parts += ["## Curves", ""] + [f"![{name}](plots/{name})" for name in plot_files] + [""]
     return "\n".join(parts)
 
 
@@ -188,6 +188,6 @@ def write_report(root: Path, summary: Mapping) -> dict[str, Path]:
         write_text_atomic(plots / name, svg)
     paths = {"json": root / "study.json", "md": root / "study.md", "html": root / "study.html"}
     write_text_atomic(paths["json"], json.dumps(summary, indent=1))
-    write_text_atomic(paths["md"], markdown(summary))
+    write_text_atomic(paths["md"], markdown(summary, list(svgs)))
     write_text_atomic(paths["html"], html(summary, list(svgs)))
     return paths

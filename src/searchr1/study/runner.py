@@ -23,7 +23,7 @@ from pathlib import Path
 from searchr1.atomic import write_text_atomic
 from searchr1.config import deep_merge
 from searchr1.data.benchmarks import subset
-from searchr1.data.questions import as_row, load_datasets, synthetic_split
+from searchr1.data.questions import as_row, load_datasets, synthetic_split, trains_on_synthetic
 from searchr1.errors import SearchR1Error
 from searchr1.settings import Config
 from searchr1.study.arms import Arm, arm
@@ -81,10 +81,6 @@ def check_config(cfg: Config, root: Path) -> None:
 # ----------------------------------------------------------------------------- world, questions, warm-up
 
 
-def _synthetic(cfg: Config) -> bool:
-    return cfg.train.train_data.strip() == "synthetic"
-
-
 def _world_index(cfg: Config, root: Path):
     """The synthetic world under root/world, its BM25 index under root/index; returns (cfg of that
     world's retriever, train questions)."""
@@ -103,7 +99,7 @@ def _world_index(cfg: Config, root: Path):
 def study_questions(cfg: Config) -> dict[str, list[dict]]:
     """label -> rows every arm is scored on: the synthetic world's held-out split (by hop count
     when study.split_hops), each label limited by eval.limit / eval.seed; else eval.datasets."""
-    if not _synthetic(cfg):
+    if not trains_on_synthetic(cfg.train):
         return {label: rows for label, (_, rows) in load_datasets(cfg.eval).items()}
     held_out = synthetic_split(cfg.world)[1]
     if not cfg.study.split_hops:
@@ -121,8 +117,6 @@ def warm_up(cfg: Config, root: Path, world_retriever, train_questions, console=N
     info_path = root / "warmup" / "warmup.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
-    if cfg.sft.steps < 1:
-        raise SearchR1Error("study.warmup=true needs sft.steps >= 1 (or study.warmup=false: RL from model.name)")
     t0 = time.perf_counter()
     generator = HFGenerator.from_config(cfg.model)
     result = warmup(cfg, generator.model, generator.tokenizer, world_retriever, train_questions, console)
@@ -223,14 +217,20 @@ def run_study(cfg: Config, console=None) -> dict:
         torch.set_num_threads(cfg.model.threads)
     sc = cfg.study
     say = (lambda text: console.print(text, markup=False)) if console is not None else (lambda text: None)
+    arms = [arm(n) for n in sc.arms]
+    warming = sc.warmup and any(a.start == "start" for a in arms)
+    # settings that cannot work fail here, before anything is written or loaded
+    if warming and sc.warmup_model and not Path(sc.warmup_model).is_dir():
+        raise SearchR1Error(f"study.warmup_model {sc.warmup_model!r} is not a model directory")
+    if warming and not sc.warmup_model and cfg.sft.steps < 1:
+        raise SearchR1Error("study.warmup=true needs sft.steps >= 1 (or study.warmup=false: RL from model.name)")
     root = Path(sc.dir)
     root.mkdir(parents=True, exist_ok=True)
     check_config(cfg, root)
-    arms = [arm(n) for n in sc.arms]
-    warming = sc.warmup and any(a.start == "start" for a in arms)
-    needs_world = _synthetic(cfg) or (warming and not sc.warmup_model)
+    synthetic = trains_on_synthetic(cfg.train)
+    needs_world = synthetic or (warming and not sc.warmup_model)
     world_rcfg, train_questions = _world_index(cfg, root) if needs_world else (None, [])
-    if _synthetic(cfg):
+    if synthetic:
         cfg = dataclasses.replace(cfg, retriever=world_rcfg)
     questions = study_questions(cfg)
     say(f"study: {len(arms)} arms, seeds {list(sc.seeds)}, "
@@ -240,14 +240,12 @@ def run_study(cfg: Config, console=None) -> dict:
     try:
         start_model = cfg.model.name
         if warming and sc.warmup_model:
-            if not Path(sc.warmup_model).is_dir():
-                raise SearchR1Error(f"study.warmup_model {sc.warmup_model!r} is not a model directory")
             start_model = sc.warmup_model
             info = Path(sc.warmup_model).parent / "warmup.json"  # where a study keeps it
             warm = {**(json.loads(info.read_text()) if info.is_file() else {}), "model": start_model}
             say(f"study: starting from the warmed-up model {start_model}")
         elif warming:
-            world_retriever = retriever if _synthetic(cfg) else open_retriever(world_rcfg)
+            world_retriever = retriever if synthetic else open_retriever(world_rcfg)
             try:
                 warm = warm_up(cfg, root, world_retriever, train_questions, console)
             finally:
@@ -258,7 +256,7 @@ def run_study(cfg: Config, console=None) -> dict:
         records = []
         # seed-major: a study stopped early holds every arm at its first seeds, not some arms at all seeds
         units = [(a, None) for a in arms if not a.trained] + [(a, s) for s in sc.seeds for a in arms if a.trained]
-        for a, seed in units:
+        for i, (a, seed) in enumerate(units):
             udir = unit_dir(root, a, seed)
             path = udir / "record.json"
             if path.is_file():
@@ -272,8 +270,8 @@ def run_study(cfg: Config, console=None) -> dict:
             if a.trained and not sc.keep_checkpoints:
                 shutil.rmtree(udir / "train" / "checkpoints", ignore_errors=True)
             records.append(record)
-            summary = summarise(cfg, records, questions, warm)  # partial results survive a kill
-            write_report(root, summary)
+            if i < len(units) - 1:  # partial results survive a kill; after the last unit, the final report
+                write_report(root, summarise(cfg, records, questions, warm))
             say(f"study: {a.name} done in {sum(record['seconds'].values()):.0f} s")
     finally:
         if retriever is not None:

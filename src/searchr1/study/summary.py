@@ -50,9 +50,9 @@ def _arm_scores(runs: list[Mapping], ids: Mapping[str, list[str]], sc) -> dict:
         per_label = {label: [_question_scores(r, label, qids, key) for r in runs] for label, qids in ids.items()}
         for label, per_seed in per_label.items():
             mean, low, high = bootstrap_ci(_seed_mean(per_seed), **opts)
-            out.setdefault(label, {})[key] = {
-                "mean": mean, "low": low, "high": high, "per_seed": [statistics.fmean(s) for s in per_seed],
-                "seed_interval": seed_interval([statistics.fmean(s) for s in per_seed], confidence=sc.confidence)}
+            seeds = [statistics.fmean(s) for s in per_seed]
+            out.setdefault(label, {})[key] = {"mean": mean, "low": low, "high": high, "per_seed": seeds,
+                                              "seed_interval": seed_interval(seeds, confidence=sc.confidence)}
         if len(ids) > 1:
             mean, low, high = stratified_ci([_seed_mean(p) for p in per_label.values()], **opts)
             seeds = [statistics.fmean(statistics.fmean(p[i]) for p in per_label.values()) for i in range(len(runs))]
