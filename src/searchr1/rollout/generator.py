@@ -114,6 +114,35 @@ class TurnBatchedSession:
         return self.generate({r: ids for r, (ids, _, _) in batch.items()}, {r: n for r, (_, n, _) in batch.items()}, stop)
 
 
+class SingleTurn:
+    """`generate` for a `Generator`: one turn for a batch of prompts, in a session of its own
+    (single-turn use: evaluation baselines, benchmarks, tests). Subclasses define `session`."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = (),
+                 params: SamplingParams = SamplingParams()) -> list[Sample]:
+        session = self.session(prompts, params)
+        try:
+            out = session.generate({i: [] for i in range(len(prompts))}, max_new_tokens, stop)
+        finally:
+            session.close()
+        return [out[i] for i in range(len(prompts))]
+
+
+class SteppedSession:
+    """`generate` for a backend that works by `submit` / `step` (ours, vLLM's): the inverse of
+    `TurnBatchedSession`. Subclasses define `submit` and `step`."""
+
+    def generate(self, appended: Mapping[int, Sequence[int]], max_new_tokens: int | Mapping[int, int],
+                 stop: Sequence[str] = ()) -> dict[int, Sample]:
+        """One turn for each row of `appended`, all at once: `submit` each, `step` until all ended."""
+        for row, ids in appended.items():
+            self.submit(row, ids, max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row], stop)
+        out: dict[int, Sample] = {}
+        while len(out) < len(appended):
+            out.update(self.step())
+        return out
+
+
 def find_stop(text: str, stop: Sequence[str]) -> str | None:
     """The stop string that occurs in `text` at the earliest position, or None."""
     best, best_at = None, len(text) + 1

@@ -29,11 +29,17 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from searchr1.rollout.generator import Sample, SamplingParams, find_stop
+from searchr1.rollout.generator import (
+    Sample,
+    SamplingParams,
+    SingleTurn,
+    SteppedSession,
+    find_stop,
+)
 from searchr1.rollout.kv import SlotCache, check_model
 from searchr1.rollout.sampling import sample_next
 
@@ -57,7 +63,7 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-class HFGenerator:
+class HFGenerator(SingleTurn):
     """`Generator` over a transformers causal LM (any device, any dtype the model runs in)."""
 
     def __init__(self, model, tokenizer, *, reuse_cache: bool = True, share_prefix: bool = True,
@@ -112,16 +118,6 @@ class HFGenerator:
         """Rows 0..len(prompts)-1; a row takes a slot in the cache when its first turn is submitted."""
         return HFSession(self, prompts, params)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = (),
-                 params: SamplingParams = SamplingParams()) -> list[Sample]:
-        """One turn for a batch of prompts (single-turn use: evaluation baselines, tests)."""
-        session = self.session(prompts, params)
-        try:
-            out = session.generate({i: [] for i in range(len(prompts))}, max_new_tokens, stop)
-        finally:
-            session.close()
-        return [out[i] for i in range(len(prompts))]
-
 
 def row_seed(seed: int, row: int) -> int:
     """The seed of row `row`'s sampling noise in a session seeded with `seed` (distinct per row)."""
@@ -137,7 +133,7 @@ class _Turn:
         self.stop = stop
 
 
-class HFSession:
+class HFSession(SteppedSession):
     """The rows of one rollout, numbered by prompt index, and the slots of those that are live.
 
     A row is live from its first `submit` until `finish`; a live row holds a slot of the KV cache
@@ -211,16 +207,6 @@ class HFSession:
             record[1] += time.perf_counter() - t1
             record[2] += self.cache.plan.kv_len
         out, self.done = self.done, {}
-        return out
-
-    def generate(self, appended: Mapping[int, Sequence[int]], max_new_tokens: int | Mapping[int, int],
-                 stop: Sequence[str] = ()) -> dict[int, Sample]:
-        """One turn for each row of `appended`, all at once: `submit` each, `step` until all ended."""
-        for row, ids in appended.items():
-            self.submit(row, ids, max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row], stop)
-        out: dict[int, Sample] = {}
-        while len(out) < len(appended):
-            out.update(self.step())
         return out
 
     def finish(self, rows: Iterable[int]) -> None:

@@ -29,7 +29,7 @@ from searchr1.eval.harness import evaluate
 from searchr1.modelhub import load_causal_lm, pick_device
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.backend import open_generator
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.batch import collate
 from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints, load_trainer_state, load_weights,
@@ -102,8 +102,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     "models" (the trained `TrainModels`), "tokenizer", "rank", "world_size"}.
 
     `generator_factory(model, tokenizer) -> Generator` samples from the trained model itself
-    (default `HFGenerator`); `retriever`: an open retriever (default: `cfg.retriever`'s, opened
-    when `cfg.agent.max_turns > 0`); `reward_fn(trajectory) -> float` (default: exact match of the
+    (default: the engine `cfg.rollout.backend` names, `searchr1.rollout.backend.open_generator`);
+    `retriever`: an open retriever (default: `cfg.retriever`'s, opened when `cfg.agent.max_turns > 0`); `reward_fn(trajectory) -> float` (default: exact match of the
     last answer, with Search-R1's format score when `train.format_reward`).
 
     Launched by `torchrun` / `accelerate launch` with N processes, every process runs this function
@@ -162,8 +162,11 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         say(f"train: resumed from {latest} (step {start})")
 
     # ---------------------------------------------------------------- rollout machinery
-    # the generator samples from the trained weights themselves
-    generator = (generator_factory or HFGenerator)(causal_lm(models.policy), tokenizer)
+    # the generator samples from the trained weights themselves (vLLM: follows them, see below)
+    factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
+    generator = factory(causal_lm(models.policy), tokenizer)
+    # an engine with its own copy of the weights (vLLM) reloads them before its next rollout
+    weights_updated = getattr(generator, "weights_updated", lambda: None)
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
@@ -193,6 +196,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     try:
         for step in range(start + 1, tc.steps + 1):
             t_step = time.perf_counter()
+            sync_seconds = getattr(generator, "weight_sync_seconds", 0.0)  # vLLM: total so far
             # 1-3. questions -> episodes played by the policy -> rewards
             rollouts = collector.collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
@@ -203,6 +207,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             metrics = {**rollout_metrics(trajs, batch, rollouts.scores), **rollouts.metrics}
             # 5-6. old / reference log-probs, values -> advantages -> policy (and critic) update
             up = learner.learn(batch, rollouts.scores.to(device), step)
+            weights_updated()
             skipped_total += int(up.pop("train/skipped_updates"))
             metrics.update(up)
             t_end = time.perf_counter()
@@ -213,6 +218,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "time/rollout_s": rollout.seconds,
                 "time/generate_s": rollout.generate_seconds,
                 "time/retrieval_s": rollout.retrieve_seconds,
+                "time/weight_sync_s": getattr(generator, "weight_sync_seconds", 0.0) - sync_seconds,
                 "time/step_s": t_end - t_step,
                 "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t_end - t_step, 1e-9),
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
@@ -245,6 +251,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             logger.close()
         if own_retriever:
             getattr(retriever, "close", lambda: None)()
+        if generator_factory is None:  # ours to shut down (a vLLM engine's process)
+            getattr(generator, "close", lambda: None)()
     # Leave the process group only on success: after an error torchrun stops every rank anyway,
     # and a barrier here could pair with another rank's unrelated collective.
     models.undistribute()

@@ -1,0 +1,160 @@
+"""The vLLM backend's own logic, without vLLM: outputs -> samples, the session's requests, the guards.
+
+What vLLM itself does with those requests is checked against our engine in tests/vllm_backend (make test-vllm)."""
+
+import importlib.util
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from searchr1.config import from_dict
+from searchr1.errors import ConfigError, MissingDependencyError, SearchR1Error
+from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.vllm import VLLMSession, import_vllm, to_sample, turn_seed
+from searchr1.settings import Config
+
+EOS = {2}
+
+
+def completion(ids, finish, stop=None, logprobs=True):
+    lps = [{t: SimpleNamespace(logprob=-0.5 * (i + 1))} for i, t in enumerate(ids)] if logprobs else None
+    return SimpleNamespace(token_ids=ids, logprobs=lps, finish_reason=finish, stop_reason=stop)
+
+
+def test_to_sample_maps_each_ending():
+    s = to_sample(completion([5, 6], "stop", "</search>"), EOS)
+    assert (s.token_ids, s.logprobs, s.finish, s.stop) == ([5, 6], [-0.5, -1.0], "stop", "</search>")
+    s = to_sample(completion([5, 2], "stop", None), EOS)  # EOS is kept, as our engine keeps it
+    assert (s.token_ids, s.finish, s.stop) == ([5, 2], "eos", None)
+    assert to_sample(completion([5, 2], "stop", 2), EOS).finish == "eos"  # EOS listed as a stop token id
+    assert to_sample(completion([7, 7, 7], "length"), EOS).finish == "length"
+
+
+@pytest.mark.parametrize("bad", [completion([5], "abort"), completion([5, 6], "stop", None),
+                                 completion([5], "length", logprobs=False)])
+def test_to_sample_refuses_what_a_rollout_cannot_use(bad):
+    with pytest.raises(SearchR1Error):
+        to_sample(bad, EOS)
+
+
+def test_turn_seeds_are_distinct_and_stable():
+    seeds = {turn_seed(7, r, t) for r in range(50) for t in range(5)}
+    assert len(seeds) == 250 and all(0 <= s < 2**63 for s in seeds)
+    assert turn_seed(7, 3, 1) == turn_seed(7, 3, 1) != turn_seed(8, 3, 1)
+
+
+class FakeEngine:
+    """Records requests; each `step` finishes every pending one with tokens [100 + row, 2] (EOS)."""
+
+    def __init__(self):
+        self.added, self.pending, self.aborted = [], {}, []
+
+    def add_request(self, rid, prompt, params):
+        self.added.append((rid, list(prompt["prompt_token_ids"]), params))
+        self.pending[rid] = params
+
+    def step(self):
+        out = []
+        for rid in list(self.pending):
+            row = int(rid.split(":")[1])
+            out.append(SimpleNamespace(request_id=rid, finished=True,
+                                       outputs=[completion([100 + row, 2], "stop", None)]))
+        self.pending.clear()
+        return out
+
+    def abort_request(self, ids):
+        self.aborted.extend(ids)
+        for rid in ids:
+            self.pending.pop(rid, None)
+
+
+def fake_generator(max_context=20):
+    engine = FakeEngine()
+    return SimpleNamespace(
+        engine=engine, max_context=max_context, eos_ids=EOS, after_session=lambda: None,
+        _vllm=SimpleNamespace(TokensPrompt=lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}),
+        sampling_params=lambda params, budget, stop, seed: {"max_tokens": budget, "stop": list(stop), "seed": seed})
+
+
+def test_session_sends_whole_contexts_with_budgets_and_seeds():
+    gen = fake_generator(max_context=20)
+    s = VLLMSession(gen, [[1, 1, 1], [9]], SamplingParams(temperature=1.0, seed=4), "s0")
+    out = s.generate({0: [], 1: [3]}, {0: 5, 1: 50}, ("</search>",))
+    assert {r: x.token_ids for r, x in out.items()} == {0: [100, 2], 1: [101, 2]}
+    (r0, p0, k0), (r1, p1, k1) = gen.engine.added
+    assert (r0, p0, k0) == ("s0:0:0", [1, 1, 1], {"max_tokens": 5, "stop": ["</search>"], "seed": turn_seed(4, 0, 0)})
+    assert (p1, k1["max_tokens"]) == ([9, 3], 18)  # the context limit cuts row 1's budget: 20 - 2
+    # the next turn carries everything so far: prompt, the sampled turn, the injected tokens
+    s.submit(0, [7, 7], 5, ())
+    assert gen.engine.added[-1][:2] == ("s0:0:1", [1, 1, 1, 100, 2, 7, 7])
+    assert gen.engine.added[-1][2]["seed"] == turn_seed(4, 0, 1)
+    assert s.step()[0].token_ids == [100, 2]
+
+
+def test_a_full_context_ends_the_turn_without_a_request():
+    gen = fake_generator(max_context=4)
+    s = VLLMSession(gen, [[1, 1, 1]], SamplingParams(temperature=0), "s0")
+    s.submit(0, [5], 10, ())
+    assert gen.engine.added == []
+    (sample,) = s.step().values()
+    assert (sample.token_ids, sample.finish) == ([], "length")
+
+
+def test_session_guards_and_close_aborts_in_flight():
+    gen = fake_generator()
+    s = VLLMSession(gen, [[1], [2]], SamplingParams(temperature=0), "s3")
+    s.submit(0, [], 4, ())
+    with pytest.raises(ValueError, match="already generating"):
+        s.submit(0, [], 4, ())
+    with pytest.raises(ValueError, match="not live"):
+        s.submit(5, [], 4, ())
+    s.close()
+    assert gen.engine.aborted == ["s3:0:0"]
+    with pytest.raises(ValueError, match="not live"):
+        s.submit(1, [], 4, ())
+    with pytest.raises(ValueError, match="at least one token"):
+        VLLMSession(gen, [[]], SamplingParams(), "s4")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_missing_vllm_is_a_clear_error():
+    from searchr1.rollout.backend import open_generator
+
+    with pytest.raises(MissingDependencyError, match="rollout.backend=hf"):
+        import_vllm()
+    cfg = from_dict(Config, {"rollout": {"backend": "vllm"}, "model": {"device": "cpu"}})
+    with pytest.raises(MissingDependencyError, match="needs vLLM"):
+        open_generator(cfg)
+
+
+def test_missing_vllm_message_even_where_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(MissingDependencyError, match="make vllm-env"):
+        import_vllm()
+
+
+def test_rollout_settings_are_checked():
+    assert from_dict(Config, {}).rollout.backend == "hf"
+    with pytest.raises(ConfigError, match="rollout.backend"):
+        from_dict(Config, {"rollout": {"backend": "sglang"}})
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        from_dict(Config, {"rollout": {"vllm": {"gpu_memory_utilization": 1.5}}})
+    with pytest.raises(ConfigError, match="rollout.vllm.swap"):
+        from_dict(Config, {"rollout": {"vllm": {"swap": 4}}})
+
+
+def test_sleep_mode_is_refused_on_cpu_before_vllm_loads():
+    from searchr1.rollout.settings import VLLMConfig
+    from searchr1.rollout.vllm import VLLMGenerator
+
+    with pytest.raises(SearchR1Error, match="CUDA feature"):
+        VLLMGenerator("unused", None, device="cpu", cfg=VLLMConfig(sleep=True))
+
+
+def test_cpu_bind_syntax():
+    from searchr1.rollout.vllm import cpu_bind
+
+    assert cpu_bind([0, 1]) == "0-1"
+    assert cpu_bind([5, 0, 1, 2]) == "0-2,5"
+    assert cpu_bind([3]) == "3"
