@@ -4,6 +4,7 @@
     python benchmarks/gpu.py --shape qwen2.5-1.5b --gradient-checkpointing --json gpu-1.5b.json
     python benchmarks/gpu.py --device cpu --shape tiny          # smoke test (what the test runs)
     .venv-vllm/bin/python benchmarks/gpu.py --only rollout,vllm  # our engine against vLLM (make vllm-env)
+    .venv-vllm/bin/python benchmarks/gpu.py --device cpu --shape tiny-hd64 --only rollout,vllm   # its smoke test
 
 The model is `Qwen2ForCausalLM` built from a `Qwen2Config` with the published shape (SHAPES
 below, from the models' config.json) and random weights: nothing is downloaded, and the weights
@@ -64,6 +65,8 @@ SHAPES = {
     "qwen2.5-0.5b": dict(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936),
     "qwen2.5-1.5b": dict(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vocab=151936),
     "tiny": dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=1000),
+    # head_dim 64: vLLM's CPU attention has no kernel for tiny's 16 (the vllm row's CPU smoke test)
+    "tiny-hd64": dict(hidden=128, intermediate=256, layers=2, heads=2, kv_heads=2, vocab=1000),
 }
 # Peak dense (no sparsity) bf16 tensor FLOP/s; first name fragment found in the device name wins.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
