@@ -150,21 +150,20 @@ def timed(fn, repeats: int, sync) -> list[float]:
     return times
 
 
-def bench_rollout(model, args, autocast, sync) -> dict:
+def timed_generation(gen, vocab_size: int, args, sync, context=contextlib.nullcontext) -> dict:
+    """The rollout rows' measurement, for any `Generator`: --batch prompts of --prompt-len random ids,
+    exactly --gen-tokens new tokens each (temperature 1), timed by `timed` (each run under `context()`)."""
     import torch
 
     from searchr1.rollout.generator import SamplingParams
-    from searchr1.rollout.hf import HFGenerator
 
-    gen = HFGenerator(model, IdTokenizer(model.config.vocab_size))
     if gen.eos_ids:
         raise RuntimeError(f"the generator would stop at {gen.eos_ids}: rows could end early")
-    prompts = random_ids(torch.Generator().manual_seed(args.seed), model.config.vocab_size,
-                         args.batch, args.prompt_len).tolist()
+    prompts = random_ids(torch.Generator().manual_seed(args.seed), vocab_size, args.batch, args.prompt_len).tolist()
     generated = []
 
     def run(i):
-        with autocast():
+        with context():
             out = gen.generate(prompts, args.gen_tokens, params=SamplingParams(temperature=1.0, seed=args.seed + i))
         short = [(k, len(s.token_ids), s.finish) for k, s in enumerate(out) if len(s.token_ids) != args.gen_tokens]
         if short:
@@ -175,6 +174,13 @@ def bench_rollout(model, args, autocast, sync) -> dict:
     return {"times_s": times, "tokens": generated[-1], "generated_tokens": generated[-1],
             "flops": rollout_flops(SHAPES[args.shape], args.batch, args.prompt_len, args.gen_tokens),
             "work": f"{args.batch} x ({args.prompt_len} prompt + {args.gen_tokens} new)"}
+
+
+def bench_rollout(model, args, autocast, sync) -> dict:
+    from searchr1.rollout.hf import HFGenerator
+
+    return timed_generation(HFGenerator(model, IdTokenizer(model.config.vocab_size)), model.config.vocab_size,
+                            args, sync, autocast)
 
 
 def bench_train(model, args, autocast_dtype, sync) -> dict:
@@ -223,37 +229,17 @@ def peak_flops(args, device_name: str, mixed_or_bf16: bool) -> float | None:
 def bench_vllm(model, args, sync) -> dict:
     import tempfile
 
-    import torch
-
-    from searchr1.rollout.generator import SamplingParams
+    from searchr1.modelhub import resolve_dtype
     from searchr1.rollout.vllm import VLLMGenerator
 
-    cuda = args.device == "cuda"
-    prompts = random_ids(torch.Generator().manual_seed(args.seed), model.config.vocab_size,
-                         args.batch, args.prompt_len).tolist()
-    generated = []
     with tempfile.TemporaryDirectory(prefix="searchr1-gpu-bench-") as folder:
         model.save_pretrained(folder)  # config + weights, no tokenizer: the engine returns ids only
         gen = VLLMGenerator(folder, IdTokenizer(model.config.vocab_size), device=args.device,
-                            dtype="bfloat16" if cuda else "float32", seed=args.seed, engine_tokenizer=False)
-        if gen.eos_ids:
-            raise RuntimeError(f"the generator would stop at {gen.eos_ids}: rows could end early")
-
-        def run(i):
-            out = gen.generate(prompts, args.gen_tokens, params=SamplingParams(temperature=1.0, seed=args.seed + i))
-            short = [(k, len(s.token_ids), s.finish) for k, s in enumerate(out) if len(s.token_ids) != args.gen_tokens]
-            if short:
-                raise RuntimeError(f"rows generated other than {args.gen_tokens} tokens (row, count, finish): {short[:5]}")
-            generated.append(sum(len(s.token_ids) for s in out))
-
+                            dtype=resolve_dtype("auto", args.device), seed=args.seed, engine_tokenizer=False)
         try:
-            times = timed(run, args.repeats, sync)
+            return {**timed_generation(gen, model.config.vocab_size, args, sync), "startup_s": gen.startup_seconds}
         finally:
             gen.close()
-    return {"times_s": times, "tokens": generated[-1], "generated_tokens": generated[-1],
-            "startup_s": gen.startup_seconds,
-            "flops": rollout_flops(SHAPES[args.shape], args.batch, args.prompt_len, args.gen_tokens),
-            "work": f"{args.batch} x ({args.prompt_len} prompt + {args.gen_tokens} new)"}
 
 
 def main(argv=None) -> None:

@@ -165,6 +165,14 @@ def resolve_causal_lm(name: str) -> str:
     return str(out)
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """dtype "auto" on `device`: bfloat16 on CUDA, float32 elsewhere (CPU matmuls in bf16 are slow
+    and lossy); any other name is returned as is."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto"):
     """(model in eval mode, tokenizer) for a local directory, a bundled model or a hub id.
 
@@ -174,8 +182,7 @@ def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = resolve_dtype(dtype, device)
     path = resolve_causal_lm(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -67,7 +67,8 @@ def test_greedy_multi_turn_sessions_match(engines):
         appended = {r: ([] if turn == 0 else injected) for r in range(len(ps))}
         outs = [s.generate(appended, budgets, stop) for s in sessions]
         assert_same_samples(*outs)
-        assert {o.finish for o in outs[0].values()} >= ({"stop"} if turn == 0 else set())
+        if turn == 0:  # the first turn meets a stop string somewhere, so stops are compared too
+            assert "stop" in {o.finish for o in outs[0].values()}
     for s in sessions:
         s.close()
 

@@ -33,13 +33,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from searchr1.rollout.generator import (
-    Sample,
-    SamplingParams,
-    SingleTurn,
-    SteppedSession,
-    find_stop,
-)
+from searchr1.rollout.generator import Sample, SamplingParams, SingleTurn, SteppedSession, find_stop
 from searchr1.rollout.kv import SlotCache, check_model
 from searchr1.rollout.sampling import sample_next
 

@@ -20,8 +20,8 @@ What a turn returns is what `HFGenerator` returns, so either engine drives the a
 Weights: the engine is loaded from the model directory, then `weights_updated()` (the trainer calls
 it after each update) makes the next session first copy the policy's current weights in
 (`checkpoint_weights`: LoRA merged) through vLLM's `reload_weights` (`reload_in_worker`), and reset
-the prefix cache, whose blocks were computed by the old weights. In-process (CUDA, `rollout.vllm.in_process=auto`)
-the tensors go in directly, an in-place copy on the device, as TRL's colocate mode does; across
+the prefix cache, whose blocks were computed by the old weights. In process (CUDA by default,
+`rollout.vllm.in_process=auto`) the tensors go in directly, an in-place copy on the device, as TRL's colocate mode does; across
 processes they travel as a safetensors file in /dev/shm, read by the engine's own loader.
 
 vLLM is an optional extra, imported when this backend is built.
@@ -38,12 +38,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from searchr1.errors import MissingDependencyError, SearchR1Error
-from searchr1.rollout.generator import (
-    Sample,
-    SamplingParams,
-    SingleTurn,
-    SteppedSession,
-)
+from searchr1.rollout.generator import Sample, SamplingParams, SingleTurn, SteppedSession
 from searchr1.rollout.hf import eos_token_ids, row_seed
 from searchr1.rollout.weights import checkpoint_weights
 
@@ -179,13 +174,13 @@ class VLLMGenerator(SingleTurn):
         self.max_context = int(self.engine.model_config.max_model_len)
         self._stale = source is not None  # the source may differ from the directory (resumed, LoRA, updated)
         self._sessions = itertools.count()
-        self.weight_syncs, self.weight_sync_seconds = 0, 0.0
+        self.weight_sync_seconds = 0.0  # summed over loads; the trainer logs it per step
 
     @classmethod
     def from_config(cls, cfg, model_name: str | None = None, tokenizer=None, source=None, seed: int = 0
                     ) -> "VLLMGenerator":
         """From the root config: `cfg.model` (name, device, dtype) and `cfg.rollout.vllm`."""
-        from searchr1.modelhub import pick_device, resolve_causal_lm
+        from searchr1.modelhub import pick_device, resolve_causal_lm, resolve_dtype
 
         device = pick_device(cfg.model.device)
         if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -196,8 +191,7 @@ class VLLMGenerator(SingleTurn):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-        return cls(model_dir, tokenizer, device=device, dtype=dtype, seed=seed, cfg=cfg.rollout.vllm, source=source,
+        return cls(model_dir, tokenizer, device=device, dtype=resolve_dtype(cfg.model.dtype, device), seed=seed, cfg=cfg.rollout.vllm, source=source,
                    threads=cfg.model.threads)
 
     # ------------------------------------------------------------------------- weights
@@ -218,7 +212,6 @@ class VLLMGenerator(SingleTurn):
         self.llm.reset_prefix_cache()
         self._stale = False
         seconds = time.perf_counter() - t0
-        self.weight_syncs += 1
         self.weight_sync_seconds += seconds
         return seconds
 
@@ -276,17 +269,15 @@ class VLLMSession(SteppedSession):
         self.gen, self.params, self.name = gen, params, name
         self.contexts = [list(map(int, p)) for p in prompts]
         self.turns = [0] * len(prompts)
-        self.requests: dict[str, int] = {}  # request id -> row
-        self.generating: set[int] = set()
+        self.requests: dict[str, int] = {}  # request id -> row, one per generating row
         self.done: dict[int, Sample] = {}
         self.closed: set[int] = set()
-        self.engine_steps = 0
 
     def submit(self, row: int, tokens: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> None:
         """Append `tokens` to row `row`'s context and start its next turn (ended by `step`)."""
         if not 0 <= row < len(self.contexts) or row in self.closed:
             raise ValueError(f"row {row} is not live in this session (finished or unknown)")
-        if row in self.generating:
+        if row in self.requests.values():
             raise ValueError(f"row {row} is already generating")
         context = self.contexts[row]
         context.extend(int(t) for t in tokens)
@@ -301,19 +292,16 @@ class VLLMSession(SteppedSession):
         self.gen.engine.add_request(request, self.gen._vllm.TokensPrompt(prompt_token_ids=list(context)),
                                     self.gen.sampling_params(self.params, budget, stop, seed))
         self.requests[request] = row
-        self.generating.add(row)
 
     def step(self) -> dict[int, Sample]:
         """One engine step (vLLM schedules prefills and decodes together); the turns that ended."""
         if self.requests:
-            self.engine_steps += 1
             for output in self.gen.engine.step():
                 row = self.requests.pop(output.request_id, None)
                 if row is None or not output.finished:
                     continue
                 sample = to_sample(output.outputs[0], self.gen.eos_ids)
                 self.contexts[row].extend(sample.token_ids)
-                self.generating.discard(row)
                 self.done[row] = sample
         out, self.done = self.done, {}
         return out

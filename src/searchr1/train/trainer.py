@@ -103,8 +103,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
 
     `generator_factory(model, tokenizer) -> Generator` samples from the trained model itself
     (default: the engine `cfg.rollout.backend` names, `searchr1.rollout.backend.open_generator`);
-    `retriever`: an open retriever (default: `cfg.retriever`'s, opened when `cfg.agent.max_turns > 0`); `reward_fn(trajectory) -> float` (default: exact match of the
-    last answer, with Search-R1's format score when `train.format_reward`).
+    `retriever`: an open retriever (default: `cfg.retriever`'s, opened when `cfg.agent.max_turns > 0`);
+    `reward_fn(trajectory) -> float` (default: exact match of the last answer, with Search-R1's
+    format score when `train.format_reward`).
 
     Launched by `torchrun` / `accelerate launch` with N processes, every process runs this function
     and the step's work is split between them (`searchr1.train.distributed`); rank 0 logs, validates
