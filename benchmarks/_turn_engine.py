@@ -5,7 +5,7 @@ DynamicCache (whose every update concatenates the whole cache), and returns when
 of the turn stops; a row that stopped early waits (split off once half the batch has stopped).
 `benchmarks/rollout.py` measures the continuous engine against it, and
 `tests/integration/test_continuous_batching.py` checks that both produce the same greedy
-trajectories. It drives the same model through an `HFGenerator` (its settings: EOS ids, pad id,
+trajectories. It drives the same model through an `EngineGenerator` (its settings: EOS ids, pad id,
 context limit, cache keyword) and exposes the step API through `TurnBatchedSession`.
 """
 
@@ -16,14 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from searchr1.rollout.generator import Sample, SamplingParams, TurnBatchedSession
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.sampling import sample_next
 
 
 class TurnEngine:
     """`Generator` over the model of `gen`, with the old turn-batched session."""
 
-    def __init__(self, gen: HFGenerator) -> None:
+    def __init__(self, gen: EngineGenerator) -> None:
         self.gen = gen
         self.tokenizer = gen.tokenizer
 
@@ -84,7 +84,7 @@ class TurnSession(TurnBatchedSession):
     so long generations in a few rows do not drag finished rows through every forward pass.
     """
 
-    def __init__(self, gen: HFGenerator, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
+    def __init__(self, gen: EngineGenerator, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         super().__init__()

@@ -40,7 +40,7 @@ from searchr1.demo import prepare_world
 from searchr1.eval.harness import evaluate, read_trajectories
 from searchr1.retrieval.build import build_index
 from searchr1.retrieval.local import open_retriever
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.settings import Config
 from searchr1.train.sft import save_model, warmup
 from searchr1.train.trainer import train
@@ -63,7 +63,7 @@ def _warm_up(cfg: Config, sft_dir: Path, train_questions, retriever) -> dict:
     info_path = sft_dir / "warmup.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
-    generator = HFGenerator.from_config(cfg.model)
+    generator = EngineGenerator.from_config(cfg.model)
     result = warmup(cfg, generator.model, generator.tokenizer, retriever, train_questions)
     save_model(generator.model, generator.tokenizer, sft_dir)
     info_path.write_text(json.dumps(result))

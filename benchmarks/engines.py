@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--b", type=Path, required=True, help="study directory of engine B")
     p.add_argument("--arm", default="grpo")
     p.add_argument("--metric", default="em")
-    p.add_argument("--names", default="hf,vllm", help="labels of A and B")
+    p.add_argument("--names", default="engine,vllm", help="labels of A and B")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engines_grpo.json")
     args = p.parse_args()
 

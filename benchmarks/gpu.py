@@ -11,7 +11,7 @@ below, from the models' config.json) and random weights: nothing is downloaded, 
 do not change the speed. Token ids are random; no id can end a sequence (see below).
 
 Rows (`--only` takes these names), each timed as the median of --repeats runs after one warm-up:
-  rollout  `searchr1.rollout.hf.HFGenerator.generate`: --batch prompts of --prompt-len random ids,
+  rollout  `searchr1.rollout.engine.EngineGenerator.generate`: --batch prompts of --prompt-len random ids,
            exactly --gen-tokens new tokens each (temperature 1, one KV cache for the batch).
            The model has no EOS id and the tokenizer stub none either, and no stop strings are
            given, so every row runs to its budget; the script fails if any row generated another
@@ -100,7 +100,7 @@ def rollout_flops(s: dict, batch: int, prompt: int, gen: int) -> int:
 
 
 class IdTokenizer:
-    """All HFGenerator, collate and the synthetic batches read: a pad id, no EOS (decode only serves
+    """All EngineGenerator, collate and the synthetic batches read: a pad id, no EOS (decode only serves
     stop strings), the vocabulary size and the special ids random tokens must avoid."""
 
     pad_token_id, eos_token_id = PAD, None
@@ -177,9 +177,9 @@ def timed_generation(gen, vocab_size: int, args, sync, context=contextlib.nullco
 
 
 def bench_rollout(model, args, autocast, sync) -> dict:
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
 
-    return timed_generation(HFGenerator(model, IdTokenizer(model.config.vocab_size)), model.config.vocab_size,
+    return timed_generation(EngineGenerator(model, IdTokenizer(model.config.vocab_size)), model.config.vocab_size,
                             args, sync, autocast)
 
 

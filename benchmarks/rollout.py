@@ -56,7 +56,7 @@ STOP = ("</search>", "</answer>")
 
 
 class SearchR1StyleSession(TurnBatchedSession):
-    """Wraps an `HFSession` built with reuse_cache=False: fixed-length turns, truncated afterwards."""
+    """Wraps an `EngineSession` built with reuse_cache=False: fixed-length turns, truncated afterwards."""
 
     def __init__(self, inner, tokenizer, turn_tokens: int) -> None:
         super().__init__()
@@ -216,14 +216,14 @@ def main() -> None:
     from searchr1.protocol import build_prompt
     from searchr1.rollout.agent import Agent, new_trajectory
     from searchr1.rollout.generator import SamplingParams
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
     from searchr1.rollout.settings import AgentConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# searchr1 rollout benchmark — {time.strftime('%Y-%m-%d')} — {machine()}, torch threads "
           f"{torch.get_num_threads()}")
-    ours = HFGenerator.from_pretrained(args.model, device="cpu")
+    ours = EngineGenerator.from_pretrained(args.model, device="cpu")
     tok = ours.tokenizer
     retriever = open_bm25(SHARED_DATA / "corpus" / "wiki18_mini.jsonl")
     questions = read_qa(SHARED_DATA / "nq" / "NQ-open.dev.jsonl", args.questions)
@@ -245,10 +245,10 @@ def main() -> None:
                 print(f"vllm: engine started in {engines['vllm'].startup_seconds:.0f} s", flush=True)
             return Recording(engines["vllm"])
         if arm == "search-r1":
-            return SearchR1StyleGenerator(HFGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
+            return SearchR1StyleGenerator(EngineGenerator(ours.model, tok, reuse_cache=False), args.turn_tokens)
         if arm == "turn":
             return Recording(TurnEngine(ours))
-        return Recording(HFGenerator(ours.model, tok, share_prefix=arm != "continuous-unshared"))
+        return Recording(EngineGenerator(ours.model, tok, share_prefix=arm != "continuous-unshared"))
 
     def rollout(arm):
         gen = generator(arm)

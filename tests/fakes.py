@@ -1,7 +1,7 @@
 """Test doubles with exactly known behaviour: a character tokenizer and a scripted causal LM.
 
 `ScriptedLM` is a real `torch.nn.Module` driven through the same forward signature and KV cache
-as a transformers model, so `HFSession` runs unchanged on it; but its next token is chosen by a
+as a transformers model, so `EngineSession` runs unchanged on it; but its next token is chosen by a
 Python function of the row's visible context (decoded from the tokens the attention mask lets it
 see), so every expected output can be written down by hand. It stores token ids in the cache in
 place of keys, which also checks that the session's cache bookkeeping (padding, row removal)

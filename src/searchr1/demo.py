@@ -178,7 +178,7 @@ def run_demo(cfg: Config, console) -> dict:
         return {"retrieval": retrieval, "timings": timings}
 
     # the training stack (transformers, the trainer) is imported only past the retrieval-only exit
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
     from searchr1.train.models import causal_lm
     from searchr1.train.sft import save_model, warmup
     from searchr1.train.trainer import train
@@ -194,7 +194,7 @@ def run_demo(cfg: Config, console) -> dict:
         with _stage(console, timings, "eval_before",
                     f"stage 2/6: evaluate {cfg.model.name} before training ({cfg.demo.eval_questions} held-out "
                     "questions, agent mode)"):
-            generator = HFGenerator.from_config(cfg.model)
+            generator = EngineGenerator.from_config(cfg.model)
             evals["before"] = _evaluate(cfg, rcfg, out / "eval-before", console, generator, retriever)
         rl_model = cfg.model.name
         if cfg.sft.steps > 0:
@@ -224,12 +224,12 @@ def run_demo(cfg: Config, console) -> dict:
             result = train(tcfg, console, retriever=retriever)
         with _stage(console, timings, "eval_after", "stage 5/6: evaluate after training"):
             policy = causal_lm(result["models"].policy).eval()
-            generator = HFGenerator(policy, result["tokenizer"])
+            generator = EngineGenerator(policy, result["tokenizer"])
             evals["after"] = _evaluate(cfg, rcfg, out / "eval-after", console, generator, retriever)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):
-        from searchr1.train.logging import read_metrics
+        from searchr1.train.metrics_log import read_metrics
 
         curves = read_metrics(run_dir)
         timings["total"] = time.perf_counter() - t_all

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from searchr1.train.checkpoint import find_latest_checkpoint, verify_checkpoint
-from searchr1.train.logging import read_metrics
+from searchr1.train.metrics_log import read_metrics
 
 import dp_worker
 

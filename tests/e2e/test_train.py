@@ -14,7 +14,7 @@ from searchr1.config import from_dict
 from searchr1.errors import CheckpointError
 from searchr1.retrieval.base import Hit
 from searchr1.settings import Config
-from searchr1.train.logging import read_metrics
+from searchr1.train.metrics_log import read_metrics
 from searchr1.train.trainer import train
 from fakes import char_tokenizer
 

@@ -13,7 +13,7 @@ import torch
 from fakes import Passages
 from searchr1.rollout.agent import Agent, new_trajectory
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.settings import AgentConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_greedy_episodes_match_the_turn_engine_for_every_pool(tiny_llama):
     model, tok = tiny_llama
     # short turns (they end by budget: invalid actions get the note), and a context limit that prompts
     # of different lengths reach at different turns, so episodes end at different times
-    gen = HFGenerator(model, tok, max_context=480)
+    gen = EngineGenerator(model, tok, max_context=480)
     cfg = AgentConfig(max_turns=3, max_turn_tokens=9, max_response_tokens=1000, retrieval_backoff_s=0,
                       response_prefix="<search>")
     before, _ = play(turn_engine()(gen), tok, PROMPTS, cfg, SamplingParams(temperature=0))
@@ -58,7 +58,7 @@ def test_greedy_episodes_match_the_turn_engine_for_every_pool(tiny_llama):
 
 def test_seeded_sampling_is_the_same_with_any_pool_and_run_to_run(tiny_llama):
     model, tok = tiny_llama
-    gen = HFGenerator(model, tok)
+    gen = EngineGenerator(model, tok)
     cfg = AgentConfig(max_turns=2, max_turn_tokens=12, max_response_tokens=80, retrieval_backoff_s=0)
     params = SamplingParams(temperature=1.0, seed=11)
     ref, _ = play(gen, tok, PROMPTS, cfg, params, pool=None)
@@ -73,7 +73,7 @@ def test_pooled_logprobs_match_a_fresh_forward(tiny_llama):
     model, tok = tiny_llama
     cfg = AgentConfig(max_turns=2, max_turn_tokens=10, max_response_tokens=70, retrieval_backoff_s=0,
                       response_prefix="<search>")
-    trajs, stats = play(HFGenerator(model, tok), tok, PROMPTS, cfg, SamplingParams(temperature=1.0, seed=5), pool=2)
+    trajs, stats = play(EngineGenerator(model, tok), tok, PROMPTS, cfg, SamplingParams(temperature=1.0, seed=5), pool=2)
     assert stats.max_live == 2
     for t in trajs:
         ids = torch.tensor([t.prompt_ids + t.response_ids])
@@ -87,7 +87,7 @@ def test_pooled_logprobs_match_a_fresh_forward(tiny_llama):
 
 def test_smollm_greedy_episodes_match_the_turn_engine(smollm):
     model, tok = smollm
-    gen = HFGenerator(model, tok)
+    gen = EngineGenerator(model, tok)
     questions = ["Who wrote Dracula?", "What is the capital of France?", "Who painted the Mona Lisa?",
                  "When did the Berlin wall fall?"]
     chats = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)

@@ -186,7 +186,7 @@ def test_eval_user_errors_are_one_line(tmp_path):
 def scripted_generator():
     """A scripted policy: searches once, then answers from what it read (exact, known outputs)."""
     from fakes import ScriptedLM, char_tokenizer, continue_script
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
 
     def policy(ctx: str):
         # (the Search-R1 instruction itself mentions "<information> and </information>")
@@ -201,7 +201,7 @@ def scripted_generator():
         return continue_script(ctx, "<think>let me look</think>\n<search> hamlet shakespeare </search>")
 
     tok = char_tokenizer()
-    return HFGenerator(ScriptedLM(tok, policy), tok)
+    return EngineGenerator(ScriptedLM(tok, policy), tok)
 
 
 def scripted_config(setup, out: Path, *extra: str) -> Config:

@@ -9,7 +9,7 @@ import torch
 from fakes import Passages
 from searchr1.rollout.agent import Agent, new_trajectory
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.settings import AgentConfig
 
 
@@ -24,7 +24,7 @@ def fresh_logprobs(model, prompt_ids, response_ids) -> torch.Tensor:
 
 def test_uneven_multiturn_logprobs_match_a_fresh_forward(tiny_llama):
     model, tok = tiny_llama
-    gen = HFGenerator(model, tok)
+    gen = EngineGenerator(model, tok)
     prompts = [tok.encode("a short one"), tok.encode("a considerably longer prompt here"), tok.encode("mid size")]
     s = gen.session(prompts, SamplingParams(temperature=1.0, seed=3))
     responses = [[], [], []]
@@ -54,7 +54,7 @@ def test_cache_reuse_gives_the_same_greedy_tokens_as_reencoding(tiny_llama):
     model, tok = tiny_llama
     outs = []
     for reuse in (True, False):
-        s = HFGenerator(model, tok, reuse_cache=reuse).session(
+        s = EngineGenerator(model, tok, reuse_cache=reuse).session(
             [tok.encode("first"), tok.encode("second prompt")], SamplingParams(temperature=0))
         a = s.generate({0: [], 1: []}, 9, stop=())
         b = s.generate({0: tok.encode("<information>x</information>"), 1: tok.encode("y")}, 9, stop=())
@@ -64,7 +64,7 @@ def test_cache_reuse_gives_the_same_greedy_tokens_as_reencoding(tiny_llama):
 
 def test_batched_generation_matches_one_at_a_time(tiny_llama):
     model, tok = tiny_llama
-    gen = HFGenerator(model, tok)
+    gen = EngineGenerator(model, tok)
     prompts = [tok.encode("x"), tok.encode("a much longer prompt than the first")]
     batched = gen.generate(prompts, 12, (), SamplingParams(temperature=0))
     single = [gen.generate([p], 12, (), SamplingParams(temperature=0))[0] for p in prompts]
@@ -75,7 +75,7 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
 
 def test_smollm_agent_rollout_masks_and_logprobs(smollm):
     model, tok = smollm
-    gen = HFGenerator(model, tok)
+    gen = EngineGenerator(model, tok)
     # Every response is made to start with "<search>" (SmolLM2 never opens the tag itself), so that
     # episodes that close the tag have retrieved tokens.
     chat = tok.apply_chat_template([{"role": "user", "content": "Who wrote the novel Dracula?"}],

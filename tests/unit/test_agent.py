@@ -10,7 +10,7 @@ from searchr1.protocol import INVALID_ACTION_NOTE, format_observation
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.agent import Agent, new_trajectory
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.settings import AgentConfig
 
 GREEDY = SamplingParams(temperature=0)
@@ -40,7 +40,7 @@ def policy(first: str, after_info: str):
 
 
 def run(tok, pol, retriever, n=1, **cfg):
-    gen = HFGenerator(ScriptedLM(tok, pol), tok)
+    gen = EngineGenerator(ScriptedLM(tok, pol), tok)
     trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in range(n)]
     cfg = AgentConfig(**{"retrieval_backoff_s": 0.0, **cfg})
     stats = Agent(gen, retriever, cfg).run(trajs, GREEDY)
@@ -198,7 +198,7 @@ def test_a_pool_smaller_than_the_batch_plays_every_episode_exactly_as_all_at_onc
     def play(pool):
         lm = ScriptedLM(tok, varied)
         trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in range(7)]
-        stats = Agent(HFGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
+        stats = Agent(EngineGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
             trajs, GREEDY, pool=pool)
         return trajs, stats, lm
 
@@ -217,7 +217,7 @@ def test_the_next_episode_joins_as_soon_as_one_ends(tok):
     lm = ScriptedLM(tok, varied)
     trajs = [new_trajectory(tok, f"Q{i}?", question=f"Q{i}", golden_answers=["dogs"]) for i in (0, 3, 1)]
     order = []
-    Agent(HFGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
+    Agent(EngineGenerator(lm, tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
         trajs, GREEDY, pool=2, on_progress=lambda s: order.append((s.episodes, s.max_live)))
     assert [t.stop_reason for t in trajs] == ["answer"] * 3
     # the decode batch stayed at two rows after the first episode ended, until the queue drained
@@ -231,5 +231,5 @@ def test_the_next_episode_joins_as_soon_as_one_ends(tok):
 
 def test_pool_must_be_positive(tok):
     with pytest.raises(ValueError, match="pool must be >= 1"):
-        Agent(HFGenerator(ScriptedLM(tok, varied), tok), FakeRetriever(), AgentConfig()).run(
+        Agent(EngineGenerator(ScriptedLM(tok, varied), tok), FakeRetriever(), AgentConfig()).run(
             [new_trajectory(tok, "Q1?")], GREEDY, pool=0)

@@ -26,7 +26,7 @@ from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observat
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.agent import Agent, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.settings import AgentConfig
 from searchr1.settings import Config
 
@@ -452,7 +452,7 @@ def test_episode_matches_our_agent(tok, pol, cfg):
     """veRL's loop plays each episode token for token as `searchr1.rollout.agent.Agent` does."""
     traj = new_trajectory(tok, "Q?")
     cfg = {"retrieval_backoff_s": 0.0, **cfg}
-    Agent(HFGenerator(ScriptedLM(tok, pol), tok), FakeRetriever(), AgentConfig(**cfg)).run(
+    Agent(EngineGenerator(ScriptedLM(tok, pol), tok), FakeRetriever(), AgentConfig(**cfg)).run(
         [traj], SamplingParams(temperature=0))
     ep = episode(tok, pol, FakeRetriever(), **cfg)
     assert ep.response_ids == traj.response_ids

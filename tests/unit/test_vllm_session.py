@@ -121,7 +121,7 @@ def test_session_guards_and_close_aborts_in_flight():
 def test_missing_vllm_is_a_clear_error():
     from searchr1.rollout.backend import open_generator
 
-    with pytest.raises(MissingDependencyError, match="rollout.backend=hf"):
+    with pytest.raises(MissingDependencyError, match="rollout.backend=engine"):
         import_vllm()
     cfg = from_dict(Config, {"rollout": {"backend": "vllm"}, "model": {"device": "cpu"}})
     with pytest.raises(MissingDependencyError, match="needs vLLM"):
@@ -135,7 +135,7 @@ def test_missing_vllm_message_even_where_installed(monkeypatch):
 
 
 def test_rollout_settings_are_checked():
-    assert from_dict(Config, {}).rollout.backend == "hf"
+    assert from_dict(Config, {}).rollout.backend == "engine"
     with pytest.raises(ConfigError, match="rollout.backend"):
         from_dict(Config, {"rollout": {"backend": "sglang"}})
     with pytest.raises(ConfigError, match="gpu_memory_utilization"):

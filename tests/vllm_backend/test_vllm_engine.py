@@ -17,7 +17,7 @@ from fakes import Passages  # noqa: E402
 from searchr1.protocol import STOP_STRINGS, build_prompt  # noqa: E402
 from searchr1.rollout.agent import Agent, encode_text, new_trajectory  # noqa: E402
 from searchr1.rollout.generator import SamplingParams  # noqa: E402
-from searchr1.rollout.hf import HFGenerator  # noqa: E402
+from searchr1.rollout.engine import EngineGenerator  # noqa: E402
 from searchr1.rollout.settings import AgentConfig, VLLMConfig  # noqa: E402
 from searchr1.rollout.vllm import VLLMGenerator  # noqa: E402
 
@@ -33,7 +33,7 @@ def engines(smollm):
     model, tok = smollm
     from searchr1.modelhub import resolve_causal_lm
 
-    hf = HFGenerator(model.eval(), tok)
+    hf = EngineGenerator(model.eval(), tok)
     vl = VLLMGenerator(resolve_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct"), tok, device="cpu",
                        dtype="float32", source=model, cfg=VLLMConfig(kv_cache_gb=2))
     assert vl.max_context == hf.max_context  # the same context limit, so the same "length" endings
@@ -165,7 +165,7 @@ def test_lora_weights_follow(engines):
         vl.source = lm
         vl.weights_updated()
         got = _greedy(vl, ps)
-        want = _greedy(HFGenerator(lm, hf.tokenizer), ps)
+        want = _greedy(EngineGenerator(lm, hf.tokenizer), ps)
         assert [s.token_ids for s in got] == [s.token_ids for s in want]
         assert [s.token_ids for s in got] != [s.token_ids for s in before]
     finally:

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from fakes import char_tokenizer  # noqa: E402
 from searchr1.config import from_dict  # noqa: E402
 from searchr1.settings import Config  # noqa: E402
-from searchr1.train.logging import read_metrics  # noqa: E402
+from searchr1.train.metrics_log import read_metrics  # noqa: E402
 from searchr1.train.trainer import train  # noqa: E402
 
 STEPS = 15
@@ -59,7 +59,7 @@ def run(world, backend: str):
 
 def test_reward_rises_on_vllm_as_on_our_engine(world):
     curves = {}
-    for backend in ("hf", "vllm"):
+    for backend in ("engine", "vllm"):
         rewards, rows = run(world, backend)
         curves[backend] = rewards
         first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3

