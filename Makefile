@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install searchr1, run the main job on its built-in default
-#   make test   - create .venv, install searchr1 with test extras, run the test suite
+#   make test   - create .venv, install searchr1 with test extras, build the docs, run the test suite
 # TORCH_SPEC selects the torch build installed first; the default is the CPU wheel.
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +24,10 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/searchr1 demo
 
+# The docs first: mkdocs --strict fails on a broken link, anchor or nav entry (site/ is ignored).
+# Not --quiet: it hides the warnings from the counter that --strict reads, and the build passes.
 test: $(BIN)/.installed
+	$(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/python -m pytest
 
 test-all: $(BIN)/.installed
