@@ -67,4 +67,4 @@ test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest tests/vllm_backend -m ''
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) build dist site src/*.egg-info .pytest_cache
