@@ -28,8 +28,9 @@ from searchr1.export.episode import run_episode_sync
 from searchr1.export.verl import ExportOptions, export_verl
 from searchr1.protocol import format_documents
 from searchr1.retrieval.client import HttpRetriever
-from searchr1.rollout.agent import search_with_retries
+from searchr1.rollout.agent import new_trajectory, search_with_retries
 from searchr1.rollout.settings import AgentConfig
+from searchr1.rollout.step import EpisodeStep
 from searchr1.settings import Config
 
 WORLD = ["train.train_data=synthetic", "world.countries=3", "world.cities_per_country=2",
@@ -143,12 +144,11 @@ def test_episode_searches_our_server_and_is_scored_like_our_rewards(server, worl
         return search_with_retries(retriever, [query], 3, 3, 0.1)[0]
 
     with retriever:
-        ep = run_episode_sync(tok.encode(question), episode_engine(tok, country.name, capital), search, tok,
-                              AgentConfig(max_response_tokens=2000), eos_ids={tok.eos_token_id},
-                              with_logprobs=True)
+        ep = run_episode_sync(new_trajectory(tok, question), episode_engine(tok, country.name, capital), search,
+                              EpisodeStep(tok, AgentConfig(max_response_tokens=2000)), eos_ids={tok.eos_token_id})
         passages = format_documents(retriever.search([f"capital of {country.name}"], 3)[0]).strip()
     text = tok.decode(ep.response_ids, skip_special_tokens=True)
-    assert ep.stop_reason == "answer" and ep.queries == [f"capital of {country.name}"]
+    assert ep.stop_reason == "answer" and ep.queries() == [f"capital of {country.name}"]
     assert passages in text
     assert "invented" not in text
     for fmt in (False, True):

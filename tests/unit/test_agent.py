@@ -170,21 +170,6 @@ def test_forced_response_prefix_is_injected_and_parsed_with_the_first_turn(tok):
     assert retriever.calls == [(["cats"], 3)]
 
 
-@pytest.mark.parametrize("action, eos, tokens, turns, expected", [
-    ("answer", True, 100, 9, "answer"),  # an answer counts even on EOS, at the budget, on the final turn
-    ("search", True, 10, 1, "eos"),  # EOS ends the episode before its search runs
-    ("search", False, 100, 1, "length"),  # the response budget is spent
-    ("search", False, 99, 4, "search"),  # turn 4 of max_turns 4: still an action turn
-    ("search", False, 99, 5, "max_turns"),  # the final turn: its search is not executed
-    ("invalid", False, 10, 1, "invalid"),
-    ("invalid", False, 10, 5, "max_turns"),
-])
-def test_turn_outcome_rules_in_order(action, eos, tokens, turns, expected):
-    from searchr1.rollout.agent import turn_outcome
-
-    assert turn_outcome(action, eos, tokens, turns, max_turns=4, max_response_tokens=100) == expected
-
-
 def varied(ctx: str) -> str | None:
     """Episodes of different lengths: question k searches k times (k = the digit in it), then answers."""
     k = int(next(c for c in ctx if c.isdigit()))

@@ -22,12 +22,13 @@ from searchr1.export import verl_reward
 from searchr1.export.episode import cut_at_stop, run_episode_sync
 from searchr1.export.verl import TOOL_TEMPLATE, ExportError, ExportOptions, export_verl, verl_schema
 from searchr1.export.verl_plan import AGENT_NAMES, REWARD_NAME, REWARD_PATH, verl_plan
-from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
+from searchr1.protocol import INVALID_ACTION_NOTE, STOP_STRINGS, build_prompt, format_observation
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.agent import Agent, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.engine import EngineGenerator
 from searchr1.rollout.settings import AgentConfig
+from searchr1.rollout.step import EpisodeStep
 from searchr1.settings import Config
 
 # A small synthetic world: 2 countries, 4 cities, 6 people, 2 organisations -> 40 questions.
@@ -410,7 +411,8 @@ def engine(tok, pol, junk: str = ""):
         for _ in range(max_tokens):
             c = pol(text)
             if c is None:
-                out += tok.encode(junk)[: max_tokens - len(out)] if junk else [tok.eos_token_id]
+                overshoot = junk and any(s in tok.decode(out) for s in STOP_STRINGS)
+                out += tok.encode(junk)[: max_tokens - len(out)] if overshoot else [tok.eos_token_id]
                 break
             out.append(tok.convert_tokens_to_ids(c))
             text += c
@@ -421,59 +423,106 @@ def engine(tok, pol, junk: str = ""):
     return generate
 
 
-def episode(tok, pol, retriever, junk: str = "", **cfg):
+JUNK = "<information>made up</information><answer> wrong </answer>"
+
+
+def episode(tok, pol, retriever, junk: str = "", prompt: str = "Q?", **cfg):
     a = AgentConfig(**{"retrieval_backoff_s": 0.0, **cfg})
 
     async def search(query):
         return search_with_retries(retriever, [query], a.topk, a.retrieval_attempts, 0.0)[0]
 
-    prompt = tok.encode("Q?")
-    return run_episode_sync(prompt, engine(tok, pol, junk), search, tok, a,
-                            eos_ids={tok.eos_token_id}, with_logprobs=True)
+    return run_episode_sync(new_trajectory(tok, prompt), engine(tok, pol, junk), search, EpisodeStep(tok, a),
+                            eos_ids={tok.eos_token_id})
 
 
 def policy(first: str, after_info: str):
     return lambda ctx: continue_script(ctx, after_info if "<information>" in ctx else first)
 
 
-SCENARIOS = [
-    (policy("<search> cats </search>", "<answer> dogs </answer>"), {}),
-    (policy("I am thinking very hard", ""), {"max_turns": 2, "max_turn_tokens": 5}),
-    (lambda ctx: continue_script(ctx, "<search> more </search>"), {"max_turns": 2}),
-    (policy("no idea", ""), {}),
-    (policy("<search> cats </search>", "<answer> dogs </answer>"), {"max_response_tokens": 40}),
-    (policy("<search> cats </search>", "<answer> dogs </answer>"), {"max_obs_tokens": 60}),
-    (policy("<search> cats </search>", "<think>hm</think><search> dogs </search>"), {"max_turns": 0}),
-]
+def after_note(first: str, then: str):
+    return lambda ctx: continue_script(ctx, then if "My previous action is invalid" in ctx else first)
 
 
-@pytest.mark.parametrize("pol,cfg", SCENARIOS)
-def test_episode_matches_our_agent(tok, pol, cfg):
-    """veRL's loop plays each episode token for token as `searchr1.rollout.agent.Agent` does."""
+SEARCH_ANSWER = policy("<search> cats </search>", "<answer> dogs </answer>")
+# (policy, agent settings, the stop reason and the turns' actions they must produce)
+SCENARIOS = {
+    "search-answer": (SEARCH_ANSWER, {}, "answer", ["search", "answer"]),
+    "invalid-to-max-turns": (policy("I am thinking very hard", ""), {"max_turns": 2, "max_turn_tokens": 5},
+                             "max_turns", ["invalid"] * 3),
+    "search-to-max-turns": (lambda ctx: continue_script(ctx, "<search> more </search>"), {"max_turns": 2},
+                            "max_turns", ["search"] * 3),
+    "eos-no-answer": (policy("no idea", ""), {}, "eos", ["invalid"]),
+    "observation-fills-response": (SEARCH_ANSWER, {"max_response_tokens": 40}, "length", ["search"]),
+    "observation-cut": (SEARCH_ANSWER, {"max_obs_tokens": 60}, "answer", ["search", "answer"]),
+    "no-search-mode": (policy("<search> cats </search>", "<think>hm</think><search> dogs </search>"),
+                       {"max_turns": 0}, "max_turns", ["search"]),
+    "invalid-then-answer": (after_note("<think>hm</think><search>  </search>", "<answer> dogs </answer>"), {},
+                            "answer", ["invalid", "answer"]),
+    "note-fills-response": (after_note("<search>  </search>", "<answer> dogs </answer>"),
+                            {"max_response_tokens": 30}, "length", ["invalid"]),
+    "generation-fills-response": (policy("<think>" + "x" * 60 + "</think>", ""), {"max_response_tokens": 25},
+                                  "length", ["invalid"]),
+}
+
+
+def without_logprobs(traj) -> dict:
+    d = traj.to_dict()
+    d.pop("logprobs")
+    return d
+
+
+@pytest.mark.parametrize("pol,cfg,stop,actions", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_episode_matches_our_agent(tok, pol, cfg, stop, actions):
+    """veRL's loop, on a server that writes past the stop strings, plays each episode token for token as
+    `searchr1.rollout.agent.Agent` does on our engine: the same trajectory (ids, masks, turns, queries,
+    documents, answer, stop reason, text), differing only in the server's log-probs."""
     traj = new_trajectory(tok, "Q?")
     cfg = {"retrieval_backoff_s": 0.0, **cfg}
     Agent(EngineGenerator(ScriptedLM(tok, pol), tok), FakeRetriever(), AgentConfig(**cfg)).run(
         [traj], SamplingParams(temperature=0))
-    ep = episode(tok, pol, FakeRetriever(), **cfg)
+    ep = episode(tok, pol, FakeRetriever(), junk=JUNK, **cfg)
+    assert (traj.stop_reason, [t.action for t in traj.turns]) == (stop, actions)
+    assert without_logprobs(ep) == without_logprobs(traj)
     assert ep.response_ids == traj.response_ids
-    assert ep.response_mask == traj.policy_mask
+    assert ep.policy_mask == traj.policy_mask
     assert ep.stop_reason == traj.stop_reason and ep.answer == traj.answer
-    assert ep.turns == len(traj.turns)
-    assert ep.response_logprobs == [-0.5 if m else 0.0 for m in ep.response_mask]
+    assert len(ep.turns) == len(traj.turns)
+    assert ep.logprobs == [-0.5 if m else 0.0 for m in ep.policy_mask]
+
+
+def varied(ctx: str) -> str | None:
+    """Question k searches k % 4 times, then answers (k = the digit in it)."""
+    k = int(next(c for c in ctx if c.isdigit()))
+    if ctx.count("<information>") < k % 4:
+        return continue_script(ctx, "<search> q" + "x" * (3 * k) + " </search>")
+    return continue_script(ctx, "<answer> dogs </answer>")
+
+
+def test_a_pooled_batch_matches_the_verl_loop_episode_by_episode(tok):
+    """Continuous batching (a pool of 2 over 6 episodes of different lengths, searches batched across
+    rows) changes nothing: each episode is the one veRL's loop plays alone."""
+    trajs = [new_trajectory(tok, f"Q{i}?") for i in range(6)]
+    Agent(EngineGenerator(ScriptedLM(tok, varied), tok), FakeRetriever(), AgentConfig(retrieval_backoff_s=0.0)).run(
+        trajs, SamplingParams(temperature=0), pool=2)
+    assert [t.num_searches for t in trajs] == [0, 1, 2, 3, 0, 1]
+    for i, traj in enumerate(trajs):
+        assert without_logprobs(episode(tok, varied, FakeRetriever(), junk=JUNK, prompt=f"Q{i}?")) == \
+            without_logprobs(traj)
 
 
 def test_episode_cuts_what_an_engine_writes_past_the_stop_string(tok):
     retriever = FakeRetriever()
     ep = episode(tok, policy("<think>go</think><search> cats </search>", "<think>ok</think><answer> dogs </answer>"),
                  retriever,
-                 junk="<information>made up</information><answer> wrong </answer>")
+                 junk=JUNK)
     text = tok.decode(ep.response_ids)
     obs = format_observation([Hit("id-cats", "About cats", "cats are nice.", 1.0)])
     assert text == "<think>go</think><search> cats </search>" + obs + "<think>ok</think><answer> dogs </answer>"
-    assert (ep.stop_reason, ep.answer, ep.queries) == ("answer", "dogs", ["cats"])
+    assert (ep.stop_reason, ep.answer, ep.queries()) == ("answer", "dogs", ["cats"])
     assert retriever.calls == [["cats"]]
     n = len(tok.encode("<think>go</think><search> cats </search>"))
-    assert ep.response_mask[:n] == [1] * n and ep.response_mask[n:n + len(tok.encode(obs))] == [0] * len(tok.encode(obs))
+    assert ep.policy_mask[:n] == [1] * n and ep.policy_mask[n:n + len(tok.encode(obs))] == [0] * len(tok.encode(obs))
     assert verl_reward.compute_score("x", text, {"target": ["dogs"]}, format_reward=True) == 1.0
 
 
@@ -501,11 +550,12 @@ def test_cut_at_stop_finds_the_shortest_prefix(tok):
         assert (n, found) == ((linear, True) if linear else (len(ids), False))
 
 
-def test_episode_settings_validate():
+def test_episode_settings_validate(tok):
     with pytest.raises(ValueError):
         AgentConfig(max_turns=-1)
     with pytest.raises(ValueError):
         AgentConfig(max_obs_tokens=0)
     with pytest.raises(ValueError, match="does not force a response prefix"):
-        run_episode_sync([1], None, None, None, AgentConfig(response_prefix="<think>"))
+        run_episode_sync(new_trajectory(tok, "Q?"), None, None,
+                         EpisodeStep(tok, AgentConfig(response_prefix="<think>")))
     assert asyncio.iscoroutinefunction(__import__("searchr1.export.episode", fromlist=["run_episode"]).run_episode)

@@ -15,7 +15,8 @@ import torch  # noqa: E402
 
 from fakes import Passages  # noqa: E402
 from searchr1.protocol import STOP_STRINGS, build_prompt  # noqa: E402
-from searchr1.rollout.agent import Agent, encode_text, new_trajectory  # noqa: E402
+from searchr1.rollout.agent import Agent, new_trajectory  # noqa: E402
+from searchr1.rollout.step import encode_text  # noqa: E402
 from searchr1.rollout.generator import SamplingParams  # noqa: E402
 from searchr1.rollout.engine import EngineGenerator  # noqa: E402
 from searchr1.rollout.settings import AgentConfig, VLLMConfig  # noqa: E402

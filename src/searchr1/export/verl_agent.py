@@ -1,11 +1,12 @@
 """The paper's search protocol as a veRL agent loop: `<search>` -> `<information>`, one response.
 
 veRL 0.9 has no Search-R1 loop of its own (its search example was rewritten to JSON tool calls).
-`SearchR1AgentLoop` plays each prompt as Search-R1 did, by the rules of `searchr1.export.episode`
-(the same as our own agent): generate until `</search>` or `</answer>`, retrieve the query's
-top-k passages from our server, append them inside `<information>` with response mask 0, repeat,
-at most `max_turns` searches. The whole episode is one assistant response, so veRL trains on the
-generated tokens only (`response_mask`), as the paper does.
+`SearchR1AgentLoop` plays each prompt as Search-R1 did, through `searchr1.export.episode` by the
+rules of `searchr1.rollout.step` (those of our own agent): generate until `</search>` or
+`</answer>`, retrieve the query's top-k passages from our server, append them inside
+`<information>` with response mask 0, repeat, at most `max_turns` searches. The whole episode is
+one assistant response, so veRL trains on the generated tokens only (`response_mask`), as the
+paper does.
 
 Registered through the YAML that `searchr1 export verl` writes (agent_loop.yaml):
 
@@ -35,8 +36,10 @@ from verl.utils.profiler import simple_timer
 
 from searchr1.export.episode import run_episode
 from searchr1.retrieval.client import HttpRetriever
-from searchr1.rollout.agent import encode_text, search_with_retries
+from searchr1.rollout.agent import search_with_retries
 from searchr1.rollout.settings import AgentConfig
+from searchr1.rollout.step import EpisodeStep, encode_prompt
+from searchr1.rollout.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +89,14 @@ class SearchR1AgentLoop(AgentLoopBase):
         self.retrieval_attempts = int(retrieval_attempts)
         self.retrieval_backoff_s = float(retrieval_backoff_s)
         self.response_length = int(self.rollout_config.response_length)
-        self.settings = AgentConfig(max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens),
-                                    max_obs_tokens=int(max_obs_tokens), max_response_tokens=self.response_length)
+        self.step = EpisodeStep(self.tokenizer, AgentConfig(
+            max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens), max_obs_tokens=int(max_obs_tokens),
+            max_response_tokens=self.response_length))
 
     async def _prompt_ids(self, messages: list) -> list[int]:
         if self.chat == "template":
             return await self.ct_build_initial_tokens(messages)
-        ids = encode_text(self.tokenizer, _prompt_text(messages))
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        if bos is not None and (not ids or ids[0] != bos):
-            probe = self.tokenizer("a")["input_ids"]
-            if probe and probe[0] == bos:
-                ids = [bos, *ids]  # as searchr1.rollout.agent.encode_prompt
+        ids = encode_prompt(self.tokenizer, _prompt_text(messages))
         return self._cap_text_prompt_length(ids)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
@@ -122,17 +121,17 @@ class SearchR1AgentLoop(AgentLoopBase):
                                                   self.retrieval_attempts, self.retrieval_backoff_s)
             return results[0]
 
-        ep = await run_episode(prompt_ids, generate, search, self.tokenizer, self.settings,
-                               eos_ids=_eos_ids(self.tokenizer), with_logprobs=want_logprobs)
+        traj = await run_episode(Trajectory(question="", golden_answers=[], prompt_ids=prompt_ids), generate, search,
+                                 self.step, eos_ids=_eos_ids(self.tokenizer))
         n = self.response_length
-        extra.update({"turn_scores": [], "tool_rewards": [], "searchr1_searches": len(ep.queries),
-                      "searchr1_stop_reason": ep.stop_reason})
+        extra.update({"turn_scores": [], "tool_rewards": [], "searchr1_searches": traj.num_searches,
+                      "searchr1_stop_reason": traj.stop_reason})
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
-            response_ids=ep.response_ids[:n],
-            response_mask=ep.response_mask[:n],
-            response_logprobs=ep.response_logprobs[:n] if ep.response_logprobs is not None else None,
-            num_turns=2 * ep.turns,  # user/assistant exchanges, as veRL counts turns
+            response_ids=traj.response_ids[:n],
+            response_mask=traj.policy_mask[:n],
+            response_logprobs=traj.logprobs[:n] if want_logprobs else None,
+            num_turns=2 * len(traj.turns),  # user/assistant exchanges, as veRL counts turns
             metrics=metrics,
             extra_fields=extra,
         )

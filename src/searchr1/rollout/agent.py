@@ -7,17 +7,14 @@ Each live episode is in one state per turn:
         |-----</search> q------> RETRIEVE ----------> GENERATE (with <information> appended)
         '-----anything else----> GENERATE (with Search-R1's invalid-action note appended)
 
-Episodes run in a pool (continuous batching): the generator advances every live episode a token
-at a time, and as soon as one episode's turn ends the agent applies the environment to it alone
-(the searches that ended in the same step go to the retriever in one batched call) and starts its
-next turn, or, when the episode is over, starts the next waiting episode in its place. After
-`max_turns` action turns comes the final turn: whatever it says ends the episode (a search there
-is not executed, as in Search-R1).
+The transitions are `searchr1.rollout.step.EpisodeStep`'s, the same the veRL agent loop takes;
+this module schedules them. Episodes run in a pool (continuous batching): the generator advances
+every live episode a token at a time, and as soon as one episode's turn ends the agent steps it
+alone (the searches that ended in the same step go to the retriever in one batched call) and starts
+its next turn, or, when the episode is over, starts the next waiting episode in its place.
 
-Tokens are appended to the trajectory as ids, never re-tokenised from text, with their policy mask
-set at the moment they are appended: 1 for what the policy sampled, 0 for what the environment
-injected. A retrieval failure is retried, then raised: an episode never silently continues with
-empty information.
+A retrieval failure is retried, then raised: an episode never silently continues with empty
+information.
 """
 
 from __future__ import annotations
@@ -26,15 +23,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from searchr1.errors import RetrieverError, RetrieverRequestError
-from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, STOP_STRINGS,
-                               format_documents, parse_action, truncate_tokens)
+from searchr1.protocol import STOP_STRINGS
 from searchr1.retrieval.base import Hit, Retriever
 from searchr1.rollout.generator import Generator, Sample, SamplingParams
 from searchr1.rollout.settings import AgentConfig
-from searchr1.rollout.trajectory import Trajectory, Turn
+from searchr1.rollout.step import EpisodeStep, encode_prompt
+from searchr1.rollout.trajectory import Trajectory
+
 
 @dataclass
 class RolloutStats:
@@ -53,59 +50,6 @@ class RolloutStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-#: outcomes of `turn_outcome` that end the episode (they are its stop_reason)
-ENDINGS = ("answer", "eos", "length", "max_turns")
-
-
-def turn_outcome(action: str, eos: bool, response_tokens: int, turns: int, max_turns: int,
-                 max_response_tokens: int) -> str:
-    """What follows a generated turn, by the rules in the module docstring, first match wins:
-    "answer" (the turn answered), "eos" (the policy ended the sequence), "length" (the response
-    budget is spent), "max_turns" (that was the final turn), else "search" (retrieve, inject the
-    documents) or "invalid" (inject the invalid-action note). `action` is `parse_action(...).kind`,
-    `turns` counts the turns generated so far, this one included. Both this batched agent and the
-    veRL episode (`searchr1.export.episode`) step by it."""
-    if action == "answer":
-        return "answer"
-    if eos:
-        return "eos"
-    if response_tokens >= max_response_tokens:
-        return "length"
-    if turns > max_turns:
-        return "max_turns"
-    return "search" if action == "search" else "invalid"
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def observation_ids(tokenizer, hits: Sequence[Hit | Mapping[str, Any]], max_tokens: int, head: list[int] | None = None,
-                    tail: list[int] | None = None) -> list[int]:
-    """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
-    the documents are cut, the tags kept (Search-R1 cuts the whole block, closing tag included).
-    `head` / `tail`: the encoded tags, when the caller keeps them."""
-    head = encode_text(tokenizer, OBSERVATION_OPEN) if head is None else head
-    tail = encode_text(tokenizer, OBSERVATION_CLOSE) if tail is None else tail
-    docs = encode_text(tokenizer, format_documents(hits).strip())
-    room = max_tokens - len(head) - len(tail)
-    if room <= 0:
-        return (head + tail)[:max_tokens]
-    return head + truncate_tokens(docs, room) + tail
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Prompt ids; a BOS is prepended when the tokenizer normally adds one and the text (e.g. a
-    chat template's output, which writes its own) does not start with it."""
-    ids = encode_text(tokenizer, text)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and (not ids or ids[0] != bos):
-        probe = tokenizer("a")["input_ids"]
-        if probe and probe[0] == bos:
-            ids = [bos, *ids]
-    return ids
 
 
 def new_trajectory(tokenizer, prompt_text: str, question: str = "", golden_answers: Sequence[str] = (),
@@ -145,9 +89,7 @@ class Agent:
         self.retriever = retriever
         self.cfg = cfg
         self.tokenizer = generator.tokenizer
-        self._head = encode_text(self.tokenizer, OBSERVATION_OPEN)
-        self._tail = encode_text(self.tokenizer, OBSERVATION_CLOSE)
-        self._note = encode_text(self.tokenizer, INVALID_ACTION_NOTE)
+        self.step = EpisodeStep(self.tokenizer, cfg)
 
     def run(self, trajectories: list[Trajectory], params: SamplingParams, pool: int | None = None,
             on_progress: Callable[[RolloutStats], None] | None = None) -> RolloutStats:
@@ -157,26 +99,23 @@ class Agent:
         waiting episode starts in its place, so the generator's batch stays full until the queue
         drains. `on_progress(stats)` is called after every step that ended a turn.
         """
-        cfg, stats = self.cfg, RolloutStats()
+        stats = RolloutStats()
         pool = len(trajectories) if pool is None else pool
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
         start = time.perf_counter()
         session = self.generator.session([t.prompt_ids for t in trajectories], params)
-        prefix = encode_text(self.tokenizer, cfg.response_prefix) if cfg.response_prefix else []
         waiting, live = deque(range(len(trajectories))), set()
         drain_start = None
 
         def submit(i: int, ids: list[int]) -> None:
-            room = cfg.max_response_tokens - len(trajectories[i].response_ids)
-            session.submit(i, ids, min(cfg.max_turn_tokens, room), STOP_STRINGS)
+            session.submit(i, ids, self.step.budget(trajectories[i]), STOP_STRINGS)
 
         try:
             while waiting or live:
                 while waiting and len(live) < pool:
                     i = waiting.popleft()
-                    trajectories[i].append(prefix, 0)
-                    submit(i, prefix)
+                    submit(i, self.step.begin(trajectories[i]))
                     live.add(i)
                 stats.max_live = max(stats.max_live, len(live))
                 t0 = time.perf_counter()
@@ -204,70 +143,38 @@ class Agent:
 
     def _play(self, trajectories: list[Trajectory], samples: Mapping[int, Sample],
               stats: RolloutStats) -> tuple[dict[int, list[int]], list[int]]:
-        """Record the turns that ended and apply the environment: (row -> tokens to append before the
-        row's next turn, rows whose episode ended)."""
-        cfg = self.cfg
-        appended, searching, ended = {}, [], []
+        """Step every row whose turn ended; the searches of all of them go to the retriever in one
+        call. Returns (row -> tokens to feed before the row's next turn, rows whose episode ended)."""
+        appended, ended, filled, searching = {}, [], [], []
+
+        def observe(i: int, hits: list[Hit] | None = None) -> None:
+            ids = self.step.observe(trajectories[i], hits)
+            if ids is None:
+                filled.append(i)  # the injected tokens filled the response
+            else:
+                appended[i] = ids
+
         for i, sample in samples.items():
-            traj = trajectories[i]
-            text = self._decode(sample.token_ids)
-            traj.append(sample.token_ids, 1, sample.logprobs)
             stats.generated_tokens += len(sample.token_ids)
             stats.turns += 1
-            # the forced prefix belongs to the first turn's action ("<search>" + " query </search>")
-            action = parse_action(text if traj.turns else cfg.response_prefix + text)
-            traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
-                                   generated_tokens=len(sample.token_ids), finish=sample.finish))
-            outcome = turn_outcome(action.kind, sample.finish == "eos", len(traj.response_ids),
-                                   len(traj.turns), cfg.max_turns, cfg.max_response_tokens)
-            if outcome in ENDINGS:
-                traj.stop_reason = outcome
-                if outcome == "answer":
-                    traj.answer = action.content
+            decision = self.step.turn(trajectories[i], sample)
+            if decision.done:
                 ended.append(i)
-            elif outcome == "search":
-                searching.append(i)
+            elif decision.outcome == "search":
+                searching.append((i, decision.query))
             else:
-                room = cfg.max_response_tokens - len(traj.response_ids)
-                appended[i] = self._inject(traj, self._note[:room])
+                observe(i)
         if searching:
-            self._retrieve(trajectories, searching, appended, stats)
-        for i in [i for i in appended if len(trajectories[i].response_ids) >= cfg.max_response_tokens]:
-            trajectories[i].stop_reason = "length"  # the injected tokens filled the response
-            appended.pop(i)
-            ended.append(i)
-        for i in ended:
-            trajectories[i].response_text = self._decode(trajectories[i].response_ids)
-        return appended, ended
+            for (i, _), hits in zip(searching, self._search([q for _, q in searching], stats)):
+                observe(i, hits)
+        return appended, ended + filled
 
-    # ------------------------------------------------------------------------- environment steps
-
-    def _retrieve(self, trajectories: list[Trajectory], searching: list[int], appended: dict[int, list[int]],
-                  stats: RolloutStats) -> None:
+    def _search(self, queries: list[str], stats: RolloutStats) -> list[list[Hit]]:
         cfg = self.cfg
-        queries = [trajectories[i].turns[-1].content for i in searching]
         t0 = time.perf_counter()
         results = search_with_retries(self.retriever, queries, cfg.topk, cfg.retrieval_attempts,
                                       cfg.retrieval_backoff_s)
         stats.retrieve_seconds += time.perf_counter() - t0
         stats.retrieval_calls += 1
         stats.searches += len(queries)
-        for i, hits in zip(searching, results):
-            traj = trajectories[i]
-            room = cfg.max_response_tokens - len(traj.response_ids)
-            obs = observation_ids(self.tokenizer, hits, min(cfg.max_obs_tokens, room), self._head, self._tail)
-            traj.turns[-1].doc_ids = [h.doc_id for h in hits]
-            appended[i] = self._inject(traj, obs)
-
-    def _decode(self, ids: list[int]) -> str:
-        # Special tokens (EOS, <|im_end|>) are structure, not text: a reward that checks the tag
-        # sequence must not see them after </answer>.
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _inject(self, traj: Trajectory, ids: list[int]) -> list[int]:
-        """Append environment tokens (policy mask 0) to the trajectory and record them on its last turn."""
-        traj.append(ids, 0)
-        turn = traj.turns[-1]
-        turn.observation = self._decode(ids)
-        turn.observation_tokens = len(ids)
-        return ids
+        return results

@@ -1,7 +1,8 @@
 """What one multi-turn episode produced, token by token.
 
-A `Trajectory` is built by the agent loop (`searchr1.rollout.agent`) by concatenating token ids,
-never by re-tokenising text, so `policy_mask[i]` always describes `response_ids[i]`:
+A `Trajectory` is built by the episode step (`searchr1.rollout.step`), under our batched agent
+(`searchr1.rollout.agent`) or the veRL agent loop (`searchr1.export.episode`), by concatenating
+token ids, never by re-tokenising text, so `policy_mask[i]` always describes `response_ids[i]`:
 1 = sampled by the policy, 0 = injected by the environment (`<information>` blocks, notes).
 (Training's loss mask is this mask, unless the no-masking ablation widens it: `searchr1.train.batch`.)
 Rewards, advantages, evaluation and reports all read lists of these.
