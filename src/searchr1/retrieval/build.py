@@ -3,8 +3,8 @@
 Layout of an index directory:
   index.json           what is inside: corpus fingerprint, passage count, methods with their stats
   docs.jsonl, docs.offsets.npy    the passage store (see docstore.py)
-  bm25/                bm25s index (see bm25.py)
-  dense/               faiss index + encoder settings (+ embeddings) (see dense.py)
+  <method>/            one directory per stored method of the registry (registry.py):
+                       bm25/ a bm25s index (bm25.py), dense/ a faiss index + encoder settings (dense.py)
   skipped_lines.jsonl  malformed corpus lines, when index.on_bad_line=skip
 
 Every write is atomic: a fresh index is built in a temporary sibling directory and renamed into
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from searchr1 import __version__
 from searchr1.atomic import swap_in, write_text_atomic
-from searchr1.errors import CorpusFormatError, IndexFormatError
+from searchr1.errors import ConfigError, CorpusFormatError, IndexFormatError
+from searchr1.retrieval import registry
 from searchr1.retrieval.corpus import BadLine, file_fingerprint, iter_passages
 from searchr1.retrieval.docstore import DocStore, write_docstore
 from searchr1.retrieval.settings import IndexConfig
@@ -52,19 +53,18 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
-def _build_method(method: str, store: DocStore, out: Path, cfg: IndexConfig, progress: bool) -> dict:
-    texts = (p.contents for p in store)
+def _stored_method(name: str) -> registry.Method:
+    method = registry.get(name)
+    if not method.stored:
+        raise ConfigError(f"{name} is fused at query time, not built; index.methods takes "
+                          f"{', '.join(registry.names(stored=True))}")
+    return method
+
+
+def _build_method(method: registry.Method, store: DocStore, out: Path, cfg: IndexConfig, progress: bool) -> dict:
+    settings = getattr(cfg, method.settings) if method.settings else None
     start = time.perf_counter()
-    if method == "bm25":
-        from searchr1.retrieval.bm25 import build_bm25
-
-        stats = build_bm25(texts, out, cfg.bm25, total=len(store), progress=progress)
-    elif method == "dense":
-        from searchr1.retrieval.dense import build_dense
-
-        stats = build_dense(texts, len(store), out, cfg.dense, progress=progress)
-    else:
-        raise IndexFormatError(f"unknown index method {method!r}")
+    stats = method.build((p.contents for p in store), len(store), out, settings, progress)
     stats["build_seconds"] = round(time.perf_counter() - start, 3)
     return stats
 
@@ -76,6 +76,7 @@ def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
     corpus = Path(cfg.corpus)
     if not corpus.is_file():
         raise CorpusFormatError(f"corpus file not found: {corpus}")
+    methods = [_stored_method(m) for m in cfg.methods]  # an unknown method fails before anything is written
     out = Path(cfg.dir)
     fingerprint = file_fingerprint(corpus)
     meta = read_index_meta(out) if (out / META_FILE).exists() else None
@@ -94,7 +95,7 @@ def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            meta = _build_fresh(corpus, fingerprint, tmp, cfg, progress)
+            meta = _build_fresh(corpus, fingerprint, tmp, methods, cfg, progress)
             out.parent.mkdir(parents=True, exist_ok=True)
             swap_in(tmp, out)
         finally:
@@ -104,24 +105,26 @@ def build_index(cfg: IndexConfig, progress: bool = True) -> dict:
     # Same corpus: reuse the passage store, add the methods that are missing (or rebuild them).
     store = DocStore(out)
     try:
-        for method in cfg.methods:
-            if method in meta["methods"] and (out / method).is_dir() and not cfg.overwrite:
+        for method in methods:
+            name = method.name
+            if name in meta["methods"] and (out / name).is_dir() and not cfg.overwrite:
                 continue
-            tmp = out / f".{method}.tmp-{os.getpid()}"
+            tmp = out / f".{name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 stats = _build_method(method, store, tmp, cfg, progress)
-                swap_in(tmp, out / method)
+                swap_in(tmp, out / name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            meta["methods"][method] = stats
+            meta["methods"][name] = stats
             _write_json_atomic(out / META_FILE, meta)
     finally:
         store.close()
     return meta
 
 
-def _build_fresh(corpus: Path, fingerprint: dict, out: Path, cfg: IndexConfig, progress: bool) -> dict:
+def _build_fresh(corpus: Path, fingerprint: dict, out: Path, methods: list[registry.Method], cfg: IndexConfig,
+                 progress: bool) -> dict:
     out.mkdir(parents=True)
     bad: list[BadLine] = []
     start = time.perf_counter()
@@ -144,8 +147,8 @@ def _build_fresh(corpus: Path, fingerprint: dict, out: Path, cfg: IndexConfig, p
     }
     store = DocStore(out)
     try:
-        for method in cfg.methods:
-            meta["methods"][method] = _build_method(method, store, out / method, cfg, progress)
+        for method in methods:
+            meta["methods"][method.name] = _build_method(method, store, out / method.name, cfg, progress)
     finally:
         store.close()
     _write_json_atomic(out / META_FILE, meta)

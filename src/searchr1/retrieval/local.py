@@ -1,4 +1,5 @@
-"""In-process retrieval over an index directory, and the one function that opens any retriever."""
+"""In-process retrieval over an index directory (its methods come from registry.py), and the one
+function that opens any retriever."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from searchr1.errors import ConfigError, IndexFormatError
+from searchr1.retrieval import registry
 from searchr1.retrieval.base import Hit, Ranker, Retriever
 from searchr1.retrieval.build import read_index_meta
 from searchr1.retrieval.docstore import DocStore
@@ -44,40 +46,27 @@ class IndexRetriever:
         self.store.close()
 
 
-def resolve_method(index_dir: str | os.PathLike, method: str) -> str:
+def resolve_method(index_dir: str | os.PathLike, cfg: RetrieverConfig) -> str:
+    """The method `cfg.method` names, checked against what the index holds; `auto` picks one."""
     meta = read_index_meta(index_dir)
     have = sorted(m for m in meta["methods"] if (Path(index_dir) / m).is_dir())
-    if method == "auto":
+    if cfg.method == "auto":
         if not have:
-            raise IndexFormatError(f"{index_dir} has no search index yet (only passages); build bm25 or dense")
-        return "hybrid" if {"bm25", "dense"} <= set(have) else have[0]
-    need = ["bm25", "dense"] if method == "hybrid" else [method]
-    missing = [m for m in need if m not in have]
+            raise IndexFormatError(f"{index_dir} has no search index yet (only passages); "
+                                   f"build one of {', '.join(registry.names(stored=True))}")
+        for name in registry.names(stored=False):  # a fusion of several methods the index holds
+            fused = set(registry.get(name).needs(cfg))
+            if len(fused) > 1 and fused <= set(have):
+                return name
+        return have[0]
+    need = registry.get(cfg.method).needs(cfg)
+    missing = sorted({m for m in need if m not in have})
     if missing:
         raise IndexFormatError(
             f"{index_dir} has no {' or '.join(missing)} index (it has: {', '.join(have) or 'none'}); "
             f"build it with `searchr1 index build index.dir={index_dir} index.methods={','.join(missing)}`"
         )
-    return method
-
-
-def load_ranker(index_dir: str | os.PathLike, method: str, cfg: RetrieverConfig) -> Ranker:
-    index_dir = Path(index_dir)
-    if method == "bm25":
-        from searchr1.retrieval.bm25 import BM25Ranker
-
-        return BM25Ranker(index_dir / "bm25", threads=cfg.threads)
-    if method == "dense":
-        from searchr1.retrieval.dense import DenseRanker
-
-        return DenseRanker(index_dir / "dense", device=cfg.device, ef_search=cfg.hnsw_ef_search,
-                           nprobe=cfg.ivf_nprobe, blas_threshold=cfg.faiss_blas_threshold)
-    if method == "hybrid":
-        from searchr1.retrieval.hybrid import HybridRanker
-
-        rankers = [load_ranker(index_dir, m, cfg) for m in ("bm25", "dense")]
-        return HybridRanker(rankers, depth=cfg.fusion_depth, rrf_k=cfg.rrf_k)
-    raise ConfigError(f"unknown retrieval method {method!r}")
+    return cfg.method
 
 
 def _set_threads(threads: int) -> None:
@@ -91,8 +80,8 @@ def _set_threads(threads: int) -> None:
 
 def open_index(cfg: RetrieverConfig) -> IndexRetriever:
     _set_threads(cfg.threads)
-    method = resolve_method(cfg.index, cfg.method)
-    ranker = load_ranker(cfg.index, method, cfg)
+    method = resolve_method(cfg.index, cfg)
+    ranker = registry.get(method).open(Path(cfg.index), cfg)
     reranker = None
     if cfg.reranker:
         from searchr1.retrieval.rerank import CrossEncoderReranker

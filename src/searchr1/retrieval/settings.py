@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from searchr1.config import param
+from searchr1.retrieval import registry
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# The method names come from the registry, so a registered method is a valid config value.
+STORED_METHODS = tuple(registry.names(stored=True))
+METHODS = ("auto", *registry.names())
 
 
 @dataclass
@@ -71,7 +75,7 @@ class DenseConfig:
 class IndexConfig:
     corpus: str = param("", "JSONL corpus ({id, contents} or {id, title, text}; .gz allowed)")
     dir: str = param("runs/index", "index directory to write")
-    methods: list[Literal["bm25", "dense"]] = param(["bm25"], "indexes to build: bm25, dense, or both")
+    methods: list[Literal[STORED_METHODS]] = param(["bm25"], "indexes to build: bm25, dense, or both")
     overwrite: bool = param(False, "rebuild methods that already exist in dir")
     on_bad_line: Literal["error", "skip"] = param(
         "error", "malformed corpus line: stop with an error naming it, or skip it (skipped lines are saved)"
@@ -81,17 +85,20 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if not self.methods:
-            raise ValueError("methods must name at least one of bm25, dense")
+            raise ValueError(f"methods must name at least one of {', '.join(STORED_METHODS)}")
 
 
 @dataclass
 class RetrieverConfig:
     index: str = param("", "index directory to search in process (give this or url)")
     url: str = param("", "URL of a running `searchr1 serve` (or Search-R1) retrieval server")
-    method: Literal["auto", "bm25", "dense", "hybrid"] = param(
-        "auto", "auto: hybrid when the index has both bm25 and dense, else the one it has"
+    method: Literal[METHODS] = param(
+        "auto", "auto: hybrid when the index has every method hybrid_methods names, else the first one it has"
     )
     topk: int = param(3, "passages returned per query (the paper uses 3)")
+    hybrid_methods: list[Literal[STORED_METHODS]] = param(
+        ["bm25", "dense"], "the indexes hybrid fuses by reciprocal rank fusion"
+    )
     rrf_k: int = param(60, "reciprocal rank fusion constant for hybrid")
     fusion_depth: int = param(50, "candidates each method contributes to hybrid fusion / reranking")
     hnsw_ef_search: int = param(128, "HNSW query-time search width")
