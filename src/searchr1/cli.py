@@ -1,6 +1,7 @@
 """`searchr1 <command>`: one entry point. Every command reads the root `Config`.
 
   searchr1 index build index.corpus=wiki.jsonl index.dir=runs/wiki index.methods=bm25,dense
+  searchr1 index memory --n 21015324 --dim 768             (server memory per index type, no index needed)
   searchr1 serve retriever.index=runs/wiki server.port=8000
   searchr1 search "who wrote hamlet" retriever.index=runs/wiki
   searchr1 ask "who wrote hamlet" retriever.index=runs/wiki model.name=HuggingFaceTB/SmolLM2-135M-Instruct
@@ -54,6 +55,24 @@ def cmd_index_build(args) -> int:
                for m, s in meta["methods"].items()}
     print(f"searchr1: index {cfg.index.dir}: {meta['num_docs']} passages "
           f"({meta['skipped_lines']} malformed lines skipped); {json.dumps(summary)}")
+    return 0
+
+
+def cmd_index_memory(args) -> int:
+    from searchr1.errors import ConfigError
+    from searchr1.index_memory import DEFAULT_INDEXES, format_memory_table, memory_table
+
+    cfg = _load(args)
+    dense = cfg.index.dense  # the aliases' hnsw_m, ivf_nlist, pq_m, train_size; its index_type joins the table
+    defaults = [*DEFAULT_INDEXES, *([dense.index_type] if dense.index_type not in DEFAULT_INDEXES else [])]
+    try:
+        rows = memory_table(args.n, args.dim, (args.index or defaults) + args.extra, dense=dense, metric=args.metric,
+                            bm25_nnz_per_doc=args.bm25_nnz_per_doc, bm25_vocab_size=args.bm25_vocab,
+                            avg_passage_bytes=args.avg_passage_bytes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"Memory for n = {args.n:,} passages (embedding dimension {args.dim} unless stated):\n")
+    print(format_memory_table(rows))
     return 0
 
 
@@ -210,16 +229,38 @@ def _with_config(p: argparse.ArgumentParser, positional: str | None = None) -> a
     return p
 
 
+def _index_memory_parser(index) -> None:
+    from searchr1.index_memory import AVG_PASSAGE_BYTES, BM25_NNZ_PER_DOC, DEFAULT_INDEXES, WIKI18_PASSAGES
+
+    p = _with_config(index.add_parser(
+        "memory", help="memory of each faiss index type, BM25 and the passage store for n passages (Markdown "
+                       "table); the aliases follow index.dense.*"))
+    p.add_argument("--n", type=int, default=WIKI18_PASSAGES, help="passages (default: wiki-18, 21,015,324)")
+    p.add_argument("--dim", type=int, default=768, help="embedding dimension (e5-base: 768, MiniLM: 384)")
+    p.add_argument("--index", action="append", metavar="SPEC[@DIM]",
+                   help=f"index to include (repeatable; replaces the defaults {', '.join(DEFAULT_INDEXES)} "
+                        "and index.dense.index_type)")
+    p.add_argument("--extra", action="append", default=[], metavar="SPEC[@DIM]",
+                   help="index to add after the defaults, e.g. flat@384")
+    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    p.add_argument("--avg-passage-bytes", type=float, default=AVG_PASSAGE_BYTES)
+    p.add_argument("--bm25-nnz-per-doc", type=float, default=BM25_NNZ_PER_DOC)
+    p.add_argument("--bm25-vocab", type=int, default=None, help="BM25 vocabulary size (default: Heaps' law estimate)")
+    p.set_defaults(func=cmd_index_memory)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="searchr1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"searchr1 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    index = sub.add_parser("index", help="build search indexes").add_subparsers(dest="index_command", required=True)
+    index = sub.add_parser("index", help="build search indexes, or size them").add_subparsers(
+        dest="index_command", required=True)
     p = _with_config(index.add_parser("build", help="corpus JSONL -> BM25 and/or dense index directory"))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_index_build)
+    _index_memory_parser(index)
 
     _with_config(sub.add_parser("serve", help="serve an index over HTTP (Search-R1's /retrieve API)")).set_defaults(
         func=cmd_serve)

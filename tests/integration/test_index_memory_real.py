@@ -1,4 +1,4 @@
-"""searchr1.retrieval.memory against real indexes: faiss indexes built from random vectors and
+"""searchr1.index_memory against real indexes: faiss indexes built from random vectors and
 serialised, and our BM25 index and passage store built from wiki18_mini passages.
 
 Tolerances: 1% for the faiss types whose layout is deterministic (in practice the prediction is
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from searchr1.retrieval.memory import (
+from searchr1.index_memory import (
     AVG_PASSAGE_BYTES,
     BM25_NNZ_PER_DOC,
     bm25_matrix_bytes,

@@ -1,4 +1,4 @@
-"""searchr1.retrieval.memory: index sizes from parameters, checked against hand-computed bytes.
+"""searchr1.index_memory (`searchr1 index memory`): index sizes from parameters, checked against hand-computed bytes.
 
 Byte counts follow faiss's serialisation (fourcc 4 + index header 33 bytes; every vector is a
 size_t length then its data) and our own file formats (.npy header 128 bytes).
@@ -11,8 +11,9 @@ import math
 import pytest
 
 from searchr1.errors import ConfigError
-from searchr1.retrieval import memory as mem
-from searchr1.retrieval.memory import (
+from searchr1 import index_memory as mem
+from searchr1.cli import main
+from searchr1.index_memory import (
     IndexBytes,
     UnsupportedIndexError,
     bm25_matrix_bytes,
@@ -298,11 +299,21 @@ def test_default_table_covers_every_alias():
 
 
 def test_cli_prints_the_table(capsys):
-    assert mem.main(["--n", "21015324", "--dim", "768", "--extra", "flat@384"]) == 0
+    assert main(["index", "memory", "--n", "21015324", "--dim", "768", "--extra", "flat@384"]) == 0
     out = capsys.readouterr().out
     assert "21,015,324" in out and "| 64.56 | 60.13 |" in out and "d=384" in out
-    assert mem.main(["--index", "OPQ16,Flat"]) == 2
+    assert main(["index", "memory", "--index", "OPQ16,Flat"]) == 2
     assert "cannot model" in capsys.readouterr().err
+
+
+def test_cli_reads_the_dense_settings(capsys):
+    # the hnsw alias takes index.dense.hnsw_m; a configured factory string joins the default table
+    args = ["index", "memory", "--n", "1000", "--dim", "64", "index.dense.hnsw_m=16", "index.dense.index_type=PQ8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "hnsw = HNSW16,Flat, d=64" in out and "| PQ8, d=64 |" in out
+    assert main(["index", "memory", "--n", "-1"]) == 2
+    assert "n >= 0" in capsys.readouterr().err
 
 
 def test_formulas_are_documented_for_each_kind():

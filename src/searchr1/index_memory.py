@@ -1,6 +1,6 @@
 """Memory of a retrieval server, computed from index parameters (no index needs to exist).
 
-    python -m searchr1.retrieval.memory --n 21015324 --dim 768 --extra flat@384
+    searchr1 index memory --n 21015324 --dim 768 --extra flat@384
 
 prints, as a Markdown table, the bytes of every piece a `searchr1 serve` process holds for a
 corpus of n passages: the faiss index (each type), the BM25 index, the passage store and the
@@ -45,11 +45,9 @@ our tokenizer and on-disk formats) are module constants below; every one is a pa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -457,43 +455,3 @@ def format_memory_table(rows: Sequence[MemoryRow]) -> str:
             f"| {r.component} | {r.config} | {_gb(r.bytes)} | {r.bytes / 2**30:,.2f} | {r.lives} | {r.formula} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m searchr1.retrieval.memory",
-        description="Memory of each faiss index type, BM25 and the passage store for n passages, as a Markdown table.",
-    )
-    p.add_argument("--n", type=int, default=WIKI18_PASSAGES, help="passages (default: wiki-18, 21,015,324)")
-    p.add_argument("--dim", type=int, default=768, help="embedding dimension (e5-base: 768, MiniLM: 384)")
-    p.add_argument("--index", action="append", metavar="SPEC[@DIM]",
-                   help=f"index to include (repeatable; replaces the defaults {', '.join(DEFAULT_INDEXES)})")
-    p.add_argument("--extra", action="append", default=[], metavar="SPEC[@DIM]",
-                   help="index to add after the defaults, e.g. flat@384")
-    p.add_argument("--hnsw-m", type=int, default=32, help="M of the hnsw alias")
-    p.add_argument("--ivf-nlist", type=int, default=0, help="nlist of the ivfpq alias (0: about 4*sqrt(n))")
-    p.add_argument("--pq-m", type=int, default=0, help="PQ sub-quantisers of the ivfpq alias (0: dim/8)")
-    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
-    p.add_argument("--avg-passage-bytes", type=float, default=AVG_PASSAGE_BYTES)
-    p.add_argument("--bm25-nnz-per-doc", type=float, default=BM25_NNZ_PER_DOC)
-    p.add_argument("--bm25-vocab", type=int, default=None, help="BM25 vocabulary size (default: Heaps' law estimate)")
-    args = p.parse_args(argv)
-    from searchr1.retrieval.settings import DenseConfig
-
-    try:
-        dense = DenseConfig(hnsw_m=args.hnsw_m, ivf_nlist=args.ivf_nlist, pq_m=args.pq_m)
-        rows = memory_table(
-            args.n, args.dim, (args.index or list(DEFAULT_INDEXES)) + args.extra, dense=dense, metric=args.metric,
-            bm25_nnz_per_doc=args.bm25_nnz_per_doc, bm25_vocab_size=args.bm25_vocab,
-            avg_passage_bytes=args.avg_passage_bytes,
-        )
-    except (SearchR1Error, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"Memory for n = {args.n:,} passages (embedding dimension {args.dim} unless stated):\n")
-    print(format_memory_table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
