@@ -60,7 +60,6 @@ AVG_PASSAGE_BYTES = 680.15  # docs.jsonl bytes per passage: 15,872,118 / 23,336
 BM25_NNZ_PER_DOC = 54.06  # distinct terms per passage (stemmed, stop words removed): 1,261,583 / 23,336
 BM25_TERMS_PER_DOC = 70.07  # term occurrences per passage (its avg_doc_len)
 HEAPS_V0, HEAPS_T0, HEAPS_BETA = 70_596, 1_635_251, 0.59  # V = V0 * (T / T0)^beta, fitted on 1k..23k passages
-VOCAB_JSON_BYTES_PER_TERM = 17.51  # vocab.index.json: '"term": id, '
 VOCAB_RAM_BYTES_PER_TERM = 112.0  # the same vocabulary as a Python dict (tracemalloc)
 
 NPY_HEADER = 128  # a 1-D or 2-D .npy file header

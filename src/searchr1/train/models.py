@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from searchr1.rl import entropy_from_logits
+from searchr1.rl import entropy_from_logits, logprobs_from_logits
 
 
 def causal_lm(model: nn.Module) -> nn.Module:
@@ -80,8 +80,7 @@ def token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, te
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
-    # gather - logsumexp: no second [B, T, V] tensor (log_softmax would materialise one)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logp = logprobs_from_logits(logits, targets)
     entropy = None
     if with_entropy:
         if entropy_grad:

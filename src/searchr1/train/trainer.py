@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +29,6 @@ from searchr1.modelhub import load_causal_lm, pick_device
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent
 from searchr1.rollout.backend import open_generator
-from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.batch import collate
 from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints, load_trainer_state, load_weights,
                                        save_checkpoint, verify_checkpoint)
@@ -38,9 +36,7 @@ from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
 from searchr1.train.metrics_log import MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
-from searchr1.train.rollouts import PromptSampler, RolloutCollector, default_reward_fn, rollout_metrics
-
-RewardFn = Callable[[Trajectory], float]
+from searchr1.train.rollouts import PromptSampler, RewardFn, RolloutCollector, default_reward_fn, rollout_metrics
 
 
 def _seed_everything(seed: int) -> None:
