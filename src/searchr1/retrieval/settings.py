@@ -75,7 +75,7 @@ class DenseConfig:
 class IndexConfig:
     corpus: str = param("", "JSONL corpus ({id, contents} or {id, title, text}; .gz allowed)")
     dir: str = param("runs/index", "index directory to write")
-    methods: list[Literal[STORED_METHODS]] = param(["bm25"], "indexes to build: bm25, dense, or both")
+    methods: list[Literal[STORED_METHODS]] = param(["bm25"], f"indexes to build, any of {', '.join(STORED_METHODS)}")
     overwrite: bool = param(False, "rebuild methods that already exist in dir")
     on_bad_line: Literal["error", "skip"] = param(
         "error", "malformed corpus line: stop with an error naming it, or skip it (skipped lines are saved)"
@@ -97,7 +97,7 @@ class RetrieverConfig:
     )
     topk: int = param(3, "passages returned per query (the paper uses 3)")
     hybrid_methods: list[Literal[STORED_METHODS]] = param(
-        ["bm25", "dense"], "the indexes hybrid fuses by reciprocal rank fusion"
+        ["bm25", "dense"], f"the indexes hybrid fuses by reciprocal rank fusion, any of {', '.join(STORED_METHODS)}"
     )
     rrf_k: int = param(60, "reciprocal rank fusion constant for hybrid")
     fusion_depth: int = param(50, "candidates each method contributes to hybrid fusion / reranking")
