@@ -5,7 +5,8 @@ as a transformers model, so `EngineSession` runs unchanged on it; but its next t
 Python function of the row's visible context (decoded from the tokens the attention mask lets it
 see), so every expected output can be written down by hand. It stores token ids in the cache in
 place of keys, which also checks that the session's cache bookkeeping (padding, row removal)
-keeps each row's context exactly.
+keeps each row's context exactly. `SyncRecordingGenerator` is our engine recording how the
+trainer drives the `Generator` contract.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import string
 from types import SimpleNamespace
 
 import torch
+
+from searchr1.rollout.engine import EngineGenerator
 
 LOGIT = 10.0  # the scripted token's logit; every other token has logit 0
 
@@ -85,3 +88,23 @@ class Passages:
         from searchr1.retrieval.base import Hit
 
         return [[Hit(f"d{i}", f"Title {i}", f"Passage {i} about {q}.", 1.0) for i in range(k)] for q in queries]
+
+
+class SyncRecordingGenerator(EngineGenerator):
+    """Our engine, recording the trainer's side of the `Generator` contract: each `weights_updated`
+    counts and adds `SYNC_SECONDS` to `weight_sync_seconds`, as an engine with its own copy of the
+    weights would; `close` is recorded, not performed."""
+
+    SYNC_SECONDS = 0.25
+
+    def __init__(self, model, tokenizer, **kwargs) -> None:
+        super().__init__(model, tokenizer, **kwargs)
+        self.updates = 0
+        self.closed = False
+
+    def weights_updated(self) -> None:
+        self.updates += 1
+        self.weight_sync_seconds += self.SYNC_SECONDS
+
+    def close(self) -> None:
+        self.closed = True

@@ -16,7 +16,7 @@ from searchr1.retrieval.base import Hit
 from searchr1.settings import Config
 from searchr1.train.metrics_log import read_metrics
 from searchr1.train.trainer import train
-from fakes import char_tokenizer
+from fakes import SyncRecordingGenerator, char_tokenizer
 
 torch.set_num_threads(1)
 
@@ -74,6 +74,21 @@ def test_grpo_raises_the_reward_and_logs_metrics(world, tmp_path):
         assert key in rows[-1], key
     assert rows[-1]["rollout/logprob_diff"] < 1e-3  # the recomputed log-probs are the sampled ones
     assert result["checkpoint"] and Path(result["checkpoint"]).name == "step-000015"
+
+
+def test_the_trainer_drives_the_generator_contract(world, tmp_path):
+    made = []
+
+    def factory(model, tokenizer):
+        made.append(SyncRecordingGenerator(model, tokenizer))
+        return made[-1]
+
+    train(make_cfg(world, tmp_path / "run", steps=2), generator_factory=factory, reward_fn=share_of_a)
+    (generator,) = made
+    assert generator.updates == 2  # once after every update
+    assert not generator.closed  # a generator from the caller's factory is the caller's to close
+    syncs = [r["time/weight_sync_s"] for r in read_metrics(tmp_path / "run")]
+    assert syncs == [SyncRecordingGenerator.SYNC_SECONDS] * 2  # each step's share of the running total
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "reinforce_pp"])

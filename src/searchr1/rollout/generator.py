@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Finish = Literal["stop", "eos", "length"]
 
@@ -86,10 +86,39 @@ class GenerationSession(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class Generator(Protocol):
+    """What the agent, the trainer and evaluation need of an engine. Engines inherit the defaults of
+    `GeneratorBase`; only one that keeps its own copy of the weights (vLLM) overrides them."""
+
     tokenizer: object
+    #: seconds spent copying the sampled module's weights into the engine, summed over its life
+    #: (the trainer logs the difference per step as time/weight_sync_s)
+    weight_sync_seconds: float
 
     def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationSession: ...
+
+    def weights_updated(self) -> None:
+        """The module the generator samples from changed (the trainer calls this after every update):
+        its next session must sample from the new weights."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (vLLM: its process and memory); its owner calls this once."""
+        ...
+
+
+class GeneratorBase:
+    """The defaults of the `Generator` contract, for an engine that runs the sampled module itself
+    (ours) or none at all (a script): no weights of its own to sync, nothing to shut down."""
+
+    weight_sync_seconds: float = 0.0
+
+    def weights_updated(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class TurnBatchedSession:
@@ -114,7 +143,7 @@ class TurnBatchedSession:
         return self.generate({r: ids for r, (ids, _, _) in batch.items()}, {r: n for r, (_, n, _) in batch.items()}, stop)
 
 
-class SingleTurn:
+class SingleTurn(GeneratorBase):
     """`generate` for a `Generator`: one turn for a batch of prompts, in a session of its own
     (single-turn use: evaluation baselines, benchmarks, tests). Subclasses define `session`."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from searchr1.rollout.generator import Sample, SamplingParams, TurnBatchedSession, find_stop
+from searchr1.rollout.generator import GeneratorBase, Sample, SamplingParams, TurnBatchedSession, find_stop
 
 
-class ScriptedGenerator:
+class ScriptedGenerator(GeneratorBase):
     def __init__(self, tokenizer, scripts: Sequence[Sequence[str]]) -> None:
         """scripts[i] = the turn texts of episode i, in order."""
         self.tokenizer = tokenizer

@@ -174,7 +174,6 @@ class VLLMGenerator(SingleTurn):
         self.max_context = int(self.engine.model_config.max_model_len)
         self._stale = source is not None  # the source may differ from the directory (resumed, LoRA, updated)
         self._sessions = itertools.count()
-        self.weight_sync_seconds = 0.0  # summed over loads; the trainer logs it per step
 
     @classmethod
     def from_config(cls, cfg, model_name: str | None = None, tokenizer=None, source=None, seed: int = 0
@@ -182,6 +181,7 @@ class VLLMGenerator(SingleTurn):
         """From the root config: `cfg.model` (name, device, dtype) and `cfg.rollout.vllm`."""
         from searchr1.modelhub import pick_device, resolve_causal_lm, resolve_dtype
 
+        import_vllm()  # a missing vLLM is said before a bundled model is converted for it
         device = pick_device(cfg.model.device)
         if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SearchR1Error("rollout.backend=vllm with several CUDA processes is not supported yet (each rank "

@@ -99,6 +99,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
 
     `generator_factory(model, tokenizer) -> Generator` samples from the trained model itself
     (default: the engine `cfg.rollout.backend` names, `searchr1.rollout.backend.open_generator`);
+    the trainer calls its `weights_updated()` after every update and reads `weight_sync_seconds`;
+    a generator from `generator_factory` is the caller's to close;
     `retriever`: an open retriever (default: `cfg.retriever`'s, opened when `cfg.agent.max_turns > 0`);
     `reward_fn(trajectory) -> float` (default: exact match of the last answer, with Search-R1's
     format score when `train.format_reward`).
@@ -162,8 +164,6 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     # the generator samples from the trained weights themselves (vLLM: follows them, see below)
     factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
     generator = factory(causal_lm(models.policy), tokenizer)
-    # an engine with its own copy of the weights (vLLM) reloads them before its next rollout
-    weights_updated = getattr(generator, "weights_updated", lambda: None)
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
@@ -193,7 +193,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     try:
         for step in range(start + 1, tc.steps + 1):
             t_step = time.perf_counter()
-            sync_seconds = getattr(generator, "weight_sync_seconds", 0.0)  # vLLM: total so far
+            sync_seconds = generator.weight_sync_seconds  # total so far
             # 1-3. questions -> episodes played by the policy -> rewards
             rollouts = collector.collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
@@ -204,7 +204,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             metrics = {**rollout_metrics(trajs, batch, rollouts.scores), **rollouts.metrics}
             # 5-6. old / reference log-probs, values -> advantages -> policy (and critic) update
             up = learner.learn(batch, rollouts.scores.to(device), step)
-            weights_updated()
+            generator.weights_updated()  # an engine with its own copy (vLLM) reloads before its next rollout
             skipped_total += int(up.pop("train/skipped_updates"))
             metrics.update(up)
             t_end = time.perf_counter()
@@ -215,7 +215,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "time/rollout_s": rollout.seconds,
                 "time/generate_s": rollout.generate_seconds,
                 "time/retrieval_s": rollout.retrieve_seconds,
-                "time/weight_sync_s": getattr(generator, "weight_sync_seconds", 0.0) - sync_seconds,
+                "time/weight_sync_s": generator.weight_sync_seconds - sync_seconds,
                 "time/step_s": t_end - t_step,
                 "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t_end - t_step, 1e-9),
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
@@ -249,7 +249,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         if own_retriever:
             getattr(retriever, "close", lambda: None)()
         if generator_factory is None:  # ours to shut down (a vLLM engine's process)
-            getattr(generator, "close", lambda: None)()
+            generator.close()
     # Leave the process group only on success: after an error torchrun stops every rank anyway,
     # and a barrier here could pair with another rank's unrelated collective.
     models.undistribute()
