@@ -36,7 +36,7 @@ from _common import machine, save_json, table  # noqa: E402
 
 from searchr1.config import load_config
 from searchr1.data.questions import held_out_questions
-from searchr1.demo import prepare_world
+from searchr1.data.world import prepare_world
 from searchr1.eval.harness import evaluate, read_trajectories
 from searchr1.retrieval.build import build_index
 from searchr1.retrieval.local import open_retriever
@@ -85,7 +85,7 @@ def main() -> None:
 
     cfg = load_config(Config, "cpu-demo", [f"demo.dir={args.dir}", f"model.threads={args.threads}",
                                           f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false"])
-    _, train_questions, _ = prepare_world(cfg)
+    _, train_questions, _ = prepare_world(cfg.world, args.dir / "data")
     index_dir = args.dir / "index"
     build_index(dataclasses.replace(cfg.index, corpus=str(args.dir / "data" / "corpus.jsonl"), dir=str(index_dir),
                                     methods=["bm25"]), progress=False)

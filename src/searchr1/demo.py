@@ -12,72 +12,43 @@ Six stages, each printed with its time (the cpu-demo preset fits about 20 minute
   5. the trained policy evaluated on the same held-out questions
   6. `{demo.dir}/report.md` and `report.html`: settings, the before/after table, the training curves
      (inline SVG), example trajectories; `report.json` holds the numbers
+
+Stages 2-5 are the steps of `searchr1.pipeline`, which the study runs too; every evaluation
+generates with the engine `rollout.backend` names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
-from searchr1.data.questions import held_out_questions, synthetic_split, synthetic_world
+from searchr1.data.questions import held_out_questions
 from searchr1.data.synthetic import Question
-from searchr1.eval.harness import evaluate, read_trajectories
-from searchr1.eval.html import _CSS, _table, esc, render_episode
+from searchr1.data.world import prepare_world
+from searchr1.eval.harness import read_trajectories
+from searchr1.eval.html import REPORT_CSS, esc, html_table, render_episode
 from searchr1.eval.metrics import markdown_table
 from searchr1.eval.plots import line_plot_svg
-from searchr1.retrieval.build import build_index
+from searchr1.pipeline import evaluate_policy, index_world, load_policy, retriever_config, train_policy, warm_up
 from searchr1.retrieval.client import HttpRetriever
-from searchr1.retrieval.corpus import write_passages
 from searchr1.retrieval.evaluate import answer_recall
 from searchr1.retrieval.local import open_index, open_retriever
 from searchr1.retrieval.server import BackgroundServer
 from searchr1.settings import Config
 
 
-def _write_if_changed(path: Path, write) -> None:
-    """Write via `write(tmp_path)`; keep the old file (and its mtime) when the bytes are equal."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    if path.exists() and path.read_bytes() == tmp.read_bytes():
-        tmp.unlink()
-    else:
-        os.replace(tmp, path)
-
-
-def _write_questions(questions: list[Question], path: Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for q in questions:
-                f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
-
-    _write_if_changed(path, write)
-
-
-def prepare_world(cfg: Config) -> tuple[Path, list[Question], list[Question]]:
-    train, test = synthetic_split(cfg.world)
-    data = Path(cfg.demo.dir) / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    corpus = data / "corpus.jsonl"
-    _write_if_changed(corpus, lambda tmp: write_passages(synthetic_world(cfg.world).passages(), tmp))
-    _write_questions(train, data / "train.jsonl")
-    _write_questions(test, data / "test.jsonl")
-    return corpus, train, test
-
-
 def retrieval_check(cfg: Config, console) -> dict:
     """Stage 1: world -> corpus -> BM25 + dense indexes -> answer recall in process and over HTTP."""
     t0 = time.perf_counter()
-    corpus, train, test = prepare_world(cfg)
+    corpus, train, test = prepare_world(cfg.world, Path(cfg.demo.dir) / "data")
     console.print(f"[bold]1/6[/] synthetic world: {corpus} ({sum(1 for _ in open(corpus))} passages), "
                   f"{len(train)} train / {len(test)} test questions")
 
     index_dir = Path(cfg.demo.dir) / "index"
-    index_cfg = dataclasses.replace(cfg.index, corpus=str(corpus), dir=str(index_dir), methods=cfg.demo.methods)
-    meta = build_index(index_cfg, progress=True)
+    meta = index_world(cfg, corpus, index_dir, cfg.demo.methods, progress=True)
     console.print(f"[bold]1/6[/] index {index_dir}: {meta['num_docs']} passages, methods {sorted(meta['methods'])}")
 
     questions = test[: cfg.demo.max_questions]
@@ -86,8 +57,7 @@ def retrieval_check(cfg: Config, console) -> dict:
     methods = list(cfg.demo.methods) + (["hybrid"] if {"bm25", "dense"} <= set(cfg.demo.methods) else [])
     rows = []
     for method in methods:
-        rcfg = dataclasses.replace(cfg.retriever, index=str(index_dir), url="", method=method)
-        retriever = open_index(rcfg)
+        retriever = open_index(retriever_config(cfg, index_dir, method))
         try:
             local = answer_recall(retriever, texts, answers)
             server_cfg = dataclasses.replace(cfg.server, port=0, host="127.0.0.1")
@@ -152,12 +122,13 @@ def _stage(console, timings: dict, key: str, title: str):
     return run()
 
 
-def _evaluate(cfg: Config, rcfg, out_dir: Path, console, generator, retriever) -> dict:
-    """The agent on demo.eval_questions of the world's held-out questions (the ones training leaves out)."""
+def evaluate_held_out(cfg: Config, rcfg, out_dir: Path, console, retriever, policy: tuple | None = None) -> dict:
+    """The agent (`policy`, else `cfg.model`, on `rollout.backend`) on demo.eval_questions of the
+    world's held-out questions (the ones training leaves out)."""
     ev = dataclasses.replace(cfg.eval, limit=cfg.demo.eval_questions, modes=["agent"], out_dir=str(out_dir))
     ecfg = dataclasses.replace(cfg, eval=ev, retriever=rcfg,
                                train=dataclasses.replace(cfg.train, train_data="synthetic"))
-    return evaluate(ecfg, console, generator, retriever, questions=held_out_questions(ecfg))
+    return evaluate_policy(ecfg, console, retriever, held_out_questions(ecfg), policy)
 
 
 def _agent_metrics(results: dict) -> tuple[dict, Path]:
@@ -177,16 +148,10 @@ def run_demo(cfg: Config, console) -> dict:
     if cfg.demo.retrieval_only:
         return {"retrieval": retrieval, "timings": timings}
 
-    # the training stack (transformers, the trainer) is imported only past the retrieval-only exit
-    from searchr1.rollout.engine import EngineGenerator
-    from searchr1.train.models import causal_lm
-    from searchr1.train.sft import save_model, warmup
-    from searchr1.train.trainer import train
-
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    _, train_questions, _ = prepare_world(cfg)
-    rcfg = dataclasses.replace(cfg.retriever, index=str(out / "index"), url="")
+    _, train_questions, _ = prepare_world(cfg.world, out / "data")
+    rcfg = retriever_config(cfg, out / "index")
     retriever = open_retriever(rcfg)
     evals: dict[str, dict] = {}
     sft_result: dict | None = None
@@ -194,25 +159,26 @@ def run_demo(cfg: Config, console) -> dict:
         with _stage(console, timings, "eval_before",
                     f"stage 2/6: evaluate {cfg.model.name} before training ({cfg.demo.eval_questions} held-out "
                     "questions, agent mode)"):
-            generator = EngineGenerator.from_config(cfg.model)
-            evals["before"] = _evaluate(cfg, rcfg, out / "eval-before", console, generator, retriever)
+            # the warm-up trains a policy in memory; without one, evaluation loads cfg.model itself
+            policy = load_policy(cfg) if cfg.sft.steps > 0 else None
+            evals["before"] = evaluate_held_out(cfg, rcfg, out / "eval-before", console, retriever, policy)
         rl_model = cfg.model.name
         if cfg.sft.steps > 0:
             with _stage(console, timings, "sft", f"stage 3/6: SUPERVISED WARM-UP on demonstrations "
                                                  f"({cfg.sft.steps} steps) -- not pure RL, the report says so"):
-                sft_result = warmup(cfg, generator.model, generator.tokenizer, retriever, train_questions, console)
-                sft_dir = save_model(generator.model, generator.tokenizer, out / "sft-model")
+                sft_dir = out / "sft-model"
+                sft_result = warm_up(cfg, policy, retriever, train_questions, sft_dir, console)
                 rl_model = str(sft_dir)
                 console.print(f"warm-up: {sft_result['kept']} demonstrations kept ({sft_result['dropped']} dropped), "
                               f"loss {sft_result['first_loss']} -> {sft_result['last_loss']}; model {sft_dir}",
                               markup=False)
             if cfg.demo.eval_after_sft:
                 with _stage(console, timings, "eval_after_sft", "stage 3/6: evaluate after the warm-up"):
-                    evals["after_sft"] = _evaluate(cfg, rcfg, out / "eval-after-sft", console, generator,
-                                                   retriever)
+                    evals["after_sft"] = evaluate_held_out(cfg, rcfg, out / "eval-after-sft", console, retriever,
+                                                           policy)
         else:
             console.print("\n[bold]stage 3/6: no supervised warm-up[/] (sft.steps=0): pure RL from the model")
-        del generator
+        del policy
         run_dir = out / "train"
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
         tcfg = dataclasses.replace(
@@ -221,11 +187,9 @@ def run_demo(cfg: Config, console) -> dict:
         with _stage(console, timings, "train", f"stage 4/6: {cfg.train.algorithm.upper()} with search, "
                                                f"{cfg.train.steps} steps x {cfg.train.prompts_per_step} questions x "
                                                f"{cfg.train.group_size} rollouts"):
-            result = train(tcfg, console, retriever=retriever)
+            result, trained = train_policy(tcfg, retriever, console)
         with _stage(console, timings, "eval_after", "stage 5/6: evaluate after training"):
-            policy = causal_lm(result["models"].policy).eval()
-            generator = EngineGenerator(policy, result["tokenizer"])
-            evals["after"] = _evaluate(cfg, rcfg, out / "eval-after", console, generator, retriever)
+            evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):
@@ -342,14 +306,15 @@ def write_report(out: Path, report: dict, evals: dict) -> dict:
 
     body = ["<h1>searchr1 demo</h1>",
             f'<p class="note">{esc(warm.replace("**", "").replace("*", ""))}</p>',
-            "<h2>settings</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in report["settings"].items()]),
-            f"<h2>agent on {n} held-out synthetic questions</h2>", _table(header, rows),
+            "<h2>settings</h2>", html_table(["setting", "value"], [[k, str(v)] for k, v in report["settings"].items()]),
+            f"<h2>agent on {n} held-out synthetic questions</h2>", html_table(header, rows),
             "<h2>training curves</h2>", *[f"<div>{s}</div>" for s in svgs],
-            "<h2>stage timings</h2>", _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in report["timings"].items()]),
+            "<h2>stage timings</h2>",
+            html_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in report["timings"].items()]),
             f"<h2>{len(examples)} example trajectories after training</h2>"]
     body += [render_episode(r, i) for i, r in enumerate(examples, start=1)]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>searchr1 demo</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{REPORT_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return {"md": out / "report.md", "html": out / "report.html"}

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from searchr1.eval.metrics import is_number, metric_tables
 
-_CSS = """
+#: The style sheet of every searchr1 report page (eval, demo, study): inline, so a page is one file.
+REPORT_CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 70em;
        padding: 0 1em; color: #1d1f21; background: #fff; }
 h1, h2, h3 { line-height: 1.2; }
@@ -69,7 +70,8 @@ def render_model_text(text: str, em: float | None = None) -> str:
     return "".join(out)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table of string cells, escaped; cells that read as numbers are right-aligned (td.num)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if is_number(c) else f"<td>{esc(c)}</td>"
                                     for c in row) + "</tr>" for row in rows)
@@ -143,7 +145,7 @@ def render_report(results: Mapping, runs: Mapping[tuple[str, str], Sequence[Mapp
     if not results.get("complete", True):
         body.append('<p class="note">Incomplete run: these are the results so far.</p>')
     for table_title, header, rows in metric_tables(results.get("metrics", {})):
-        body.append(f"<h2>{esc(table_title)}</h2>{_table(header, rows)}")
+        body.append(f"<h2>{esc(table_title)}</h2>{html_table(header, rows)}")
     if runs:
         body.append("<h2>episodes</h2><nav>" + "".join(
             f'<a href="#{_anchor(ds, mode)}">{esc(ds)} / {esc(mode)}</a>' for ds, mode in runs) + "</nav>")
@@ -156,4 +158,4 @@ def render_report(results: Mapping, runs: Mapping[tuple[str, str], Sequence[Mapp
         body += [render_episode(r, i) for i, r in enumerate(shown, start=1)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{REPORT_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -8,7 +8,8 @@ def open_generator(cfg, model=None, tokenizer=None, seed: int = 0):
 
     With `model` (a trainer's policy, and its tokenizer) it samples from that module's weights:
     `EngineGenerator` runs the module itself; vLLM loads the model directory and then follows the
-    module's weights (`weights_updated()`). `seed` seeds vLLM's engine (requests carry their own)."""
+    module's weights (`weights_updated()`). `seed` seeds vLLM's engine (requests carry their own).
+    The caller owns the generator: `close()` it when done (a no-op for ours)."""
     if cfg.rollout.backend == "vllm":
         from searchr1.rollout.vllm import VLLMGenerator
 

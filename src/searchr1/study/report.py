@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from searchr1.atomic import write_text_atomic
-from searchr1.eval.html import _CSS, _table, esc
+from searchr1.eval.html import REPORT_CSS, esc, html_table
 from searchr1.eval.metrics import markdown_table
 from searchr1.eval.plots import line_plot_svg
 from searchr1.study import paper
@@ -171,10 +171,10 @@ def html(summary: Mapping, plot_files: list[str]) -> str:
     body = [f"<h1>searchr1 study: {esc(status)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in _NOTES)
             + "</ul>"]
     for title, header, rows in _sections(summary):
-        body += [f"<h2>{esc(title)}</h2>", _table(header, rows)]
+        body += [f"<h2>{esc(title)}</h2>", html_table(header, rows)]
     body.append("<h2>Curves</h2>")
     body += [f'<p><img src="plots/{esc(name)}" alt="{esc(name)}"></p>' for name in plot_files]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>searchr1 study</title><style>{_CSS}</style>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>searchr1 study</title><style>{REPORT_CSS}</style>"
             f"</head><body>{''.join(body)}</body></html>")
 
 

@@ -10,6 +10,8 @@ Layout under `study.dir`:
 
 A unit is done when its record.json exists (written atomically, last). A killed study reruns only
 unfinished units; a killed training run resumes from its last checkpoint (`study.save_every`).
+The steps themselves (world, warm-up, train, evaluate on `rollout.backend`) are `searchr1.pipeline`'s,
+which the demo runs too.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import shutil
 import time
 from pathlib import Path
 
+from searchr1 import pipeline
 from searchr1.atomic import write_text_atomic
 from searchr1.config import deep_merge
 from searchr1.data.benchmarks import subset
 from searchr1.data.questions import as_row, load_datasets, synthetic_split, trains_on_synthetic
+from searchr1.data.world import prepare_world
 from searchr1.errors import SearchR1Error
 from searchr1.settings import Config
 from searchr1.study.arms import Arm, arm
@@ -84,16 +88,9 @@ def check_config(cfg: Config, root: Path) -> None:
 def _world_index(cfg: Config, root: Path):
     """The synthetic world under root/world, its BM25 index under root/index; returns (cfg of that
     world's retriever, train questions)."""
-    from searchr1.demo import prepare_world
-    from searchr1.retrieval.build import build_index
-
-    wcfg = dataclasses.replace(cfg, demo=dataclasses.replace(cfg.demo, dir=str(root / "world")))
-    corpus, train_questions, _ = prepare_world(wcfg)
-    index_dir = root / "index"
-    build_index(dataclasses.replace(cfg.index, corpus=str(corpus), dir=str(index_dir), methods=["bm25"]),
-                progress=False)
-    rcfg = dataclasses.replace(cfg.retriever, index=str(index_dir), url="", method="bm25")
-    return rcfg, train_questions
+    corpus, train_questions, _ = prepare_world(cfg.world, root / "world" / "data")
+    pipeline.index_world(cfg, corpus, root / "index", ["bm25"])
+    return pipeline.retriever_config(cfg, root / "index", "bm25"), train_questions
 
 
 def study_questions(cfg: Config) -> dict[str, list[dict]]:
@@ -111,18 +108,14 @@ def study_questions(cfg: Config) -> dict[str, list[dict]]:
 
 def warm_up(cfg: Config, root: Path, world_retriever, train_questions, console=None) -> dict:
     """The supervised warm-up on synthetic demonstrations (format only), once per study."""
-    from searchr1.rollout.engine import EngineGenerator
-    from searchr1.train.sft import save_model, warmup
-
     info_path = root / "warmup" / "warmup.json"
     if info_path.is_file():
         return json.loads(info_path.read_text())
     t0 = time.perf_counter()
-    generator = EngineGenerator.from_config(cfg.model)
-    result = warmup(cfg, generator.model, generator.tokenizer, world_retriever, train_questions, console)
+    result = pipeline.warm_up(cfg, pipeline.load_policy(cfg), world_retriever, train_questions,
+                              root / "warmup" / "model", console)
     if not result["steps"]:
         raise SearchR1Error("the warm-up kept no demonstration (no question retrieved its passages)")
-    save_model(generator.model, generator.tokenizer, root / "warmup" / "model")
     info = {k: result[k] for k in ("steps", "kept", "dropped", "tokens", "first_loss", "last_loss", "losses")}
     info["seconds"] = time.perf_counter() - t0
     write_text_atomic(info_path, json.dumps(info, indent=1))
@@ -163,41 +156,32 @@ def _curves(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _evaluate(cfg: Config, a: Arm, out_dir: Path, generator, retriever, questions) -> dict:
-    from searchr1.eval.harness import evaluate
-
+def _evaluate(cfg: Config, a: Arm, out_dir: Path, retriever, questions, policy: tuple | None) -> dict:
     ecfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, modes=[a.mode], out_dir=str(out_dir),
                                                              html=False))
-    return evaluate(ecfg, None, generator, retriever, questions=questions)
+    return pipeline.evaluate_policy(ecfg, None, retriever, questions, policy)
 
 
 def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retriever, questions,
              console=None) -> dict:
-    """Train (when the arm trains) and evaluate one arm x seed; returns its record."""
-    from searchr1.rollout.engine import EngineGenerator
-
+    """Train (when the arm trains) and evaluate one arm x seed (on `rollout.backend`); returns its record."""
     udir = unit_dir(root, a, seed)
     cfg = a.configure(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model)))
     record = {"arm": a.name, "seed": seed, "model": model, "mode": a.mode, "curves": [], "seconds": {}}
     t0 = time.perf_counter()
+    policy = None  # untrained arms play cfg.model
     if a.trained:
-        from searchr1.train.models import causal_lm
-        from searchr1.train.trainer import train
-
         sc = cfg.study
         tc = dataclasses.replace(cfg.train, seed=seed, run_dir=str(udir / "train"), resume=True,
                                  save_every=sc.save_every, keep_last=1, eval_every=sc.eval_every)
         cfg = dataclasses.replace(cfg, train=tc)
-        result = train(cfg, console, retriever=retriever)
+        _, policy = pipeline.train_policy(cfg, retriever, console)
         record["seconds"]["train"] = time.perf_counter() - t0
         record["curves"] = _curves(udir / "train")
         record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": tc.template,
                            "mask_retrieved": tc.mask_retrieved, "max_turns": cfg.agent.max_turns}
-        generator = EngineGenerator(causal_lm(result["models"].policy).eval(), result["tokenizer"])
-    else:
-        generator = EngineGenerator.from_config(cfg.model)
     t1 = time.perf_counter()
-    results = _evaluate(cfg, a, udir / "eval", generator, retriever, questions)
+    results = _evaluate(cfg, a, udir / "eval", retriever, questions, policy)
     record["seconds"]["eval"] = time.perf_counter() - t1
     record["metrics"] = {label: m[a.mode] for label, m in results["metrics"].items()}
     record["episodes"] = _episodes(results, udir / "eval")
