@@ -292,3 +292,27 @@ def test_eval_smollm2_on_nq_over_wiki18_mini(tmp_path):
     for r in read_jsonl(out / "trajectories.nq.rag.jsonl"):
         assert len(r["meta"]["doc_ids"]) == 3 and "Doc 3(Title: " in r["prompt_text"]
     print((out / "results.md").read_text())
+
+
+def test_eval_closes_the_generator_it_opened_and_not_one_it_was_given(setup, tmp_path, monkeypatch):
+    """A generator evaluate opened itself (from cfg.model, rollout.backend) is closed when it ends (a
+    vLLM engine holds its memory until then); one passed in belongs to the caller and stays open."""
+    from searchr1.eval.harness import evaluate
+    from searchr1.rollout import backend
+
+    opened = []
+
+    def recording_open(cfg, *args, **kwargs):
+        gen = scripted_generator()
+        gen.close = lambda: opened.append("closed")
+        opened.append("opened")
+        return gen
+
+    monkeypatch.setattr(backend, "open_generator", recording_open)
+    evaluate(scripted_config(setup, tmp_path / "own", "eval.modes=direct"))
+    assert opened == ["opened", "closed"]
+
+    given = scripted_generator()
+    given.close = lambda: opened.append("given closed")
+    evaluate(scripted_config(setup, tmp_path / "given", "eval.modes=direct"), generator=given)
+    assert opened == ["opened", "closed"]

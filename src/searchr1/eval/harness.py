@@ -281,6 +281,7 @@ def evaluate(cfg, console=None, generator=None, retriever=None,
         except SearchR1Error as e:
             raise SearchR1Error(f"modes rag and agent need a retriever: {e} (or run eval.modes=direct)") from None
         own_retriever = True
+    own_generator = generator is None
     try:
         model_name = None
         if generator is not None:  # not cfg.model's: say what it is
@@ -324,6 +325,8 @@ def evaluate(cfg, console=None, generator=None, retriever=None,
         _write_reports(out, results, runs, html=ev.html, html_max=ev.html_max_per_run)
         return results
     finally:
+        if own_generator and generator is not None:
+            generator.close()  # a vLLM engine holds its memory (and worker processes) until closed
         if own_retriever:
             getattr(retriever, "close", lambda: None)()
 
