@@ -186,14 +186,15 @@ def bench_rollout(model, args, autocast, sync) -> dict:
 def bench_train(model, args, autocast_dtype, sync) -> dict:
 
     from searchr1.train.models import build_models
-    from searchr1.train.settings import TrainConfig
+    from searchr1.train.settings import ComputeConfig, KLConfig, OptimConfig, TrainConfig
     from searchr1.train.batch import collate
     from searchr1.train.learner import Learner
 
     B, P, R, G = args.train_batch, args.prompt_len, args.response_len, args.group
     tc = TrainConfig(algorithm="grpo", steps=1 + args.repeats, prompts_per_step=B // G, group_size=G,
-                     mini_batch_size=B, micro_batch_size=args.micro, ppo_epochs=1, lr=1e-6, kl_coef=0.001,
-                     gradient_checkpointing=args.gradient_checkpointing, precision=args.precision,
+                     mini_batch_size=B, micro_batch_size=args.micro, ppo_epochs=1, optim=OptimConfig(lr=1e-6),
+                     kl=KLConfig(coef=0.001), compute=ComputeConfig(
+                         gradient_checkpointing=args.gradient_checkpointing, precision=args.precision),
                      tensorboard=False, progress=False, seed=args.seed)
     models = build_models(model, tc, autocast_dtype)
     learner = Learner(models, tc)

@@ -11,7 +11,7 @@ CPU/gloo):
     1 process       the baseline: one process, the whole batch, --threads threads
     none (DDP)      --nproc processes under torchrun, each holding the whole model, gradients and
                     AdamW state; each computes 1/N of every forward and backward
-    zero1/2/3       the same with `train.sharding` zero1 (AdamW state split), zero2 (+ gradients
+    zero1/2/3       the same with `train.compute.sharding` zero1 (AdamW state split), zero2 (+ gradients
                     and weights, FSDP2), zero3 (+ weights resharded after every layer's forward)
 
 Reported: seconds per step (median of --repeats after one warm-up; every rank waits at a barrier
@@ -82,7 +82,7 @@ def worker(args) -> None:
 
     from searchr1.train.distributed import DataParallel
     from searchr1.train.models import build_models
-    from searchr1.train.settings import TrainConfig
+    from searchr1.train.settings import ComputeConfig, KLConfig, OptimConfig, TrainConfig
     from searchr1.train.batch import collate
     from searchr1.train.learner import Learner
 
@@ -91,8 +91,9 @@ def worker(args) -> None:
     model, tokenizer = _load(args.model)
     B, G = args.batch, 4
     tc = TrainConfig(algorithm="grpo", steps=1 + args.repeats, prompts_per_step=B // G, group_size=G,
-                     mini_batch_size=B, micro_batch_size=args.micro, lr=LR, weight_decay=WEIGHT_DECAY,
-                     max_grad_norm=MAX_GRAD_NORM, kl_coef=KL_COEF, sharding=args.sharding, tensorboard=False,
+                     mini_batch_size=B, micro_batch_size=args.micro,
+                     optim=OptimConfig(lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM),
+                     kl=KLConfig(coef=KL_COEF), compute=ComputeConfig(sharding=args.sharding), tensorboard=False,
                      progress=False, seed=args.seed)
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)

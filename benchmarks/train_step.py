@@ -22,7 +22,7 @@ Rows (`--only` takes these names):
   ours-ppo-full             our PPO, full fine-tuning + separate critic (its own trunk copy + value head)
   ours-ppo-lora             our PPO, LoRA policy + separate full critic
   ours-grpo-lora-qwen0.5b   our GRPO LoRA on Qwen2.5-Coder-0.5B-Instruct (skipped with a note if it cannot load)
-  ours-grpo-full-chunk64    ours-grpo-full with train.logits_chunk=64 (LM head over 64 response tokens at a time)
+  ours-grpo-full-chunk64    ours-grpo-full with train.compute.logits_chunk=64 (LM head over 64 response tokens at a time)
   ours-grpo-lora-qwen0.5b-chunk64   the same for the Qwen row
   trl-grpo-full             TRL GRPOTrainer as shipped (see below), full fine-tuning
   trl-grpo-full-oldlp       the same, forced to compute old log-probs in a separate forward
@@ -184,7 +184,8 @@ def child_ours(spec: dict) -> dict:
     import torch
 
     from searchr1.train.models import build_models
-    from searchr1.train.settings import TrainConfig
+    from searchr1.train.settings import (ComputeConfig, KLConfig, LoRAConfig, LossConfig, OptimConfig,
+                                         TrainConfig)
     from searchr1.train.batch import collate
     from searchr1.train.learner import Learner
 
@@ -193,11 +194,13 @@ def child_ours(spec: dict) -> dict:
     ppo = spec["algorithm"] == "ppo"
     tc = TrainConfig(algorithm=spec["algorithm"], steps=1 + spec["repeats"],
                      prompts_per_step=B if ppo else B // G, group_size=1 if ppo else G,
-                     mini_batch_size=B, micro_batch_size=spec["micro"], ppo_epochs=1, lr=LR, critic_lr=CRITIC_LR,
-                     weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM, clip_ratio=CLIP, kl_coef=KL_COEF,
-                     lora_r=LORA_R if spec["lora"] else 0, lora_alpha=LORA_ALPHA, lora_targets=list(LORA_TARGETS),
+                     mini_batch_size=B, micro_batch_size=spec["micro"], ppo_epochs=1,
+                     optim=OptimConfig(lr=LR, critic_lr=CRITIC_LR, weight_decay=WEIGHT_DECAY,
+                                       max_grad_norm=MAX_GRAD_NORM),
+                     loss=LossConfig(clip_ratio=CLIP), kl=KLConfig(coef=KL_COEF),
+                     lora=LoRAConfig(r=LORA_R if spec["lora"] else 0, alpha=LORA_ALPHA, targets=list(LORA_TARGETS)),
                      critic="separate", tensorboard=False, progress=False, seed=spec["seed"],
-                     logits_chunk=spec.get("logits_chunk", 0))
+                     compute=ComputeConfig(logits_chunk=spec.get("logits_chunk", 0)))
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)
     learner = Learner(models, tc)
@@ -210,7 +213,7 @@ def child_ours(spec: dict) -> dict:
         trajs, scores = data.trajectories(batches[step])
         start = time.perf_counter()
         # the trainer's steps 4-6 (tensors, old/ref log-probs, values, advantages, update)
-        out = learner.learn(collate(trajs, pad_id, tc.mask_retrieved), scores, step)
+        out = learner.learn(collate(trajs, pad_id, tc.loss.mask_retrieved), scores, step)
         seconds = time.perf_counter() - start
         if out["train/optimizer_steps"] != 1:
             raise RuntimeError(f"step {step}: {out['train/optimizer_steps']} optimizer steps (skipped: non-finite?)")

@@ -146,7 +146,7 @@ def cmd_data_prepare(args) -> int:
     cfg = _load(args)
     # Prompts are stored as filled template text, model-agnostic: the chat template (if any) is
     # applied when a model reads them, as veRL does with its `prompt` column.
-    summary = prepare_from_config(cfg.data)
+    summary = prepare_from_config(cfg.data, cfg.agent.template)
     for name, f in summary["files"].items():
         print(f"searchr1: {name} ({f['split']}, {f['source']}): {f['rows']} rows -> {f['path']}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,11 +39,33 @@ def param(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """The documented field `name` of dataclass `cls` with another default: for a subclass that
+    shares `cls`'s fields (help text included) and changes only where they start."""
+    return param(default, cls.__dataclass_fields__[name].metadata.get("help", ""))
+
+
 # ----------------------------------------------------------------------------- building
+
+
+class _UnknownKey(ConfigError):
+    """An unknown key deep in the tree, worded by the outermost `from_dict`, which sees the whole
+    tree and can point at where the key lives now."""
+
+    def __init__(self, key: str, name: str, valid: list[str]) -> None:
+        super().__init__(f"unknown config key '{key}'")
+        self.key, self.name, self.valid = key, name, valid
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build `cls` from a (possibly partial) mapping, checking every key and type."""
+    try:
+        return _build(cls, data, where)
+    except _UnknownKey as e:
+        raise ConfigError(_unknown_key_message(e.key, e.name, e.valid, cls, where)) from None
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -51,7 +74,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for name, value in data.items():
         key = f"{where}.{name}" if where else str(name)
         if name not in fields:
-            raise ConfigError(_unknown_key_message(key, str(name), list(fields)))
+            raise _UnknownKey(key, str(name), list(fields))
         kwargs[name] = _coerce(hints[name], value, key)
     try:
         return cls(**kwargs)
@@ -59,12 +82,48 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where or 'config'}: {e}") from None
 
 
-def _unknown_key_message(key: str, name: str, valid: list[str]) -> str:
+def _unknown_key_message(key: str, name: str, valid: list[str], root: type, where: str = "") -> str:
     msg = f"unknown config key '{key}'"
+    guess = _guess_key(key, name, valid, root, where)
+    if guess:
+        msg += f" (did you mean '{guess}'?)"
+    return msg + f"; valid keys here: {', '.join(sorted(valid))}"
+
+
+def _guess_key(key: str, name: str, valid: list[str], root: type, where: str) -> str | None:
+    """The key meant by an unknown `key` (last part `name`; `valid`: its siblings), in the tree of
+    `root`, in this order: the same leaf in a section below (a key that moved into a section:
+    train.lr -> train.optim.lr); a leaf whose path is the key once dots are underscores
+    (train.lora_r -> train.lora.r); a sibling spelt alike (server.prot -> server.port); a leaf
+    whose path reads alike that way (eval.agent_template -> agent.template); the same leaf
+    elsewhere, in the section nearest to the key (data.template -> agent.template)."""
+    parent = key[: len(key) - len(name)]
+    leaves = [f"{where}.{leaf}" if where else leaf for leaf, *_ in iter_fields(root)]
+    same = [leaf for leaf in leaves if leaf.rsplit(".", 1)[-1] == name]
+    below = [leaf for leaf in same if leaf.startswith(parent)]
+    if below:
+        return min(below, key=len)
+    flat = {leaf.replace(".", "_"): leaf for leaf in leaves}
+    if key.replace(".", "_") in flat:
+        return flat[key.replace(".", "_")]
     close = difflib.get_close_matches(name, valid, n=1)
     if close:
-        msg += f" (did you mean '{key[: len(key) - len(name)]}{close[0]}'?)"
-    return msg + f"; valid keys here: {', '.join(sorted(valid))}"
+        return parent + close[0]
+    close = difflib.get_close_matches(key.replace(".", "_"), list(flat), n=1, cutoff=0.8)
+    if close:
+        return flat[close[0]]
+    if same:
+        return max(same, key=lambda leaf: (len(_shared_prefix(leaf, key)), -len(leaf)))
+    return None
+
+
+def _shared_prefix(a: str, b: str) -> list[str]:
+    out = []
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        out.append(x)
+    return out
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -90,7 +149,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         choices = ", ".join(repr(a) for a in args)
         raise ConfigError(f"{key}: expected one of {choices}, got {_show(value)}")
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, key)
+        return _build(tp, value if value is not None else {}, key)
     if origin in (list, Sequence, tuple):
         if isinstance(value, str):
             # `key=a,b` on the command line is a list of two strings.
@@ -116,15 +175,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads `1e-6` (no dot) as a string.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -232,10 +296,6 @@ def load_config(cls: type[T], config: str | Path | None = None, overrides: Seque
 
 
 # ----------------------------------------------------------------------------- inspection
-
-
-def to_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)
 
 
 def iter_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any, Any, str]]:

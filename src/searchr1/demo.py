@@ -122,12 +122,16 @@ def _stage(console, timings: dict, key: str, title: str):
     return run()
 
 
+def _on_synthetic(tc):
+    """`tc` training on the synthetic world's questions."""
+    return dataclasses.replace(tc, questions=dataclasses.replace(tc.questions, datasets=["synthetic"]))
+
+
 def evaluate_held_out(cfg: Config, rcfg, out_dir: Path, console, retriever, policy: tuple | None = None) -> dict:
     """The agent (`policy`, else `cfg.model`, on `rollout.backend`) on demo.eval_questions of the
     world's held-out questions (the ones training leaves out)."""
     ev = dataclasses.replace(cfg.eval, limit=cfg.demo.eval_questions, modes=["agent"], out_dir=str(out_dir))
-    ecfg = dataclasses.replace(cfg, eval=ev, retriever=rcfg,
-                               train=dataclasses.replace(cfg.train, train_data="synthetic"))
+    ecfg = dataclasses.replace(cfg, eval=ev, retriever=rcfg, train=_on_synthetic(cfg.train))
     return evaluate_policy(ecfg, console, retriever, held_out_questions(ecfg), policy)
 
 
@@ -183,7 +187,7 @@ def run_demo(cfg: Config, console) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
         tcfg = dataclasses.replace(
             cfg, retriever=rcfg, model=dataclasses.replace(cfg.model, name=rl_model),
-            train=dataclasses.replace(cfg.train, train_data="synthetic", run_dir=str(run_dir), resume=False))
+            train=dataclasses.replace(_on_synthetic(cfg.train), run_dir=str(run_dir), resume=False))
         with _stage(console, timings, "train", f"stage 4/6: {cfg.train.algorithm.upper()} with search, "
                                                f"{cfg.train.steps} steps x {cfg.train.prompts_per_step} questions x "
                                                f"{cfg.train.group_size} rollouts"):
@@ -214,15 +218,15 @@ def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | Non
         "train steps": tc.steps,
         "questions per step": tc.prompts_per_step,
         "group size": tc.group_size,
-        "learning rate": tc.lr,
-        "fine-tuning": f"LoRA r={tc.lora_r}" if tc.lora_r else "full",
-        "KL coefficient": tc.kl_coef,
+        "learning rate": tc.optim.lr,
+        "fine-tuning": f"LoRA r={tc.lora.r}" if tc.lora.r else "full",
+        "KL coefficient": tc.kl.coef,
         "supervised warm-up": (f"yes: {sft_result['steps']} steps on {sft_result['kept']} demonstrations"
                                if sft_result and sft_result["steps"] else "no"),
         "retriever": f"{cfg.retriever.method} top-{cfg.agent.topk}",
         "max searches / turn tokens": f"{cfg.agent.max_turns} / {cfg.agent.max_turn_tokens}",
         "world": f"{retrieval.get('passages', '?')} passages, seed {cfg.world.seed}",
-        "rollout temperature": tc.temperature,
+        "rollout temperature": tc.sampling.temperature,
         "held-out questions": cfg.demo.eval_questions,
     }
     metrics = {name: _agent_metrics(res)[0] for name, res in evals.items()}

@@ -55,11 +55,11 @@ class Config:
     agent: AgentConfig = param(AgentConfig, "the multi-turn search agent's limits")
     rollout: RolloutConfig = param(RolloutConfig, "the engine that generates (train, eval, ask): ours or vLLM")
     world: WorldConfig = param(WorldConfig, "the synthetic world: its encyclopedia and questions (the demo, "
-                                            "train.train_data=synthetic)")
+                                            "train.questions.datasets=synthetic)")
     demo: DemoConfig = param(DemoConfig, "`searchr1 demo`: the built-in end-to-end run")
     data: DataConfig = param(DataConfig, "`searchr1 data prepare`: QA benchmarks -> parquet with prompts")
     eval: EvalConfig = param(EvalConfig, "`searchr1 eval`: benchmarks x modes (direct, rag, agent) -> reports")
-    train: TrainConfig = param(TrainConfig, "`searchr1 train`: PPO / GRPO over multi-turn search rollouts")
+    train: TrainConfig = param(TrainConfig, "`searchr1 train`: RL (train.algorithm) over multi-turn search rollouts")
     sft: SFTConfig = param(SFTConfig, "optional supervised warm-up on search demonstrations before RL (demo)")
     study: StudyConfig = param(StudyConfig, "`searchr1 study`: baselines against trained arms, several seeds, "
                                             "intervals and paired tests")

@@ -11,6 +11,7 @@ import sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from searchr1.config import deep_merge, from_dict
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.distributed import DataParallel, resolve_sharding
 from searchr1.train.models import build_models
@@ -21,30 +22,31 @@ from searchr1.train.learner import Learner
 VOCAB = 40
 # name -> TrainConfig overrides; 4 prompts x 4 rollouts = 16 trajectories, mini-batches of 8 (two
 # optimizer steps an epoch), micro-batches of 2 (two accumulation steps per rank and mini-batch)
+LORA = {"r": 4, "targets": ["q_proj", "v_proj"]}
 CASES = {
     "grpo": dict(algorithm="grpo", ppo_epochs=2),
-    "grpo-seq-mean": dict(algorithm="grpo", loss_agg="seq-mean-token-mean"),
+    "grpo-seq-mean": dict(algorithm="grpo", loss={"agg": "seq-mean-token-mean"}),
     # one optimizer step: old log-probs come from the update's own forward, their metrics per rank
     "grpo-one-step": dict(algorithm="grpo", mini_batch_size=16),
     "ppo-critic": dict(algorithm="ppo", critic="separate"),
-    "ppo-head-lora": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"]),
-    "ppo-critic-zero1": dict(algorithm="ppo", critic="separate", sharding="zero1"),
+    "ppo-head-lora": dict(algorithm="ppo", critic="head", lora=LORA),
+    "ppo-critic-zero1": dict(algorithm="ppo", critic="separate", compute={"sharding": "zero1"}),
     # FSDP2: parameters, gradients and optimizer state sharded; the frozen reference sharded too
-    "grpo-zero3": dict(algorithm="grpo", ppo_epochs=2, sharding="zero3"),
-    "grpo-zero2": dict(algorithm="grpo", sharding="zero2"),
-    "ppo-critic-zero3": dict(algorithm="ppo", critic="separate", sharding="zero3"),
-    "ppo-head-lora-zero3": dict(algorithm="ppo", critic="head", lora_r=4, lora_targets=["q_proj", "v_proj"],
-                                sharding="zero3"),
+    "grpo-zero3": dict(algorithm="grpo", ppo_epochs=2, compute={"sharding": "zero3"}),
+    "grpo-zero2": dict(algorithm="grpo", compute={"sharding": "zero2"}),
+    "ppo-critic-zero3": dict(algorithm="ppo", critic="separate", compute={"sharding": "zero3"}),
+    "ppo-head-lora-zero3": dict(algorithm="ppo", critic="head", lora=LORA, compute={"sharding": "zero3"}),
     # recomputation in the backward (activation checkpointing, the chunked LM head) under FSDP
-    "grpo-zero3-recompute": dict(algorithm="grpo", sharding="zero3", gradient_checkpointing=True, logits_chunk=3),
-    "grpo-lora-zero3-recompute": dict(algorithm="grpo", sharding="zero3", gradient_checkpointing=True,
-                                      lora_r=4, lora_targets=["q_proj", "v_proj"]),
+    "grpo-zero3-recompute": dict(algorithm="grpo", compute={"sharding": "zero3", "gradient_checkpointing": True,
+                                                            "logits_chunk": 3}),
+    "grpo-lora-zero3-recompute": dict(algorithm="grpo", compute={"sharding": "zero3", "gradient_checkpointing": True},
+                                      lora=LORA),
 }
 
 
 def config(case: str, **extra) -> TrainConfig:
-    settings = dict(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl_coef=0.01)
-    return TrainConfig(**{**settings, **extra, **CASES[case]})
+    settings = dict(prompts_per_step=4, group_size=4, mini_batch_size=8, micro_batch_size=2, kl={"coef": 0.01})
+    return from_dict(TrainConfig, deep_merge(deep_merge(settings, extra), CASES[case]))
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -87,8 +89,8 @@ def main(out_path: str) -> None:
     group = DataParallel.from_env("cpu")
     result = {}
     for name, overrides in CASES.items():
-        tc = config(name, lr=0.5, critic_lr=0.5, max_grad_norm=0.0)
-        dist = DataParallel(group.accelerator, resolve_sharding(tc.sharding, {}))
+        tc = config(name, optim={"lr": 0.5, "critic_lr": 0.5, "max_grad_norm": 0.0})
+        dist = DataParallel(group.accelerator, resolve_sharding(tc.compute.sharding, {}))
         models = build_models(tiny_llama(), tc)
         models.distribute(dist)
         # SGD: parameters move linearly with the gradient, so a wrong gradient scale shows directly

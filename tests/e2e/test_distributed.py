@@ -84,9 +84,9 @@ def tiny_world(tmp_path_factory):
 
 def _train_args(world: Path, run: Path, steps: int, resume: bool = False) -> list[str]:
     return ["-m", "searchr1", "train", f"model.name={world / 'tiny'}", "model.device=cpu", "model.chat=raw",
-            "agent.max_turns=0", "agent.max_turn_tokens=8", f"train.train_data={world / 'qa.jsonl'}",
-            'train.template="Q: {question}"', "train.prompts_per_step=4", "train.group_size=2",
-            "train.mini_batch_size=4", "train.micro_batch_size=2", "train.lr=1e-3", f"train.steps={steps}",
+            "agent.max_turns=0", "agent.max_turn_tokens=8", f"train.questions.datasets={world / 'qa.jsonl'}",
+            'agent.template="Q: {question}"', "train.prompts_per_step=4", "train.group_size=2",
+            "train.mini_batch_size=4", "train.micro_batch_size=2", "train.optim.lr=1e-3", f"train.steps={steps}",
             "train.save_every=1", "train.keep_last=5", "train.tensorboard=false", "train.progress=false",
             f"train.run_dir={run}", f"train.resume={str(resume).lower()}"]
 
@@ -94,7 +94,7 @@ def _train_args(world: Path, run: Path, steps: int, resume: bool = False) -> lis
 @pytest.mark.parametrize("sharding", ["none", "zero1", "zero3"])
 def test_searchr1_train_under_torchrun_checkpoints_and_resumes(tiny_world, tmp_path, sharding):
     run = tmp_path / "run"
-    extra = [f"train.sharding={sharding}"]
+    extra = [f"train.compute.sharding={sharding}"]
     first = _run(torchrun(2) + _train_args(tiny_world, run, steps=2) + extra, tmp_path)
     assert f"data parallel over 2 processes (2 prompts each; sharding {sharding})" in first.stdout
     assert first.stdout.count("searchr1: trained grpo to step 2") == 1  # rank 0 reports, once
@@ -128,7 +128,7 @@ def test_a_sharded_checkpoint_is_a_whole_model_that_resumes_in_one_process(tiny_
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "run"
-    _run(torchrun(2) + _train_args(tiny_world, run, steps=1) + ["train.sharding=zero3"], tmp_path)
+    _run(torchrun(2) + _train_args(tiny_world, run, steps=1) + ["train.compute.sharding=zero3"], tmp_path)
     ckpt = find_latest_checkpoint(run)
     trained = AutoModelForCausalLM.from_pretrained(ckpt / "policy")  # plain files, whole tensors
     initial = AutoModelForCausalLM.from_pretrained(tiny_world / "tiny")
@@ -158,13 +158,13 @@ def test_a_resumed_run_continues_exactly_under_any_sharding(tiny_world, tmp_path
     state is saved keyed by parameter name whatever the sharding)."""
     from transformers import AutoModelForCausalLM
 
-    lr = ["train.lr=1e-2"]
-    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "straight", steps=3) + lr + [f"train.sharding={first}"],
+    lr = ["train.optim.lr=1e-2"]
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "straight", steps=3) + lr + [f"train.compute.sharding={first}"],
          tmp_path)
-    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=2) + lr + [f"train.sharding={first}"],
+    _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=2) + lr + [f"train.compute.sharding={first}"],
          tmp_path)
     _run(torchrun(2) + _train_args(tiny_world, tmp_path / "resumed", steps=3, resume=True) + lr
-         + [f"train.sharding={then}"], tmp_path)
+         + [f"train.compute.sharding={then}"], tmp_path)
     a, b = (AutoModelForCausalLM.from_pretrained(find_latest_checkpoint(tmp_path / r) / "policy").state_dict()
             for r in ("straight", "resumed"))
     initial = AutoModelForCausalLM.from_pretrained(tiny_world / "tiny").state_dict()
@@ -186,7 +186,7 @@ def test_two_nodes_rendezvous_and_train(tiny_world, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run = tmp_path / "run"
-    args = _train_args(tiny_world, run, steps=1) + ["train.sharding=zero3"]
+    args = _train_args(tiny_world, run, steps=1) + ["train.compute.sharding=zero3"]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
                                "--rdzv_id=searchr1-test"] + args,

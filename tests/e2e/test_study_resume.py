@@ -73,6 +73,6 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
     assert (out / "plots" / "reward_mean.svg").read_text().startswith("<svg")
 
     # settings that would change results are refused, not mixed into the finished runs
-    changed = subprocess.run(_args(tiny_model_dir, out, "train.lr=1e-3"), env=ENV, capture_output=True, text=True,
+    changed = subprocess.run(_args(tiny_model_dir, out, "train.optim.lr=1e-3"), env=ENV, capture_output=True, text=True,
                              timeout=300)
-    assert changed.returncode == 2 and "train.lr" in changed.stderr and "another study.dir" in changed.stderr
+    assert changed.returncode == 2 and "train.optim.lr" in changed.stderr and "another study.dir" in changed.stderr

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from searchr1.config import from_dict
+from searchr1.config import deep_merge, from_dict
 from searchr1.errors import CheckpointError
+from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.retrieval.base import Hit
 from searchr1.settings import Config
 from searchr1.train.metrics_log import read_metrics
@@ -41,13 +42,14 @@ def world(tmp_path_factory):
 
 
 def make_cfg(world, run_dir, **train):
+    """The test config; `train` is merged into the train section (sections as nested dicts)."""
     base = {"algorithm": "grpo", "steps": 15, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8,
-            "micro_batch_size": 4, "lr": 3e-3, "critic_lr": 3e-3, "train_data": str(world / "qa.jsonl"),
-            "template": "Q: {question}\n", "run_dir": str(run_dir), "save_every": 0, "tensorboard": False,
-            "progress": False}
-    base.update(train)
+            "micro_batch_size": 4, "optim": {"lr": 3e-3, "critic_lr": 3e-3},
+            "questions": {"datasets": [str(world / "qa.jsonl")]}, "run_dir": str(run_dir), "save_every": 0,
+            "tensorboard": False, "progress": False}
     return from_dict(Config, {"model": {"name": str(world / "tiny"), "device": "cpu", "chat": "raw"},
-                              "agent": {"max_turns": 0, "max_turn_tokens": 12}, "train": base})
+                              "agent": {"max_turns": 0, "max_turn_tokens": 12, "template": "Q: {question}\n"},
+                              "train": deep_merge(base, train)})
 
 
 def share_of_a(traj) -> float:
@@ -91,7 +93,7 @@ def test_the_trainer_drives_the_generator_contract(world, tmp_path):
     assert syncs == [SyncRecordingGenerator.SYNC_SECONDS] * 2  # each step's share of the running total
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "reinforce_pp"])
+@pytest.mark.parametrize("algorithm", ["rloo", "reinforce", "reinforce_pp"])
 def test_critic_free_algorithms_raise_the_reward(world, tmp_path, algorithm):
     result = train(make_cfg(world, tmp_path / "run", algorithm=algorithm), reward_fn=share_of_a)
     rewards = _rewards(result)
@@ -99,12 +101,13 @@ def test_critic_free_algorithms_raise_the_reward(world, tmp_path, algorithm):
     assert last > first + 0.15, rewards
     row = read_metrics(tmp_path / "run")[-1]
     assert "critic/value_loss" not in row and "actor/pg_loss" in row
-    assert ("actor/kl_loss" in row) == (algorithm == "rloo")  # reinforce_pp: the KL is in the reward
+    # the KL is a loss (rloo, reinforce), or in the reward (reinforce_pp)
+    assert ("actor/kl_loss" in row) == (not ALGORITHMS[algorithm].kl_in_reward)
 
 
 def test_dapo_options_train_and_report(world, tmp_path):
-    cfg = make_cfg(world, tmp_path / "run", steps=3, dynamic_sampling=True, dynamic_sampling_max_rounds=2,
-                   overlong="mask", clip_ratio_high=0.28, tis_cap=2.0)
+    cfg = make_cfg(world, tmp_path / "run", steps=3, dapo={"dynamic_sampling": True, "max_rounds": 2, "overlong": "mask"},
+                   loss={"clip_ratio_high": 0.28, "tis_cap": 2.0})
     cfg.agent.max_response_tokens = 6  # below the turn's 12 tokens: most responses hit the limit
     result = train(cfg, reward_fn=share_of_a)
     rows = read_metrics(tmp_path / "run")
@@ -172,7 +175,7 @@ def test_mask_retrieved_false_trains_on_injected_tokens(world, tmp_path):
     # injects Search-R1's note (loss mask 0) before the final turn.
     results = {}
     for flag in (True, False):
-        cfg = make_cfg(world, tmp_path / f"run-{flag}", steps=1, mask_retrieved=flag)
+        cfg = make_cfg(world, tmp_path / f"run-{flag}", steps=1, loss={"mask_retrieved": flag})
         cfg.agent.max_turns = 1
         results[flag] = train(cfg, retriever=OneDocRetriever(), reward_fn=share_of_a)["metrics"]
     assert results[True]["rollout/injected_share"] > 0.3
@@ -205,7 +208,7 @@ def test_periodic_eval_and_cli(world, tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["train", f"model.name={world / 'tiny'}", "model.device=cpu", "model.chat=raw", "agent.max_turns=0",
                "agent.max_turn_tokens=8", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
-               "train.mini_batch_size=4", f"train.train_data={world / 'qa.jsonl'}", "train.template='Q: {question}'",
+               "train.mini_batch_size=4", f"train.questions.datasets={world / 'qa.jsonl'}", "agent.template='Q: {question}'",
                f"train.run_dir={run}", "train.tensorboard=false", "train.progress=false", "train.eval_every=2",
                "eval.modes=direct", f"eval.datasets={world / 'qa.jsonl'}", "eval.limit=4", "eval.html=false"])
     assert rc == 0
@@ -217,12 +220,12 @@ def test_periodic_eval_and_cli(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("variant", [
-    {"algorithm": "grpo", "lora_r": 4, "lora_targets": ["q_proj", "v_proj"]},
+    {"algorithm": "grpo", "lora": {"r": 4, "targets": ["q_proj", "v_proj"]}},
     {"algorithm": "ppo", "group_size": 2, "critic": "head"},
-    {"algorithm": "ppo", "group_size": 2, "lora_r": 4, "lora_targets": ["q_proj", "v_proj"], "critic": "separate"},
+    {"algorithm": "ppo", "group_size": 2, "lora": {"r": 4, "targets": ["q_proj", "v_proj"]}, "critic": "separate"},
 ], ids=["grpo-lora", "ppo-head", "ppo-lora"])
 def test_variants_train_and_resume_exactly(world, tmp_path, variant):
-    kw = {**variant, "steps": 3, "save_every": 1, "lr": 1e-2}
+    kw = {**variant, "steps": 3, "save_every": 1, "optim": {"lr": 1e-2}}
     full = train(make_cfg(world, tmp_path / "full", **kw), reward_fn=share_of_a)
     train(make_cfg(world, tmp_path / "split", **{**kw, "steps": 1}), reward_fn=share_of_a)
     resumed = train(make_cfg(world, tmp_path / "split", **{**kw, "resume": True}), reward_fn=share_of_a)
@@ -231,14 +234,14 @@ def test_variants_train_and_resume_exactly(world, tmp_path, variant):
     a, b = _params(full), _params(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    if variant.get("lora_r"):
+    if variant.get("lora"):
         trained = [n for n, p in full["models"].policy.named_parameters() if p.requires_grad]
         assert trained and all("lora_" in n for n in trained)
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batch_size_changes_memory_not_the_result(world, tmp_path, agg):
-    kw = {"steps": 2, "save_every": 0, "loss_agg": agg}
+    kw = {"steps": 2, "save_every": 0, "loss": {"agg": agg}}
     a = train(make_cfg(world, tmp_path / "a", micro_batch_size=1, **kw), reward_fn=share_of_a)
     b = train(make_cfg(world, tmp_path / "b", micro_batch_size=8, **kw), reward_fn=share_of_a)
     pa, pb = _params(a), _params(b)

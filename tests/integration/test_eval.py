@@ -176,7 +176,7 @@ def test_ask_without_a_question_or_retriever_is_a_user_error(tiny_model_dir):
 def test_eval_user_errors_are_one_line(tmp_path):
     proc = run_cli("eval", "eval.datasets=nqq", f"eval.out_dir={tmp_path}")
     assert proc.returncode == 2 and "unknown benchmark 'nqq'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("eval", "eval.agent_template=serch-r1")
+    proc = run_cli("eval", "agent.template=serch-r1")
     assert proc.returncode == 2 and "eval" in proc.stderr and "serch-r1" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = run_cli("eval", f"eval.datasets={tmp_path / 'missing.jsonl'}")

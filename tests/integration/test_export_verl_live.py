@@ -33,7 +33,7 @@ from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.step import EpisodeStep
 from searchr1.settings import Config
 
-WORLD = ["train.train_data=synthetic", "world.countries=3", "world.cities_per_country=2",
+WORLD = ["train.questions.datasets=synthetic", "world.countries=3", "world.cities_per_country=2",
          "world.people=6", "world.organisations=2"]
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[A]{% endif %}"
 
@@ -77,7 +77,7 @@ def exported(tmp_path_factory, server):
     return {
         "grpo": _export(tmp_path_factory, server, "grpo", "model.chat=raw", preset="paper-grpo-qwen2.5-3b"),
         "ppo": _export(tmp_path_factory, server, "ppo", preset="paper-ppo-qwen2.5-3b"),
-        "tool": _export(tmp_path_factory, server, "tool", "train.format_reward=true", "train.lora_r=8", agent="tool",
+        "tool": _export(tmp_path_factory, server, "tool", "train.format_reward=true", "train.lora.r=8", agent="tool",
                         rollout="sglang"),
     }
 

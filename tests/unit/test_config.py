@@ -101,6 +101,49 @@ def test_unknown_key_without_close_match_has_no_suggestion():
     assert "valid keys here: count, inner, limit, mode, name, tags" in str(e.value)
 
 
+@pytest.mark.parametrize("old, new", [
+    ("train.lr=1e-5", "train.optim.lr"),  # the same leaf, moved into a section
+    ("train.precision=fp32", "train.compute.precision"),
+    ("train.exclude_held_out=true", "train.questions.exclude_held_out"),
+    ("train.kl_coef=0.01", "train.kl.coef"),  # a section's name joined to its leaf
+    ("train.lora_r=8", "train.lora.r"),
+    ("train.loss_agg=token-mean", "train.loss.agg"),
+    ("eval.agent_template=r1", "agent.template"),  # the leaf elsewhere in the tree
+    ("train.template=r1", "agent.template"),
+    ("data.template=r1", "agent.template"),
+])
+def test_a_key_that_moved_is_suggested_by_its_new_dotted_path(old, new):
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, overrides=[old])
+    assert f"unknown config key '{old.split('=')[0]}'" in str(e.value)
+    assert f"did you mean '{new}'?" in str(e.value)
+
+
+def test_a_moved_key_is_suggested_in_a_preset_file_too(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("train:\n  optim:\n    lr: 1.0e-5\n  kl_in_reward: true\n")
+    with pytest.raises(ConfigError, match=r"'train.kl_in_reward' \(did you mean 'train.kl.in_reward'\?\)"):
+        load_config(Config, str(p))
+
+
+@dataclass
+class Rated:
+    rate: float = param(0.1, "a rate")
+
+
+@dataclass
+class TwoRates:
+    a: Rated = param(Rated, "a")
+    b: Small = param(Small, "b, whose inner section has a rate too")
+
+
+def test_a_leaf_in_several_sections_is_suggested_nearest_first():
+    with pytest.raises(ConfigError, match=r"did you mean 'b.inner.rate'"):
+        from_dict(TwoRates, {"b": {"rate": 1.0}})  # below b, not a.rate
+    with pytest.raises(ConfigError, match=r"did you mean 'a.rate'"):
+        from_dict(TwoRates, {"rate": 1.0})  # the shortest path below the root
+
+
 # ----------------------------------------------------------------------------- types and coercion
 
 
@@ -143,6 +186,23 @@ def test_float_from_exponent_without_dot():
     cfg = load_config(Config, overrides=["retriever.backoff_s=1e-6"])
     assert cfg.retriever.backoff_s == 1e-6
     assert isinstance(cfg.retriever.backoff_s, float)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", float("nan"), float("inf"), float("-inf")])
+def test_float_field_rejects_non_finite_numbers_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"inner.rate: expected a finite number"):
+        from_dict(Small, {"inner": {"rate": value}})
+
+
+def test_non_finite_overrides_and_yaml_are_rejected_with_the_dotted_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.optim.lr: expected a finite number, got 'nan'"):
+        load_config(Config, overrides=["train.optim.lr=nan"])
+    with pytest.raises(ConfigError, match=r"train.kl.coef: expected a finite number, got 'inf'"):
+        load_config(Config, overrides=["train.kl.coef=inf"])
+    p = tmp_path / "nan.yaml"
+    p.write_text("train:\n  loss:\n    clip_ratio: .nan\n")
+    with pytest.raises(ConfigError, match=r"train.loss.clip_ratio: expected a finite number"):
+        load_config(Config, str(p))
 
 
 def test_int_given_for_float_field_becomes_float():

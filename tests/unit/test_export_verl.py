@@ -17,7 +17,7 @@ from fakes import ScriptedLM, char_tokenizer, continue_script
 from searchr1 import rewards
 from searchr1.cli import main
 from searchr1.config import load_config
-from searchr1.errors import RetrieverError, RetrieverUnavailableError, SearchR1Error
+from searchr1.errors import ConfigError, RetrieverError, RetrieverUnavailableError, SearchR1Error
 from searchr1.export import verl_reward
 from searchr1.export.episode import cut_at_stop, run_episode_sync
 from searchr1.export.verl import TOOL_TEMPLATE, ExportError, ExportOptions, export_verl, verl_schema
@@ -32,7 +32,7 @@ from searchr1.rollout.step import EpisodeStep
 from searchr1.settings import Config
 
 # A small synthetic world: 2 countries, 4 cities, 6 people, 2 organisations -> 40 questions.
-TINY = ["train.train_data=synthetic", "world.countries=2", "world.cities_per_country=2",
+TINY = ["train.questions.datasets=synthetic", "world.countries=2", "world.cities_per_country=2",
         "world.people=6", "world.organisations=2"]
 
 
@@ -105,7 +105,7 @@ def test_benchmark_rows_from_a_qa_file(tmp_path):
     qa = tmp_path / "myqa.jsonl"
     qa.write_text("".join(json.dumps({"id": f"q{i}", "question": f"who is number {i}",
                                       "golden_answers": [f"person {i}", f"p{i}"]}) + "\n" for i in range(5)))
-    out, summary = export(tmp_path, f"train.train_data={qa}", f"eval.datasets=[{qa}]", "eval.limit=3")
+    out, summary = export(tmp_path, f"train.questions.datasets={qa}", f"eval.datasets=[{qa}]", "eval.limit=3")
     train, val = read_rows(out / "train.parquet"), read_rows(out / "val.parquet")
     assert len(train) == 5 and len(val) == 3
     assert train[1]["data_source"] == "myqa"
@@ -252,6 +252,12 @@ def test_tool_agent_and_format_reward_overrides():
     assert o["+reward.custom_reward_function.reward_kwargs.format_reward"] is True
 
 
+def test_an_algorithm_without_a_verl_estimator_is_refused_naming_those_with_one():
+    with pytest.raises(ConfigError, match="train.algorithm=reinforce has no veRL advantage estimator; veRL "
+                                          "trains grpo, ppo, rloo, reinforce_pp"):
+        verl_plan(config("train.algorithm=reinforce"))
+
+
 def test_critic_free_algorithms_and_corrections_map_to_verl():
     A = "actor_rollout_ref.actor"
     rloo = verl_plan(config("train.algorithm=rloo")).as_dict()
@@ -261,7 +267,7 @@ def test_critic_free_algorithms_and_corrections_map_to_verl():
     assert rpp["algorithm.adv_estimator"] == "reinforce_plus_plus" and rpp["algorithm.use_kl_in_reward"] is True
     assert rpp["algorithm.kl_penalty"] == "k1" and rpp[f"{A}.use_kl_loss"] is False
     assert not any(k.startswith("critic.") for k in rpp)
-    plan = verl_plan(config("train.tis_cap=2.5", "train.dynamic_sampling=true", "train.overlong=mask"))
+    plan = verl_plan(config("train.loss.tis_cap=2.5", "train.dapo.dynamic_sampling=true", "train.dapo.overlong=mask"))
     o = plan.as_dict()
     assert o["algorithm.rollout_correction.rollout_is"] == "token"
     assert o["algorithm.rollout_correction.rollout_is_threshold"] == 2.5
@@ -359,9 +365,9 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ExportError, match="not an http"):
         export_verl(config(), ExportOptions(out_dir=str(tmp_path / "a"), retriever_url="ftp://host:21"))
     with pytest.raises(SearchR1Error, match="unknown benchmark|not found"):
-        export_verl(config("train.train_data=nosuchset"), ExportOptions(out_dir=str(tmp_path / "b")))
+        export_verl(config("train.questions.datasets=nosuchset"), ExportOptions(out_dir=str(tmp_path / "b")))
     with pytest.raises(SearchR1Error, match="QA file not found"):
-        export_verl(config("train.train_data=/nonexistent/qa.jsonl"), ExportOptions(out_dir=str(tmp_path / "c")))
+        export_verl(config("train.questions.datasets=/nonexistent/qa.jsonl"), ExportOptions(out_dir=str(tmp_path / "c")))
     # nothing was written for the failed exports
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
@@ -373,7 +379,7 @@ def test_cli(tmp_path, capsys):
     assert f"veRL export in {out}" in printed and "tool_agent" in printed and "http://h:1" in printed
     assert main(["export", "verl", "--out", str(out), *TINY]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["export", "verl", "--out", str(out), "train.train_data=nosuchset"]) == 2
+    assert main(["export", "verl", "--out", str(out), "train.questions.datasets=nosuchset"]) == 2
     assert main(["export", "verl", "--out", str(out), "--force", "train.bogus=1"]) == 2
     assert "unknown config key 'train.bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):

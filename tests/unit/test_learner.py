@@ -9,15 +9,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fakes import char_tokenizer
-from searchr1.rl import (kl_penalized_rewards, kl_penalty, overlong_penalty, reinforce_pp_advantages,
-                         rloo_advantages)
+from searchr1.rl import (kl_penalized_rewards, kl_penalty, overlong_penalty, reinforce_advantages,
+                         reinforce_pp_advantages, rloo_advantages)
 from searchr1.rollout.agent import RolloutStats
+from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.batch import collate
 from searchr1.train.learner import ALONE, Learner
 from searchr1.train.models import build_models
 from searchr1.train.rollouts import PromptSampler, RolloutCollector
-from searchr1.train.settings import TrainConfig
+from searchr1.train.settings import AdvConfig, DapoConfig, KLConfig, LossConfig, OptimConfig, SamplingConfig, TrainConfig
 
 torch.set_num_threads(1)
 
@@ -45,8 +46,9 @@ def _trajs():
 SCORES = torch.tensor([1.0, 0.0, 0.0, 0.5])
 
 
-def _learner(**kw):
-    settings = dict(prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2, lr=0.1, kl_coef=0.01)
+def _learner(kl_coef=0.01, **kw):
+    settings = dict(prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2,
+                    optim=OptimConfig(lr=0.1), kl=KLConfig(coef=kl_coef))
     tc = TrainConfig(**{**settings, **kw})
     return Learner(build_models(tiny_llama(), tc), tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
 
@@ -65,6 +67,20 @@ def test_rloo_uses_the_leave_one_out_baseline():
     assert prepared.advantages[0, 0].item() == 1.0 and prepared.advantages[1, 0].item() == -1.0
     assert prepared.old_logprobs is None  # one optimizer step on outcome advantages: reuses its own forward
     assert "actor/kl_loss" in learner.update(prepared, step=1)  # the KL to the reference is a loss term
+
+
+@pytest.mark.parametrize("baseline", ["batch-mean", "none"])
+def test_reinforce_subtracts_its_baseline_from_the_outcome_scores(baseline):
+    learner = _learner(algorithm="reinforce", adv=AdvConfig(baseline=baseline))
+    assert not learner.tc.use_kl_in_reward
+    batch = collate(_trajs(), 0)
+    prepared, metrics = learner.prepare(batch, SCORES)
+    expected, _ = reinforce_advantages(SCORES, batch.loss_mask, baseline=baseline)
+    assert torch.equal(prepared.advantages, expected)
+    b = 0.375 if baseline == "batch-mean" else 0.0  # mean of 1, 0, 0, 0.5
+    assert prepared.advantages[0, 0].item() == pytest.approx(1.0 - b) and prepared.advantages[0, 2].item() == 0.0
+    assert "adv/zero_variance_groups" not in metrics and prepared.returns is None  # not group-based, no critic
+    assert "actor/kl_loss" in learner.update(prepared, step=1)
 
 
 def test_reinforce_pp_whitens_returns_of_kl_penalised_token_rewards():
@@ -86,7 +102,7 @@ def test_tis_with_matching_sampler_log_probs_changes_nothing():
     batch = collate(_trajs(), 0)
     updates = []
     for cap in (0.0, 2.0):
-        learner = _learner(algorithm="grpo", tis_cap=cap)
+        learner = _learner(algorithm="grpo", loss=LossConfig(tis_cap=cap))
         exact = learner.forward(batch, "policy") * batch.policy_mask  # the sampler is the trainer
         metrics = learner.learn(dataclasses.replace(batch, sample_logprobs=exact), SCORES, step=1)
         updates.append(_weights(learner))
@@ -98,7 +114,7 @@ def test_tis_with_matching_sampler_log_probs_changes_nothing():
 
 def test_tis_reweights_tokens_the_sampler_over_sampled():
     batch = collate(_trajs(), 0)
-    learner = _learner(algorithm="grpo", tis_cap=2.0)
+    learner = _learner(algorithm="grpo", loss=LossConfig(tis_cap=2.0))
     exact = learner.forward(batch, "policy") * batch.policy_mask
     # the sampler gave the first row's tokens e^1 times the trainer's probability: weight e^-1
     skewed = exact.clone()
@@ -133,6 +149,8 @@ def test_excluding_truncated_rows_clears_their_loss_mask_only():
 class AnswerAgent:
     """Answers episode k of question i with ANSWERS[i][k]; counts the rounds it is asked to play."""
 
+    cfg = AgentConfig(template="Q: {question}\n")
+
     def __init__(self, answers) -> None:
         self.answers, self.rounds = answers, 0
 
@@ -152,9 +170,9 @@ ANSWERS = [["x", "y"] if i % 3 == 0 else ["x", "x"] for i in range(12)]
 ROWS = [{"id": str(i), "question": f"q{i}", "golden_answers": ["x"]} for i in range(12)]
 
 
-def _collector(agent, rounds, **kw):
-    tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=4, template="Q: {question}\n",
-                     dynamic_sampling=rounds > 0, dynamic_sampling_max_rounds=max(rounds, 1), **kw)
+def _collector(agent, rounds, **dapo):
+    tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=4,
+                     dapo=DapoConfig(dynamic_sampling=rounds > 0, max_rounds=max(rounds, 1), **dapo))
     reward = lambda t: float(" x " in t.response_text)  # noqa: E731
     return RolloutCollector(agent, char_tokenizer(), ROWS, PromptSampler(len(ROWS), 0), tc, False, reward,
                             max_response_tokens=10, dist=ALONE, gathered=contextlib.nullcontext)
@@ -196,15 +214,16 @@ def test_overlong_penalty_is_added_to_the_reward():
     assert out.scores.tolist() == pytest.approx([1.0, 0.75, 1.0, 0.75])
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(algorithm="rloo", group_size=1, mini_batch_size=2), "rloo needs group_size >= 2"),
-    (dict(algorithm="rloo", kl_in_reward=True), "rloo puts the KL in the loss"),
-    (dict(algorithm="ppo", group_size=1, mini_batch_size=2, dynamic_sampling=True), "dynamic_sampling needs"),
-    (dict(dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds must be >= 1"),
-    (dict(rollout_pool=-1), "rollout_pool must be >= 0"),
-    (dict(tis_cap=-1.0), "tis_cap must be >= 0"),
-    (dict(overlong="penalty"), "overlong=penalty needs overlong_buffer >= 1"),
+@pytest.mark.parametrize("make,message", [
+    (lambda: dict(algorithm="rloo", group_size=1, mini_batch_size=2), "rloo needs group_size >= 2"),
+    (lambda: dict(algorithm="rloo", kl=KLConfig(in_reward=True)), "rloo puts the KL in the loss"),
+    (lambda: dict(algorithm="ppo", group_size=1, mini_batch_size=2, dapo=DapoConfig(dynamic_sampling=True)),
+     "dynamic_sampling needs"),
+    (lambda: dict(dapo=DapoConfig(max_rounds=0)), "max_rounds must be >= 1"),
+    (lambda: dict(sampling=SamplingConfig(pool=-1)), "pool must be >= 0"),
+    (lambda: dict(loss=LossConfig(tis_cap=-1.0)), "tis_cap must be >= 0"),
+    (lambda: dict(dapo=DapoConfig(overlong="penalty")), "overlong=penalty needs overlong_buffer >= 1"),
 ])
-def test_bad_algorithm_settings_are_clear_errors(kw, message):
+def test_bad_algorithm_settings_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{**dict(prompts_per_step=2, group_size=2, mini_batch_size=4), **kw})
+        TrainConfig(**{**dict(prompts_per_step=2, group_size=2, mini_batch_size=4), **make()})

@@ -420,7 +420,7 @@ def test_data_config_from_dict():
     from searchr1.data.settings import DataConfig
 
     cfg = from_dict(DataConfig, {"datasets": "nq,hotpotqa", "split": "train", "source": "local", "limit": 10})
-    assert cfg.datasets == ["nq", "hotpotqa"] and cfg.source == "local" and cfg.template == "search-r1"
+    assert cfg.datasets == ["nq", "hotpotqa"] and cfg.source == "local" and cfg.limit == 10
     with pytest.raises(ConfigError, match="source"):
         from_dict(DataConfig, {"source": "web"})
     with pytest.raises(ConfigError, match="limit"):

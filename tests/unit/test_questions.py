@@ -54,9 +54,9 @@ def test_synthetic_training_questions_are_the_train_split():
 
 
 def test_train_limit_is_a_seeded_sample():
-    rows = training_questions(config("train.train_limit=7", "train.seed=11"))
+    rows = training_questions(config("train.questions.limit=7", "train.seed=11"))
     assert rows == random.Random(11).sample([as_row(q) for q in expected_split()[0]], 7)
-    assert training_questions(config("train.train_limit=100")) == [as_row(q) for q in expected_split()[0]]
+    assert training_questions(config("train.questions.limit=100")) == [as_row(q) for q in expected_split()[0]]
 
 
 def test_synthetic_held_out_is_what_the_written_file_gave(tmp_path):
@@ -77,32 +77,32 @@ def test_benchmark_training_questions_read_train_data_source_and_dir(tmp_path):
     write_qa(data / "nq" / "train.jsonl", 5, "n")
     write_qa(data / "hotpotqa" / "train.jsonl", 3, "h")
     # eval's source and directory are not training's: a hub-only eval source must not matter
-    cfg = config("train.train_data=nq, hotpotqa", "train.data_source=local", f"train.data_dir={data}",
+    cfg = config("train.questions.datasets=nq, hotpotqa", "train.questions.source=local", f"train.questions.data_dir={data}",
                  "eval.source=hub", f"eval.data_dir={tmp_path}")
     rows = training_questions(cfg)
     assert [r["id"] for r in rows] == ["n0", "n1", "n2", "n3", "n4", "h0", "h1", "h2"]
     assert [r["data_source"] for r in rows] == ["nq"] * 5 + ["hotpotqa"] * 3
     with pytest.raises(BenchmarkError, match="no local file"):
-        training_questions(config("train.train_data=nq", "train.data_source=local", f"train.data_dir={tmp_path}"))
+        training_questions(config("train.questions.datasets=nq", "train.questions.source=local", f"train.questions.data_dir={tmp_path}"))
 
 
 def test_qa_file_training_questions_with_a_limit(tmp_path):
     qa = write_qa(tmp_path / "mine.jsonl", 10)
-    rows = training_questions(config(f"train.train_data={qa}", "train.train_limit=4", "train.seed=2"))
+    rows = training_questions(config(f"train.questions.datasets={qa}", "train.questions.limit=4", "train.seed=2"))
     assert rows == random.Random(2).sample(load_benchmark(str(qa)), 4)
 
 
 def test_no_training_questions_is_an_error_naming_train_data(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(NoQuestionsError, match=r"train\.train_data '.*empty\.jsonl' gave no questions"):
-        training_questions(config(f"train.train_data={empty}"))
+    with pytest.raises(NoQuestionsError, match=r"train\.questions\.datasets '.*empty\.jsonl' gave no questions"):
+        training_questions(config(f"train.questions.datasets={empty}"))
 
 
 def test_benchmark_held_out_questions_are_the_eval_datasets(tmp_path):
     a = write_qa(tmp_path / "a" / "dev.jsonl", 6, "a")
     b = write_qa(tmp_path / "b" / "dev.jsonl", 2, "b")
-    cfg = config(f"train.train_data={a}", f"eval.datasets={a},{b}", "eval.limit=3", "eval.seed=1")
+    cfg = config(f"train.questions.datasets={a}", f"eval.datasets={a},{b}", "eval.limit=3", "eval.seed=1")
     held_out = held_out_questions(cfg)
     assert list(held_out) == ["dev", "dev_"]  # both files are called dev: the second label is set apart
     assert held_out["dev"] == load_benchmark(str(a), limit=3, seed=1) and held_out["dev_"] == load_benchmark(str(b))
@@ -120,7 +120,7 @@ def test_dataset_labels():
 def test_sources_say_where_questions_come_from(tmp_path):
     assert sources(config()) == {"train": "synthetic world (seed 5), train split",
                                  "val": "synthetic world (seed 5), held-out split"}
-    assert sources(config("train.train_data=nq,hotpotqa", "eval.datasets=nq,bamboogle")) == {
+    assert sources(config("train.questions.datasets=nq,hotpotqa", "eval.datasets=nq,bamboogle")) == {
         "train": "nq,hotpotqa (train)", "val": "nq,bamboogle (evaluation split)"}
 
 
@@ -129,14 +129,14 @@ def test_exclude_held_out_trains_on_the_rest_of_an_evaluated_set(tmp_path):
     # eval: a seeded sample of 4 of the same file; a reworded copy of one training question too
     copy = tmp_path / "copy.jsonl"
     copy.write_text(json.dumps({"id": "x", "question": "The QUESTION q7", "golden_answers": ["a"]}) + "\n")
-    cfg = config(f"train.train_data={qa}", "train.exclude_held_out=true", f"eval.datasets=[{qa},{copy}]",
+    cfg = config(f"train.questions.datasets={qa}", "train.questions.exclude_held_out=true", f"eval.datasets=[{qa},{copy}]",
                  "eval.limit=4", "eval.seed=3")
     evaluated = {r["id"] for r in held_out_questions(cfg)["dev"]}
     rows = training_questions(cfg)
     assert len(evaluated) == 4
     assert {r["id"] for r in rows} == {f"q{i}" for i in range(10)} - evaluated - {"q7"}
     # off (the default): every question trains
-    assert len(training_questions(config(f"train.train_data={qa}", f"eval.datasets=[{qa}]", "eval.limit=4"))) == 10
+    assert len(training_questions(config(f"train.questions.datasets={qa}", f"eval.datasets=[{qa}]", "eval.limit=4"))) == 10
 
 
 def test_a_benchmark_entry_may_name_its_own_split():

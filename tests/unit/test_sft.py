@@ -41,8 +41,9 @@ class TitleRetriever:
 
 def cfg_for(**sft):
     return from_dict(Config, {"model": {"device": "cpu", "chat": "raw"},
-                              "agent": {"max_turns": 2, "topk": 1, "retrieval_backoff_s": 0},
-                              "train": {"template": "Q: {question}\n", "micro_batch_size": 2},
+                              "agent": {"max_turns": 2, "topk": 1, "retrieval_backoff_s": 0,
+                                        "template": "Q: {question}\n"},
+                              "train": {"micro_batch_size": 2},
                               "sft": {"steps": 0, **sft}})
 
 

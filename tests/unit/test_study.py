@@ -6,6 +6,7 @@ import pytest
 
 from searchr1.config import load_config
 from searchr1.errors import ConfigError, SearchR1Error
+from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.settings import Config
 from searchr1.study.arms import ARMS, arm
 from searchr1.study.runner import StudyConfigChanged, check_config, run_study, study_questions
@@ -17,15 +18,18 @@ def _cfg(*overrides):
 
 
 def test_each_trained_arm_changes_only_what_names_it():
-    cfg = _cfg("train.algorithm=rloo", "train.lr=3e-6", "agent.max_turns=3")
+    cfg = _cfg("train.algorithm=rloo", "train.optim.lr=3e-6", "agent.max_turns=3")
     grpo, ppo, unmasked, r1 = (arm(n).configure(cfg) for n in ("grpo", "ppo", "grpo-unmasked", "r1"))
-    assert (grpo.train.algorithm, grpo.train.mask_retrieved, grpo.agent.max_turns) == ("grpo", True, 3)
-    assert (ppo.train.algorithm, ppo.train.mask_retrieved) == ("ppo", True)
-    assert (unmasked.train.algorithm, unmasked.train.mask_retrieved) == ("grpo", False)
-    # R1: the same RL without a search engine, trained and evaluated on the r1 prompt
-    assert (r1.train.template, r1.eval.agent_template, r1.agent.max_turns) == ("r1", "r1", 0)
+    assert (grpo.train.algorithm, grpo.train.loss.mask_retrieved, grpo.agent.max_turns) == ("grpo", True, 3)
+    assert (ppo.train.algorithm, ppo.train.loss.mask_retrieved) == ("ppo", True)
+    assert (unmasked.train.algorithm, unmasked.train.loss.mask_retrieved) == ("grpo", False)
+    # R1: the same RL without a search engine, trained and evaluated on the r1 prompt (one template)
+    assert (r1.agent.template, r1.agent.max_turns) == ("r1", 0)
     for c in (grpo, ppo, unmasked, r1):  # the shared budget is untouched
-        assert (c.train.lr, c.train.steps, c.train.group_size) == (3e-6, cfg.train.steps, cfg.train.group_size)
+        assert (c.train.optim.lr, c.train.steps, c.train.group_size) == (3e-6, cfg.train.steps, cfg.train.group_size)
+    for name, a in ALGORITHMS.items():  # one Search-R1 arm per algorithm of the table
+        assert arm(name).trained and arm(name).configure(cfg).train.algorithm == name
+        assert arm(name).label == f"Search-R1 {a.title}"
     assert [a.name for a in ARMS.values() if not a.trained] == ["direct", "rag", "rag-warmup", "warmup"]
     assert arm("direct").configure(cfg) == cfg
     with pytest.raises(ValueError, match="unknown arm"):
@@ -53,11 +57,11 @@ def test_a_study_directory_refuses_settings_that_change_results(tmp_path):
     assert json.loads((tmp_path / "study_config.json").read_text())["train"]["steps"] == 4
     # a setting searchr1 gained after the study started counts as its default there
     old = json.loads((tmp_path / "study_config.json").read_text())
-    del old["train"]["exclude_held_out"]
+    del old["train"]["questions"]["exclude_held_out"]
     (tmp_path / "study_config.json").write_text(json.dumps(old))
     check_config(_cfg("train.steps=4"), tmp_path)
     with pytest.raises(StudyConfigChanged, match="exclude_held_out: False -> True"):
-        check_config(_cfg("train.steps=4", "train.exclude_held_out=true"), tmp_path)
+        check_config(_cfg("train.steps=4", "train.questions.exclude_held_out=true"), tmp_path)
 
 
 def test_synthetic_questions_are_split_by_hop_count():

@@ -30,7 +30,7 @@ def test_sharding_from_the_accelerate_launch_environment(env, stage):
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed launch configs are not supported"),
     ({**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "HYBRID_SHARD"}, "FSDP sharding 'HYBRID_SHARD' is not supported"),
     ({**FSDP2, "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params is not supported"),
-    ({**FSDP2, "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "train.gradient_checkpointing=true"),
+    ({**FSDP2, "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "train.compute.gradient_checkpointing=true"),
 ])
 def test_what_the_trainer_cannot_do_is_an_error(env, message):
     with pytest.raises(SearchR1Error, match=message):
@@ -42,7 +42,7 @@ def test_an_explicit_setting_wins_over_the_launcher():
     assert resolve_sharding("auto", env) == "zero3"
     assert resolve_sharding("zero1", env) == "zero1"
     assert resolve_sharding("none", env) == "none"
-    with pytest.raises(SearchR1Error, match="train.sharding must be one of"):
+    with pytest.raises(SearchR1Error, match="train.compute.sharding must be one of"):
         resolve_sharding("zero4", {})
 
 

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from searchr1.train.batch import collate
 from searchr1.train.learner import Learner
 from searchr1.train.models import build_models, causal_lm, sequence_logprobs
-from searchr1.train.settings import TrainConfig
+from searchr1.train.settings import ComputeConfig, KLConfig, LoRAConfig, LossConfig, OptimConfig, TrainConfig
 from searchr1.rollout.trajectory import Trajectory
 
 torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def test_full_finetune_reference_is_a_frozen_copy_and_separate_critic_starts_at_
 
 def test_head_critic_shares_the_policy_trunk():
     m = build_models(tiny_llama(), TrainConfig(algorithm="ppo", group_size=1, prompts_per_step=4, mini_batch_size=4,
-                                               critic="head", kl_coef=0))
+                                               critic="head", kl=KLConfig(coef=0)))
     assert m.shared_critic and isinstance(m.critic, torch.nn.Linear) and m.reference is None
     ids = torch.tensor([[3, 4, 5, 6]])
     out = sequence_logprobs(m.policy, ids, torch.ones_like(ids), 1, value_head=m.critic)
@@ -70,7 +70,7 @@ def test_head_critic_shares_the_policy_trunk():
 
 def test_lora_reference_is_the_policy_with_the_adapter_disabled():
     model = tiny_llama()
-    m = build_models(model, TrainConfig(lora_r=4, lora_targets=["q_proj", "v_proj"]))
+    m = build_models(model, TrainConfig(lora=LoRAConfig(r=4, targets=["q_proj", "v_proj"])))
     assert m.lora and m.reference is m.policy
     trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -102,7 +102,8 @@ def test_resolve_precision():
 
 def _one_update(model, autocast_dtype, lr):
     """One GRPO update of `model` at `lr`; returns (parameters before, after, the TrainModels)."""
-    tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=2, lr=lr, kl_coef=0.01)
+    tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=2, optim=OptimConfig(lr=lr),
+                     kl=KLConfig(coef=0.01))
     models = build_models(model, tc, autocast_dtype)
     before = {n: p.detach().clone() for n, p in models.policy.named_parameters()}
     learner = Learner(models, tc, weight_decay=0.0)
@@ -135,7 +136,8 @@ def _changed_share(before, after) -> float:
 
 def test_single_step_grpo_takes_the_same_update_without_recomputing_old_logprobs():
     from searchr1.rl import grpo_advantages
-    tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=1, lr=0.5, kl_coef=0.01)
+    tc = TrainConfig(prompts_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=1, optim=OptimConfig(lr=0.5),
+                     kl=KLConfig(coef=0.01))
     trajs = [_traj([3, 4, 5], [6, 7, 8, 9], [1, 1, 0, 1]), _traj([3, 4, 5], [9, 8, 7, 6], [1, 0, 1, 1])]
     scores = torch.tensor([1.0, 0.0])
     runs = []
@@ -193,7 +195,8 @@ def test_a_chunked_training_update_matches_the_unchunked_one():
     params = []
     for chunk in (0, 2):
         tc = TrainConfig(algorithm="grpo", prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=2,
-                         lr=0.1, kl_coef=0.01, entropy_coef=0.01, logits_chunk=chunk)
+                         optim=OptimConfig(lr=0.1), kl=KLConfig(coef=0.01), loss=LossConfig(entropy_coef=0.01),
+                         compute=ComputeConfig(logits_chunk=chunk))
         models = build_models(tiny_llama(), tc)
         assert models.policy_forward.logits_chunk == chunk and models.reference_forward.logits_chunk == chunk
         learner = Learner(models, tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0)
@@ -210,8 +213,9 @@ def test_a_chunked_training_update_matches_the_unchunked_one():
 
 def test_gradient_checkpointing_is_switched_on():
     for lora in (0, 4):
-        tc = TrainConfig(algorithm="grpo", group_size=2, prompts_per_step=2, mini_batch_size=4, lora_r=lora,
-                         lora_targets=["q_proj"], gradient_checkpointing=True)
+        tc = TrainConfig(algorithm="grpo", group_size=2, prompts_per_step=2, mini_batch_size=4,
+                         lora=LoRAConfig(r=lora, targets=["q_proj"]),
+                         compute=ComputeConfig(gradient_checkpointing=True))
         lm = causal_lm(build_models(tiny_llama(), tc).policy)
         on = getattr(lm, "is_activation_checkpointing", None)
         assert (on if on is not None else lm.is_gradient_checkpointing) is True

@@ -5,14 +5,18 @@ import pytest
 from searchr1.config import from_dict, load_config, preset_names
 from searchr1.errors import ConfigError
 from searchr1.settings import Config
-from searchr1.train.settings import TrainConfig
+from searchr1.rl.algorithms import ALGORITHMS
+from searchr1.rollout.settings import AgentConfig
+from searchr1.train.settings import (AdvConfig, DapoConfig, KLConfig, LoRAConfig, LossConfig, OptimConfig,
+                                     SamplingConfig, TrainConfig, TrainQuestions)
 
 
 def test_defaults_are_the_papers():
     t = TrainConfig()
-    assert (t.lr, t.critic_lr, t.kl_coef, t.clip_ratio, t.group_size, t.temperature) == (1e-6, 1e-5, 0.001, 0.2, 5, 1.0)
-    assert (t.steps, t.prompts_per_step, t.mini_batch_size, t.gamma, t.lam) == (1005, 512, 256, 1.0, 1.0)
-    assert t.mask_retrieved is True
+    assert (t.optim.lr, t.optim.critic_lr, t.kl.coef, t.loss.clip_ratio, t.group_size,
+            t.sampling.temperature) == (1e-6, 1e-5, 0.001, 0.2, 5, 1.0)
+    assert (t.steps, t.prompts_per_step, t.mini_batch_size, t.adv.gamma, t.adv.lam) == (1005, 512, 256, 1.0, 1.0)
+    assert t.loss.mask_retrieved is True
 
 
 def test_derived_kl_settings():
@@ -20,26 +24,43 @@ def test_derived_kl_settings():
     assert not TrainConfig(algorithm="grpo").use_kl_in_reward
     ppo = TrainConfig(algorithm="ppo", group_size=1)
     assert ppo.use_kl_in_reward and ppo.kl_estimator == "k1"
-    assert TrainConfig(kl_coef=0).needs_reference is False
+    assert TrainConfig(kl=KLConfig(coef=0)).needs_reference is False
+    for a in ALGORITHMS.values():  # the KL goes where the algorithm's row puts it
+        assert TrainConfig(algorithm=a.name, group_size=2).use_kl_in_reward is a.kl_in_reward
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"algorithm": "grpo", "group_size": 1}, "group_size >= 2"),
-    ({"prompts_per_step": 3, "group_size": 2, "mini_batch_size": 4}, "multiple of mini_batch_size"),
-    ({"prompts_per_step": 2, "group_size": 2, "mini_batch_size": 8}, "exceeds"),
-    ({"clip_ratio": 1.5}, "clip_ratio"),
-    ({"kl_kind": "k9"}, "kl_kind"),
-    ({"loss_agg": "mean"}, "loss_agg"),
-    ({"temperature": 0.0}, "temperature"),
-    ({"lr": 0.0}, "positive"),
-    ({"dual_clip_c": 0.5}, "dual_clip_c"),
-    ({"algorithm": "grpo", "kl_in_reward": True}, "kl_in_reward"),
-    ({"template": "no placeholder"}, "template"),
-    ({"steps": 0}, ">= 1"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: TrainConfig(algorithm="grpo", group_size=1), "group_size >= 2"),
+    (lambda: TrainConfig(algorithm="rloo", group_size=1), "group_size >= 2"),
+    (lambda: TrainConfig(prompts_per_step=3, group_size=2, mini_batch_size=4), "multiple of mini_batch_size"),
+    (lambda: TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=8), "exceeds"),
+    (lambda: LossConfig(clip_ratio=1.5), "clip_ratio"),
+    (lambda: KLConfig(kind="k9"), "kind"),
+    (lambda: LossConfig(agg="mean"), "agg"),
+    (lambda: SamplingConfig(temperature=0.0), "temperature"),
+    (lambda: OptimConfig(lr=0.0), "positive"),
+    (lambda: LossConfig(dual_clip_c=0.5), "dual_clip_c"),
+    (lambda: TrainConfig(algorithm="grpo", kl=KLConfig(in_reward=True)), "in_reward"),
+    (lambda: TrainConfig(algorithm="reinforce", kl=KLConfig(in_reward=True)), "in_reward"),
+    (lambda: AgentConfig(template="no placeholder"), "template"),
+    (lambda: TrainConfig(steps=0), ">= 1"),
+    (lambda: TrainConfig(algorithm="a2c"), "unknown algorithm 'a2c': one of grpo, ppo, rloo, reinforce, reinforce_pp"),
+    (lambda: AdvConfig(gamma=1.5), "gamma"),
+    (lambda: DapoConfig(max_rounds=0), "max_rounds"),
+    (lambda: LoRAConfig(r=-1), "r and dropout"),
+    (lambda: TrainQuestions(datasets=["synthetic", "nq"]), "cannot be mixed"),
+    (lambda: TrainQuestions(datasets=[]), "at least one"),
 ])
-def test_invalid_settings_are_rejected(kwargs, match):
+def test_invalid_settings_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**kwargs)
+        make()
+
+
+def test_algorithm_is_checked_against_the_table_when_loaded():
+    with pytest.raises(ConfigError, match="train: unknown algorithm 'a2c': one of grpo, ppo, rloo, reinforce"):
+        load_config(Config, overrides=["train.algorithm=a2c"])
+    for name in ALGORITHMS:
+        assert load_config(Config, overrides=[f"train.algorithm={name}"]).train.algo is ALGORITHMS[name]
 
 
 def test_root_config_has_train_and_rejects_unknown_keys():
@@ -57,9 +78,10 @@ def test_paper_presets_load(name):
     cfg = load_config(Config, name)
     t = cfg.train
     assert cfg.model.name == "Qwen/Qwen2.5-3B"
-    assert (t.lr, t.kl_coef, t.clip_ratio, t.temperature, t.steps, t.prompts_per_step) == (1e-6, 0.001, 0.2, 1.0, 1005, 512)
+    assert (t.optim.lr, t.kl.coef, t.loss.clip_ratio, t.sampling.temperature, t.steps,
+            t.prompts_per_step) == (1e-6, 0.001, 0.2, 1.0, 1005, 512)
     assert (cfg.agent.max_turns, cfg.agent.topk) == (4, 3)
     if t.algorithm == "grpo":
         assert t.group_size == 5 and t.mini_batch_size == 256 * 5
     else:
-        assert t.critic_lr == 1e-5 and (t.gamma, t.lam) == (1.0, 1.0) and t.mini_batch_size == 256
+        assert t.optim.critic_lr == 1e-5 and (t.adv.gamma, t.adv.lam) == (1.0, 1.0) and t.mini_batch_size == 256

@@ -48,10 +48,10 @@ def share_of_a(traj) -> float:
 def run(world, backend: str):
     cfg = from_dict(Config, {
         "model": {"name": str(world / "tiny"), "device": "cpu", "chat": "raw"},
-        "agent": {"max_turns": 0, "max_turn_tokens": 12},
+        "agent": {"max_turns": 0, "max_turn_tokens": 12, "template": "Q: {question}\n"},
         "rollout": {"backend": backend},
         "train": {"algorithm": "grpo", "steps": STEPS, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8,
-                  "micro_batch_size": 8, "lr": 3e-3, "train_data": str(world / "qa.jsonl"), "template": "Q: {question}\n",
+                  "micro_batch_size": 8, "optim": {"lr": 3e-3}, "questions": {"datasets": [str(world / "qa.jsonl")]},
                   "run_dir": str(world / backend), "save_every": 0, "tensorboard": False, "progress": False}})
     result = train(cfg, reward_fn=share_of_a)
     return [h["reward"] for h in result["history"]], read_metrics(world / backend)

@@ -161,10 +161,11 @@ def prepare(
     }
 
 
-def prepare_from_config(cfg, tokenizer: Any = None) -> dict:
-    """`prepare` with the fields of a `searchr1.data.settings.DataConfig`."""
+def prepare_from_config(cfg, template: str = "search-r1", tokenizer: Any = None) -> dict:
+    """`prepare` with the fields of a `searchr1.data.settings.DataConfig`, prompts in `template`
+    (the root config's agent.template)."""
     return prepare(
-        list(cfg.datasets), cfg.split, cfg.out_dir, template=cfg.template, data_dir=cfg.data_dir or None,
+        list(cfg.datasets), cfg.split, cfg.out_dir, template=template, data_dir=cfg.data_dir or None,
         limit=cfg.limit, seed=cfg.seed, tokenizer=tokenizer, source=cfg.source,
     )
 

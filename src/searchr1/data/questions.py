@@ -3,12 +3,14 @@
 `searchr1 train`, `searchr1 eval`, `searchr1 export verl` and the demo all read their questions
 here, so one config gives every command the same rows, `{id, question, golden_answers, data_source}`:
 
-  training_questions(cfg)  train.train_data: 'synthetic' (the world's train split, `cfg.world`) or
+  training_questions(cfg)  train.questions: 'synthetic' (the world's train split, `cfg.world`) or
                            benchmark names / QA files (less the held-out questions when
-                           train.exclude_held_out), then the seeded train.train_limit sample
+                           train.questions.exclude_held_out), then the seeded questions.limit sample
+                           (seed train.seed)
   held_out_questions(cfg)  label -> rows: the world's held-out split when training on it, else the
                            eval.datasets, each limited by eval.limit / eval.seed
-  load_datasets(ev)        label -> (info, rows) of an EvalConfig: what `searchr1 eval` reads
+  load_datasets(ev)        label -> (info, rows) of the eval section (a `QuestionSource` with a seed):
+                           what `searchr1 eval` reads
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def name_and_split(entry: str, split: str) -> tuple[str, str]:
 
 
 def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
-    """label -> (info, rows) for every dataset of an `EvalConfig`; rows are
-    {id, question, golden_answers, data_source}, info is {name, split, n}.
+    """label -> (info, rows) for every dataset of an `EvalConfig` (a `QuestionSource` whose `seed`
+    draws the limit's sample); rows are {id, question, golden_answers, data_source}, info is
+    {name, split, n}.
 
     A dataset without questions is kept (with its name as label): `evaluate` refuses it, while an
     export only needs the datasets together to hold some."""
@@ -93,12 +96,8 @@ def load_datasets(ev) -> dict[str, tuple[dict, list[dict]]]:
 
 
 def trains_on_synthetic(tc) -> bool:
-    """Whether `TrainConfig` `tc` trains on the synthetic world (train.train_data=synthetic)."""
-    return tc.train_data.strip() == "synthetic"
-
-
-def _train_names(tc) -> list[str]:
-    return [n.strip() for n in tc.train_data.split(",") if n.strip()]
+    """Whether `TrainConfig` `tc` trains on the synthetic world (train.questions.datasets=synthetic)."""
+    return tc.questions.synthetic
 
 
 def training_questions(cfg) -> list[dict]:
@@ -108,15 +107,15 @@ def training_questions(cfg) -> list[dict]:
         rows = [as_row(q) for q in synthetic_split(cfg.world)[0]]
     else:
         rows = []
-        for entry in _train_names(tc):
-            name, split = name_and_split(entry, tc.train_split)
-            rows += load_benchmark(name, split, source=tc.data_source, data_dir=tc.data_dir or None)
-        if tc.exclude_held_out:
+        for entry in tc.questions.datasets:
+            name, split = name_and_split(entry, tc.questions.split)
+            rows += load_benchmark(name, split, source=tc.questions.source, data_dir=tc.questions.data_dir or None)
+        if tc.questions.exclude_held_out:
             rows = without_held_out(rows, held_out_questions(cfg))
-    if tc.train_limit and len(rows) > tc.train_limit:
-        rows = random.Random(tc.seed).sample(rows, tc.train_limit)
+    if tc.questions.limit and len(rows) > tc.questions.limit:
+        rows = random.Random(tc.seed).sample(rows, tc.questions.limit)
     if not rows:
-        raise NoQuestionsError(f"train.train_data {tc.train_data!r} gave no questions")
+        raise NoQuestionsError(f"train.questions.datasets {','.join(tc.questions.datasets)!r} gave no questions")
     return rows
 
 
@@ -143,5 +142,5 @@ def sources(cfg) -> dict[str, str]:
     if trains_on_synthetic(tc):
         world = f"synthetic world (seed {cfg.world.seed})"
         return {"train": f"{world}, train split", "val": f"{world}, held-out split"}
-    return {"train": f"{','.join(_train_names(tc))} ({tc.train_split})",
+    return {"train": f"{','.join(tc.questions.datasets)} ({tc.questions.split})",
             "val": f"{','.join(ev.datasets)} ({ev.split or 'evaluation split'})"}

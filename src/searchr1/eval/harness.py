@@ -89,7 +89,7 @@ def build_trajectories(cfg, tokenizer, label: str, rows: Sequence[dict], mode: s
                        hits: Sequence[Sequence] | None = None) -> list[Trajectory]:
     """Fresh episodes of one dataset in one mode (rag: `hits[i]` are row i's passages)."""
     chat = cfg.model.use_chat_template
-    template = {"direct": DIRECT_TEMPLATE, "rag": RAG_TEMPLATE}.get(mode) or get_template(cfg.eval.agent_template)
+    template = {"direct": DIRECT_TEMPLATE, "rag": RAG_TEMPLATE}.get(mode) or get_template(cfg.agent.template)
     out = []
     for i, row in enumerate(rows):
         meta = {"dataset": label, "mode": mode, "data_source": row.get("data_source", label)}

@@ -27,7 +27,7 @@ Rows (one per question):
     agent_name    "searchr1_agent" (paper protocol) or "tool_agent" (veRL's tool-calling loop)
 
 Training and validation rows are the questions `searchr1 train` trains and validates on
-(`searchr1.data.questions`: train.train_data / train_split / train_limit; eval.datasets / split /
+(`searchr1.data.questions`: train.questions.datasets / split / limit; eval.datasets / split /
 limit / seed, or the synthetic world's held-out questions); train.sh's overrides come from
 `searchr1.export.verl_plan`. Every dataset is read and every file rendered before the first is
 written; each file is written to a temporary name and renamed into place.
@@ -392,12 +392,12 @@ def export_verl(cfg, opts: ExportOptions | None = None, **kwargs: Any) -> dict:
     _check_out_dir(out, opts.force)
     url = retrieval_base_url(opts.retriever_url or cfg.retriever.url or "http://127.0.0.1:8000")
     try:
-        get_template(cfg.train.template)
+        get_template(cfg.agent.template)
     except ValueError as e:
         raise ExportError(str(e)) from None
 
     train, val, sources = load_rows(cfg)
-    template = cfg.train.template
+    template = cfg.agent.template
     train_table = _table([verl_row(r, "train", i, opts.agent, template) for i, r in enumerate(train)])
     val_table = _table([verl_row(r, "val", i, opts.agent, template) for i, r in enumerate(val)])
     shell = {

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from searchr1.errors import ConfigError
+from searchr1.rl.algorithms import ALGORITHMS
+
 #: veRL's agent_name of each --agent: the paper's protocol loop, or veRL's own tool-calling loop.
 AGENT_NAMES = {"searchr1": "searchr1_agent", "tool": "tool_agent"}
 #: veRL imports the reward from the installed searchr1 package: there is no reward file to ship.
@@ -20,8 +23,6 @@ REWARD_PATH = "pkg://searchr1.export.verl_reward"
 REWARD_NAME = "compute_score"
 #: Prompt budget: the Search-R1 instruction is ~120 tokens, the longest benchmark questions ~100.
 MAX_PROMPT_TOKENS = 512
-# train.algorithm -> veRL's algorithm.adv_estimator
-ADV_ESTIMATORS = {"grpo": "grpo", "ppo": "gae", "rloo": "rloo", "reinforce_pp": "reinforce_plus_plus"}
 
 
 @dataclass
@@ -91,9 +92,13 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
                        f"({mini_prompts * tc.group_size} trajectories) per optimizer step.")
     add = lambda key, value: p.add(key, value, shell.get(key))  # noqa: E731
     A, R = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
-    grpo, ppo = tc.algorithm == "grpo", tc.algorithm == "ppo"
+    algo = tc.algo
+    if algo.verl_name is None:
+        exportable = ", ".join(a.name for a in ALGORITHMS.values() if a.verl_name)
+        raise ConfigError(f"train.algorithm={tc.algorithm} has no veRL advantage estimator; veRL trains "
+                          f"{exportable}")
 
-    add("algorithm.adv_estimator", ADV_ESTIMATORS[tc.algorithm])
+    add("algorithm.adv_estimator", algo.verl_name)
     add("data.train_files", train_files)
     add("data.val_files", val_files)
     add("data.train_batch_size", tc.prompts_per_step)
@@ -107,85 +112,85 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
 
     add("actor_rollout_ref.model.path", cfg.model.name)
     add("actor_rollout_ref.model.use_remove_padding", True)
-    add("actor_rollout_ref.model.enable_gradient_checkpointing", tc.gradient_checkpointing)
-    if tc.lora_r > 0:
-        add("actor_rollout_ref.model.lora_rank", tc.lora_r)
-        add("actor_rollout_ref.model.lora_alpha", tc.lora_alpha)
-        targets = tc.lora_targets
+    add("actor_rollout_ref.model.enable_gradient_checkpointing", tc.compute.gradient_checkpointing)
+    if tc.lora.r > 0:
+        add("actor_rollout_ref.model.lora_rank", tc.lora.r)
+        add("actor_rollout_ref.model.lora_alpha", tc.lora.alpha)
+        targets = tc.lora.targets
         add("actor_rollout_ref.model.target_modules",
             "all-linear" if list(targets) == ["all-linear"] else list(targets))
 
     opt_steps = optimizer_steps_per_step(tc)
-    add(f"{A}.optim.lr", tc.lr)
-    if tc.warmup_steps > 0:
+    add(f"{A}.optim.lr", tc.optim.lr)
+    if tc.optim.warmup_steps > 0:
         # veRL steps its scheduler once per training step, ours once per optimizer step
-        add(f"{A}.optim.lr_warmup_steps", max(1, int(tc.warmup_steps / opt_steps)))
-    add(f"{A}.optim.weight_decay", tc.weight_decay)
-    if tc.max_grad_norm > 0:
-        add(f"{A}.optim.clip_grad", tc.max_grad_norm)
+        add(f"{A}.optim.lr_warmup_steps", max(1, int(tc.optim.warmup_steps / opt_steps)))
+    add(f"{A}.optim.weight_decay", tc.optim.weight_decay)
+    if tc.optim.max_grad_norm > 0:
+        add(f"{A}.optim.clip_grad", tc.optim.max_grad_norm)
     else:
-        p.notes.append("train.max_grad_norm=0 (no clipping) has no veRL equivalent; veRL clips at 1.0.")
+        p.notes.append("train.optim.max_grad_norm=0 (no clipping) has no veRL equivalent; veRL clips at 1.0.")
     add(f"{A}.ppo_mini_batch_size", mini_prompts)
     add(f"{A}.ppo_micro_batch_size_per_gpu", tc.micro_batch_size)
     add(f"{A}.ppo_epochs", tc.ppo_epochs)
-    add(f"{A}.clip_ratio_low", tc.clip_ratio)
-    add(f"{A}.clip_ratio_high", tc.clip_ratio_high or tc.clip_ratio)
-    if tc.dual_clip_c:
-        add(f"{A}.clip_ratio_c", tc.dual_clip_c)
+    add(f"{A}.clip_ratio_low", tc.loss.clip_ratio)
+    add(f"{A}.clip_ratio_high", tc.loss.clip_ratio_high or tc.loss.clip_ratio)
+    if tc.loss.dual_clip_c:
+        add(f"{A}.clip_ratio_c", tc.loss.dual_clip_c)
     else:
-        p.notes.append("train.dual_clip_c=0 (off): veRL always applies dual clipping (clip_ratio_c=3.0), "
+        p.notes.append("train.loss.dual_clip_c=0 (off): veRL always applies dual clipping (clip_ratio_c=3.0), "
                        "which only changes updates whose ratio exceeds 3 on a negative advantage.")
-    add(f"{A}.entropy_coeff", tc.entropy_coef)
-    add(f"{A}.loss_agg_mode", tc.loss_agg)
-    kl_in_loss = tc.kl_coef > 0 and not tc.use_kl_in_reward
+    add(f"{A}.entropy_coeff", tc.loss.entropy_coef)
+    add(f"{A}.loss_agg_mode", tc.loss.agg)
+    kl_in_loss = tc.kl.coef > 0 and not tc.use_kl_in_reward
     add(f"{A}.use_kl_loss", kl_in_loss)
     if kl_in_loss:
-        add(f"{A}.kl_loss_coef", tc.kl_coef)
+        add(f"{A}.kl_loss_coef", tc.kl.coef)
         add(f"{A}.kl_loss_type", tc.kl_estimator)
-    add("algorithm.use_kl_in_reward", tc.kl_coef > 0 and tc.use_kl_in_reward)
-    if tc.kl_coef > 0 and tc.use_kl_in_reward:
+    add("algorithm.use_kl_in_reward", tc.kl.coef > 0 and tc.use_kl_in_reward)
+    if tc.kl.coef > 0 and tc.use_kl_in_reward:
         add("algorithm.kl_penalty", tc.kl_estimator)
-        add("algorithm.kl_ctrl.kl_coef", tc.kl_coef)
-    if grpo:
-        add("algorithm.norm_adv_by_std_in_grpo", tc.norm_adv_by_std)
-    if tc.algorithm == "reinforce_pp":
-        add("algorithm.gamma", tc.gamma)
-    if tc.tis_cap > 0:
+        add("algorithm.kl_ctrl.kl_coef", tc.kl.coef)
+    if algo.verl_name == "grpo":
+        add("algorithm.norm_adv_by_std_in_grpo", tc.adv.norm_by_std)
+    if algo.verl_name == "reinforce_plus_plus":
+        add("algorithm.gamma", tc.adv.gamma)
+    if tc.loss.tis_cap > 0:
         add(f"{R}.calculate_log_probs", True)
         add("algorithm.rollout_correction.rollout_is", "token")
-        add("algorithm.rollout_correction.rollout_is_threshold", tc.tis_cap)
-    for key, on in (("dynamic_sampling", tc.dynamic_sampling), ("overlong", tc.overlong != "none")):
+        add("algorithm.rollout_correction.rollout_is_threshold", tc.loss.tis_cap)
+    for key, on in (("dynamic_sampling", tc.dapo.dynamic_sampling), ("overlong", tc.dapo.overlong != "none")):
         if on:
-            p.notes.append(f"train.{key} is not exported: veRL's main trainer has no switch for it (its DAPO "
+            p.notes.append(f"train.dapo.{key} is not exported: veRL's main trainer has no switch for it (its DAPO "
                            "recipe does); the exported run trains without it.")
-    if ppo:
-        add("algorithm.gamma", tc.gamma)
-        add("algorithm.lam", tc.lam)
+    if algo.needs_critic:
+        add("algorithm.gamma", tc.adv.gamma)
+        add("algorithm.lam", tc.adv.lam)
         add("critic.model.path", cfg.model.name)
-        add("critic.model.enable_gradient_checkpointing", tc.gradient_checkpointing)
+        add("critic.model.enable_gradient_checkpointing", tc.compute.gradient_checkpointing)
         add("critic.model.use_remove_padding", True)
-        add("critic.optim.lr", tc.critic_lr)
-        if tc.warmup_steps > 0:
-            add("critic.optim.lr_warmup_steps", max(1, int(tc.warmup_steps / opt_steps)))
-        add("critic.optim.weight_decay", tc.weight_decay)
+        add("critic.optim.lr", tc.optim.critic_lr)
+        if tc.optim.warmup_steps > 0:
+            add("critic.optim.lr_warmup_steps", max(1, int(tc.optim.warmup_steps / opt_steps)))
+        add("critic.optim.weight_decay", tc.optim.weight_decay)
         add("critic.ppo_micro_batch_size_per_gpu", tc.micro_batch_size)
-        if tc.value_clip > 0:
-            add("critic.cliprange_value", tc.value_clip)
+        if tc.loss.value_clip > 0:
+            add("critic.cliprange_value", tc.loss.value_clip)
         else:
-            p.notes.append("train.value_clip=0 (unclipped) has no veRL switch; veRL clips values at 0.5.")
+            p.notes.append("train.loss.value_clip=0 (unclipped) has no veRL switch; veRL clips values at 0.5.")
         if tc.critic != "separate":
             p.notes.append("train.critic=head (a value head on the policy) has no veRL equivalent: veRL trains "
                            "a separate critic initialised from the model, as the paper does.")
-        if not tc.whiten_advantages:
-            p.notes.append("train.whiten_advantages=false: veRL's GAE always whitens the advantages.")
+        if not tc.adv.whiten:
+            p.notes.append("train.adv.whiten=false: veRL's GAE always whitens the advantages.")
     add("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", tc.micro_batch_size)
     add("actor_rollout_ref.ref.fsdp_config.param_offload", True)
 
     add(f"{R}.name", rollout)
     add(f"{R}.mode", "async")
     add(f"{R}.n", tc.group_size)
-    add(f"{R}.temperature", tc.temperature)
-    add(f"{R}.top_p", tc.top_p)
+    add(f"{R}.temperature", tc.sampling.temperature)
+    add(f"{R}.top_p", tc.sampling.top_p)
     add(f"{R}.tensor_model_parallel_size", 1)
     add(f"{R}.gpu_memory_utilization", 0.6)
     add(f"{R}.log_prob_micro_batch_size_per_gpu", tc.micro_batch_size)
@@ -216,7 +221,7 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
     add("trainer.save_freq", tc.save_every if tc.save_every > 0 else -1)
     add("trainer.test_freq", tc.eval_every if tc.eval_every > 0 else -1)
     add("trainer.max_actor_ckpt_to_keep", tc.keep_last)
-    if not grpo:
+    if algo.needs_critic:
         add("trainer.max_critic_ckpt_to_keep", tc.keep_last)
     add("trainer.critic_warmup", 0)
     add("trainer.logger", ["console", "tensorboard"] + (["wandb"] if tc.wandb else []))
@@ -225,7 +230,7 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
     add("trainer.default_local_dir", str(Path(tc.run_dir) / "verl"))
     add("trainer.nnodes", nnodes)
     add("trainer.n_gpus_per_node", gpus_per_node)
-    if not tc.mask_retrieved:
-        p.notes.append("train.mask_retrieved=false (training on retrieved tokens) is not exported: veRL masks "
+    if not tc.loss.mask_retrieved:
+        p.notes.append("train.loss.mask_retrieved=false (training on retrieved tokens) is not exported: veRL masks "
                        "every injected token out of the loss.")
     return p

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .masked import aggregate_loss, masked_mean, masked_var
+from .names import KL_KINDS
 
 __all__ = [
     "KL_KINDS",
@@ -28,9 +29,6 @@ __all__ = [
     "truncated_is_weights",
     "value_loss",
 ]
-
-#: The KL estimator names understood by :func:`kl_penalty` (aliases share a line).
-KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
 
 _LOG_RATIO_LIMIT = 20.0  # exp(20) ~ 5e8: bounds ratios as veRL does, avoids inf
 _K3_LIMIT = 10.0  # veRL's clamp of the low-variance KL

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .names import AGG_MODES
+
 __all__ = [
     "AGG_MODES",
     "aggregate_loss",
@@ -23,9 +25,6 @@ __all__ = [
     "masked_var",
     "masked_whiten",
 ]
-
-#: The loss aggregation modes understood by :func:`aggregate_loss`.
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 def _as_bool_mask(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Settings of rollouts: which model generates, and the agent loop's limits.
 
 Defaults are the Search-R1 paper's (top-k 3, max turns 4, 500 new tokens per turn, observations
-cut to 500 tokens). Sampling settings belong to who samples: train.temperature, eval.temperature.
+cut to 500 tokens). The agent's prompt template (agent.template) is the one of training, evaluation
+(agent mode), `data prepare` and the veRL export. Sampling settings belong to who samples:
+train.sampling (rollouts, and the learner's logits), eval.temperature (evaluation decoding).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class ModelConfig:
 
 @dataclass
 class AgentConfig:
+    template: str = param("search-r1", "the agent's prompt template, in training, evaluation (agent mode), data "
+                                       "prepare and the veRL export: a name (search-r1, r1, direct, rag) or text "
+                                       "with {question}")
     max_turns: int = param(4, "action turns (search or invalid) before the final turn, which must answer")
     topk: int = param(3, "passages retrieved per search")
     max_turn_tokens: int = param(500, "new tokens per generation turn")
@@ -48,6 +53,9 @@ class AgentConfig:
             raise ValueError("need max_turns >= 0, topk >= 1, retrieval_attempts >= 1")
         if min(self.max_turn_tokens, self.max_obs_tokens, self.max_response_tokens) < 1:
             raise ValueError("token limits must be positive")
+        from searchr1.protocol import get_template
+
+        get_template(self.template)  # a typo in a template name fails here, not after loading a model
 
 
 @dataclass

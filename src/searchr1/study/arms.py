@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.settings import Config
 
 
@@ -32,15 +33,25 @@ class Arm:
         return self.change(cfg)
 
 
-def _train(**changes) -> Callable[[Config], Config]:
-    return lambda cfg: dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+def _train(algorithm: str, **loss) -> Callable[[Config], Config]:
+    """Train with `algorithm`, and these train.loss settings changed."""
+    def change(cfg: Config) -> Config:
+        tc = dataclasses.replace(cfg.train, algorithm=algorithm, loss=dataclasses.replace(cfg.train.loss, **loss))
+        return dataclasses.replace(cfg, train=tc)
+    return change
 
 
 def _no_search(cfg: Config) -> Config:
     """R1: the same RL (GRPO), but the r1 prompt and no search turn: the first turn is the last."""
-    cfg = _train(algorithm="grpo", template="r1")(cfg)
-    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_turns=0),
-                               eval=dataclasses.replace(cfg.eval, agent_template="r1"))
+    cfg = _train("grpo")(cfg)
+    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_turns=0, template="r1"))
+
+
+def _search_r1(name: str) -> Arm:
+    """Search-R1 trained with the algorithm `name` of `searchr1.rl.algorithms`."""
+    a = ALGORITHMS[name]
+    return Arm(name, f"Search-R1 {a.title}", True, "agent", "start",
+               f"{a.title} ({a.help}) with search, retrieved tokens masked", _train(name))
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in (
@@ -55,18 +66,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "the supervised warm-up alone, played as a search agent: where every trained arm starts"),
     Arm("r1", "R1 (RL, no search)", True, "agent", "start",
         "GRPO with the r1 template and no search turns (agent.max_turns=0)", _no_search),
-    Arm("ppo", "Search-R1 PPO", True, "agent", "start",
-        "PPO (critic + GAE) with search, retrieved tokens masked", _train(algorithm="ppo")),
-    Arm("grpo", "Search-R1 GRPO", True, "agent", "start",
-        "GRPO with search, retrieved tokens masked", _train(algorithm="grpo")),
+    *(_search_r1(name) for name in ALGORITHMS),
     Arm("grpo-unmasked", "Search-R1 GRPO, no masking", True, "agent", "start",
-        "GRPO with search, the loss also on retrieved tokens (train.mask_retrieved=false)",
-        _train(algorithm="grpo", mask_retrieved=False)),
-    Arm("rloo", "Search-R1 RLOO", True, "agent", "start",
-        "RLOO (leave-one-out group baseline) with search, retrieved tokens masked", _train(algorithm="rloo")),
-    Arm("reinforce_pp", "Search-R1 REINFORCE++", True, "agent", "start",
-        "REINFORCE++ (batch-whitened returns, KL in the rewards) with search, retrieved tokens masked",
-        _train(algorithm="reinforce_pp")),
+        "GRPO with search, the loss also on retrieved tokens (train.loss.mask_retrieved=false)",
+        _train("grpo", mask_retrieved=False)),
 )}
 
 

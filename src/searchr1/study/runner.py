@@ -178,8 +178,8 @@ def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retr
         _, policy = pipeline.train_policy(cfg, retriever, console)
         record["seconds"]["train"] = time.perf_counter() - t0
         record["curves"] = _curves(udir / "train")
-        record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": tc.template,
-                           "mask_retrieved": tc.mask_retrieved, "max_turns": cfg.agent.max_turns}
+        record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": cfg.agent.template,
+                           "mask_retrieved": tc.loss.mask_retrieved, "max_turns": cfg.agent.max_turns}
     t1 = time.perf_counter()
     results = _evaluate(cfg, a, udir / "eval", retriever, questions, policy)
     record["seconds"]["eval"] = time.perf_counter() - t1

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from searchr1.config import param
+from searchr1.rl.algorithms import ALGORITHMS
 
-ArmName = Literal["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grpo-unmasked", "rloo",
-                  "reinforce_pp"]
-ARM_NAMES: tuple[str, ...] = typing.get_args(ArmName)
-#: The default of study.arms: the paper's arms, and RAG on the warmed-up model (rloo and
-#: reinforce_pp are there to be asked for).
+#: Every arm: the baselines, R1, one Search-R1 arm per algorithm of `searchr1.rl.algorithms`
+#: (named after it), and GRPO without the retrieved-token mask.
+ARM_NAMES: tuple[str, ...] = ("direct", "rag", "rag-warmup", "warmup", "r1", *ALGORITHMS, "grpo-unmasked")
+#: The default of study.arms: the paper's arms, and RAG on the warmed-up model (the other
+#: algorithms are there to be asked for).
 PAPER_ARMS = ["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grpo-unmasked"]
 
 #: The paper's claims, as "A:B" pairs tested on the same questions (A minus B).
@@ -23,12 +23,12 @@ DEFAULT_COMPARE = ["grpo:rag", "ppo:rag", "grpo:rag-warmup", "ppo:rag-warmup", "
 @dataclass
 class StudyConfig:
     dir: str = param("runs/study", "where the study keeps everything: runs, records, study.json/.md/.html")
-    arms: list[ArmName] = param(list(PAPER_ARMS), "arms to run: direct / rag (the base model prompted, no "
-                                                  "training), rag-warmup (RAG with the warmed-up model), warmup "
-                                                  "(the supervised warm-up alone, as an agent), "
-                                                  "r1 (RL without search, the r1 template), ppo / grpo (Search-R1), "
-                                                  "grpo-unmasked (GRPO with the loss on retrieved tokens too), "
-                                                  "rloo / reinforce_pp (the other critic-free algorithms)")
+    arms: list[str] = param(list(PAPER_ARMS), "arms to run: direct / rag (the base model prompted, no training), "
+                                              "rag-warmup (RAG with the warmed-up model), warmup (the supervised "
+                                              "warm-up alone, as an agent), r1 (RL without search, the r1 "
+                                              "template), grpo-unmasked (GRPO with the loss on retrieved tokens "
+                                              "too), and Search-R1 with each train.algorithm: "
+                                              f"{' / '.join(ALGORITHMS)} (the paper's: ppo, grpo)")
     seeds: list[int] = param([0, 1, 2], "train.seed of each trained arm's runs (untrained arms decode greedily "
                                         "and run once)")
     warmup: bool = param(True, "trained arms (and the warmup arm) start from the supervised warm-up "
@@ -52,6 +52,9 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.arms:
             raise ValueError(f"arms must name at least one of {', '.join(ARM_NAMES)}")
+        unknown = [a for a in self.arms if a not in ARM_NAMES]
+        if unknown:
+            raise ValueError(f"unknown arm {unknown[0]!r}: arms are {', '.join(ARM_NAMES)}")
         if len(set(self.arms)) != len(self.arms):
             raise ValueError("arms lists an arm twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -147,9 +147,9 @@ def summarise(cfg: Config, records: Sequence[Mapping], questions: Mapping[str, S
         "complete": False,
         "settings": {
             "model": cfg.model.name, "warm-up": bool(sc.warmup), "sft steps": cfg.sft.steps if sc.warmup else 0,
-            "train data": tc.train_data, "train steps": tc.steps, "questions per step": tc.prompts_per_step,
-            "group size": tc.group_size, "learning rate": tc.lr, "KL coefficient": tc.kl_coef,
-            "fine-tuning": f"LoRA r={tc.lora_r}" if tc.lora_r else "full",
+            "train data": ",".join(tc.questions.datasets), "train steps": tc.steps, "questions per step": tc.prompts_per_step,
+            "group size": tc.group_size, "learning rate": tc.optim.lr, "KL coefficient": tc.kl.coef,
+            "fine-tuning": f"LoRA r={tc.lora.r}" if tc.lora.r else "full",
             "retriever": f"{cfg.retriever.method} top-{cfg.agent.topk}", "max searches": cfg.agent.max_turns,
             "seeds": list(sc.seeds), "metric": sc.metric, "confidence": sc.confidence,
             "bootstrap resamples": sc.bootstrap, "permutations": sc.permutations,

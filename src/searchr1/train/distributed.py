@@ -22,7 +22,7 @@ sharded runs reduce-scatter every micro-batch, see `no_sync`). A non-finite loss
 every rank skip that optimizer step (the flag is all-reduced), so ranks never disagree about the
 weights.
 
-Sharding (`train.sharding`; ZeRO's stage numbers, torch's implementations):
+Sharding (`train.compute.sharding`; ZeRO's stage numbers, torch's implementations):
 
     none    DDP: every rank holds the whole model, gradients and optimizer state
     zero1   + the optimizer state split over the ranks (torch's ZeroRedundancyOptimizer)
@@ -70,13 +70,13 @@ def sharding_from_launcher(env: Mapping[str, str]) -> str:
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         raise SearchR1Error("DeepSpeed launch configs are not supported: searchr1 shards with torch FSDP2. Use "
                             "configs/accelerate/fsdp.yaml (ZeRO-3) or fsdp-shard-grad-op.yaml (ZeRO-2), or "
-                            "train.sharding=zero1|zero2|zero3 with any launcher")
+                            "train.compute.sharding=zero1|zero2|zero3 with any launcher")
     if env.get("ACCELERATE_USE_FSDP", "").lower() != "true":
         return "none"
     if env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
         raise SearchR1Error("fsdp_offload_params is not supported (rollouts gather the whole policy on the GPU)")
     if env.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
-        raise SearchR1Error("fsdp_activation_checkpointing: set train.gradient_checkpointing=true instead "
+        raise SearchR1Error("fsdp_activation_checkpointing: set train.compute.gradient_checkpointing=true instead "
                             "(and fsdp_activation_checkpointing: false)")
     if env.get("FSDP_VERSION", "1") == "1":  # FSDP1 configs name a strategy
         how = env.get("FSDP_SHARDING_STRATEGY") or env.get("FSDP_RESHARD_AFTER_FORWARD") or "FULL_SHARD"
@@ -91,9 +91,9 @@ def sharding_from_launcher(env: Mapping[str, str]) -> str:
 
 
 def resolve_sharding(setting: str, env: Mapping[str, str]) -> str:
-    """`train.sharding` -> none | zero1 | zero2 | zero3 (an explicit setting wins over the launcher)."""
+    """`train.compute.sharding` -> none | zero1 | zero2 | zero3 (an explicit setting wins over the launcher)."""
     if setting not in SHARDINGS:
-        raise SearchR1Error(f"train.sharding must be one of {', '.join(SHARDINGS)}, got {setting!r}")
+        raise SearchR1Error(f"train.compute.sharding must be one of {', '.join(SHARDINGS)}, got {setting!r}")
     return sharding_from_launcher(env) if setting == "auto" else setting
 
 
@@ -236,7 +236,7 @@ class DataParallel:
         except ImportError:
             from searchr1.errors import MissingDependencyError
 
-            raise MissingDependencyError(f"train.sharding={self.sharding} needs FSDP2 (torch >= 2.6; this is "
+            raise MissingDependencyError(f"train.compute.sharding={self.sharding} needs FSDP2 (torch >= 2.6; this is "
                                          f"torch {torch.__version__})") from None
 
         kwargs = {"reshard_after_forward": self._reshards_after_forward(module)}

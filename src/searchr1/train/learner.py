@@ -1,17 +1,15 @@
 """The learner: one scored batch -> one round of policy (and critic) updates.
 
-    prepare   old / reference log-probs and critic values (forward passes without grad), then the
-              algorithm's advantages:
-                grpo          group-normalised outcome scores; KL to the reference as a loss
-                rloo          leave-one-out group baseline; KL as a loss
-                reinforce_pp  batch-whitened returns of token rewards with the KL in them (REINFORCE++)
-                ppo           critic + GAE over the KL-penalised token rewards
+    prepare   old / reference log-probs and critic values (forward passes without grad), the token
+              rewards (the outcome score, less the KL penalty when the KL goes in the reward), then
+              the advantages of the algorithm's row in `searchr1.rl.algorithms` (GRPO, RLOO and
+              REINFORCE read the outcome scores; PPO's GAE and REINFORCE++ the token rewards)
     update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
               surrogate (clip-higher, dual clip, truncated importance weights when asked), entropy
               bonus, KL loss, value loss; a non-finite loss or gradient norm skips the optimizer step
 
 The sampler's log-probs are only compared with the recomputed old log-probs (the metrics
-`rollout/logprob_diff*`), never used as the ratio's denominator; with `train.tis_cap` they also
+`rollout/logprob_diff*`), never used as the ratio's denominator; with `train.loss.tis_cap` they also
 give the truncated importance weights that correct for a sampler that is not the trainer.
 
 Under data parallelism the batch and scores are the whole step's (the same on every rank); the
@@ -27,9 +25,9 @@ import time
 
 import torch
 
-from searchr1.rl import (aggregate_loss, explained_variance, gae_advantages, grpo_advantages, informative_groups,
-                         kl_loss, kl_penalized_rewards, kl_penalty, masked_mean, policy_loss,
-                         reinforce_pp_advantages, rloo_advantages, truncated_is_weights, value_loss)
+from searchr1.rl import (AdvantageInputs, aggregate_loss, explained_variance, informative_groups, kl_loss,
+                         kl_penalized_rewards, kl_penalty, masked_mean, policy_loss, truncated_is_weights,
+                         value_loss)
 from searchr1.train.batch import Batch
 from searchr1.train.distributed import DataParallel
 from searchr1.train.models import TrainModels
@@ -86,20 +84,20 @@ def sampler_mismatch(old: torch.Tensor, sample: torch.Tensor, policy_mask: torch
 class Learner:
     """Owns the optimizers and schedulers of `models` and turns scored batches into updates.
 
-    `optimizer_cls` / `weight_decay` choose the optimizer (AdamW with `train.weight_decay` by
+    `optimizer_cls` / `weight_decay` choose the optimizer (AdamW with `train.optim.weight_decay` by
     default; tests use SGD, whose updates are linear in the gradient). Build it after
     `models.distribute(dist)`: under zero1 the optimizer itself is sharded."""
 
     def __init__(self, models: TrainModels, tc, dist: DataParallel = ALONE, optimizer_cls=torch.optim.AdamW,
                  weight_decay: float | None = None) -> None:
         self.models, self.tc, self.dist = models, tc, dist
-        decay = tc.weight_decay if weight_decay is None else weight_decay
-        self.optimizers = {"policy": dist.optimizer(trainable(models.policy), optimizer_cls, lr=tc.lr,
+        decay = tc.optim.weight_decay if weight_decay is None else weight_decay
+        self.optimizers = {"policy": dist.optimizer(trainable(models.policy), optimizer_cls, lr=tc.optim.lr,
                                                     weight_decay=decay)}
         if models.critic is not None:
-            self.optimizers["critic"] = dist.optimizer(trainable(models.critic), optimizer_cls, lr=tc.critic_lr,
+            self.optimizers["critic"] = dist.optimizer(trainable(models.critic), optimizer_cls, lr=tc.optim.critic_lr,
                                                        weight_decay=decay)
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(tc.warmup_steps))
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(tc.optim.warmup_steps))
                            for name, opt in self.optimizers.items()}
 
     @property
@@ -128,7 +126,7 @@ class Learner:
                         context = models.reference_context() if which == "reference" else contextlib.nullcontext()
                         with context:
                             res = module(mb.input_ids, mb.attention_mask, mb.response_start,
-                                         temperature=tc.temperature)
+                                         temperature=tc.sampling.temperature)
                         out = res.values if which == "critic" else res.logprobs
                 outs.append(_pad_to(out.float(), batch.response_len))
         return dist.gather_rows(torch.cat(outs, 0))
@@ -137,10 +135,10 @@ class Learner:
     def reuses_own_forward(self, batch: Batch) -> bool:
         """One optimizer step on outcome advantages: the policy taking it is the one that would
         recompute the old log-probs, so the update uses its own forward's, detached (as TRL does
-        on-policy): one forward pass less, same update. Not when advantages read the old log-probs
-        (PPO; the KL in the reward)."""
+        on-policy): one forward pass less, same update. Not with a critic, nor when the advantages
+        read the old log-probs (the KL in the reward)."""
         tc = self.tc
-        return (tc.algorithm != "ppo" and not tc.use_kl_in_reward and tc.ppo_epochs == 1
+        return (not tc.algo.needs_critic and not tc.use_kl_in_reward and tc.ppo_epochs == 1
                 and tc.mini_batch_size >= batch.size)
 
     def prepare(self, batch: Batch, scores: torch.Tensor) -> tuple[Batch, dict[str, float]]:
@@ -158,27 +156,20 @@ class Learner:
             metrics["rollout/logprob_diff"] = float(diff["max"])
             metrics["rollout/logprob_diff_mean"] = float(diff["mean"])
             metrics["actor/kl"] = float(masked_mean(kl_penalty(old, ref, "k1"), mask)) if ref is not None else 0.0
-        returns = None
-        if tc.algorithm in ("grpo", "rloo"):
-            if tc.algorithm == "grpo":
-                advantages, _ = grpo_advantages(scores, batch.group_ids, mask, tc.norm_adv_by_std)
-            else:
-                advantages, _ = rloo_advantages(scores, batch.group_ids, mask)
+        kl_coef = tc.kl.coef if (tc.use_kl_in_reward and ref is not None) else 0.0
+        kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
+        inputs = AdvantageInputs(scores, batch.group_ids, mask, kl_penalized_rewards(scores, kl, mask, kl_coef),
+                                 values, gamma=tc.adv.gamma, lam=tc.adv.lam, whiten=tc.adv.whiten,
+                                 norm_by_std=tc.adv.norm_by_std, baseline=tc.adv.baseline)
+        advantages, returns = tc.algo.advantage(inputs)
+        if tc.algo.group_based:
             groups = torch.unique(batch.group_ids)
             informative = torch.unique(batch.group_ids[informative_groups(scores, batch.group_ids)])
             metrics["adv/zero_variance_groups"] = float(len(groups) - len(informative))
             metrics["adv/zero_variance_fraction"] = metrics["adv/zero_variance_groups"] / max(len(groups), 1)
-        else:
-            kl_coef = tc.kl_coef if (tc.use_kl_in_reward and ref is not None) else 0.0
-            kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
-            token_rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
-            if tc.algorithm == "reinforce_pp":
-                advantages, _ = reinforce_pp_advantages(token_rewards, mask, tc.gamma)  # no critic learns returns
-            else:
-                advantages, returns = gae_advantages(token_rewards, values, mask, tc.gamma, tc.lam,
-                                                     whiten=tc.whiten_advantages)
-                metrics["critic/explained_variance"] = float(explained_variance(values, returns, mask))
-                metrics["critic/values_mean"] = float(masked_mean(values, mask))
+        if returns is not None:
+            metrics["critic/explained_variance"] = float(explained_variance(values, returns, mask))
+            metrics["critic/values_mean"] = float(masked_mean(values, mask))
         metrics["adv/mean"] = float(masked_mean(advantages, mask))
         metrics["adv/abs_mean"] = float(masked_mean(advantages.abs(), mask))
         return dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref, advantages=advantages, values=values,
@@ -205,7 +196,7 @@ class Learner:
         policy_params, critic_params = trainable(models.policy), trainable(models.critic)
         stats = RunningStats()
         skipped = optimizer_steps = 0
-        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        max_norm = tc.optim.max_grad_norm if tc.optim.max_grad_norm > 0 else float("inf")
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         for _epoch in range(tc.ppo_epochs):
             perm = torch.randperm(batch.size, generator=gen).to(batch.input_ids.device)
@@ -217,7 +208,7 @@ class Learner:
                 micros = mini[dist.shard(len(mini))].split(tc.micro_batch_size)
                 for i, micro in enumerate(micros):
                     mb = batch.rows(micro)
-                    if tc.loss_agg == "token-mean":
+                    if tc.loss.agg == "token-mean":
                         weight = float(mb.loss_mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
                     else:
                         weight = len(micro) / len(mini)
@@ -261,8 +252,8 @@ class Learner:
         mask = mb.loss_mask
         with models.compute():
             out = models.policy_forward(mb.input_ids, mb.attention_mask, mb.response_start,
-                                        temperature=tc.temperature, with_entropy=True,
-                                        entropy_grad=tc.entropy_coef > 0)
+                                        temperature=tc.sampling.temperature, with_entropy=True,
+                                        entropy_grad=tc.loss.entropy_coef > 0)
             if models.critic is None:
                 values = None
             elif models.shared_critic:
@@ -280,26 +271,26 @@ class Learner:
                 stats.add({"actor/kl": masked_mean(kl_penalty(old, ref, "k1"), mask)}, weight)
         micro_stats = {}
         is_weights = None
-        if tc.tis_cap > 0:
-            is_weights, tis = truncated_is_weights(old, mb.sample_logprobs, mb.policy_mask, tc.tis_cap)
+        if tc.loss.tis_cap > 0:
+            is_weights, tis = truncated_is_weights(old, mb.sample_logprobs, mb.policy_mask, tc.loss.tis_cap)
             micro_stats.update({"actor/tis_capped_fraction": tis["capped_fraction"],
                                 "actor/tis_weight_mean": tis["weight_mean"]})
-        pg, pg_stats = policy_loss(out.logprobs, old, mb.advantages, mask, tc.clip_ratio, tc.clip_ratio_high or None,
-                                   tc.dual_clip_c or None, tc.loss_agg, token_weights=is_weights)
+        pg, pg_stats = policy_loss(out.logprobs, old, mb.advantages, mask, tc.loss.clip_ratio, tc.loss.clip_ratio_high or None,
+                                   tc.loss.dual_clip_c or None, tc.loss.agg, token_weights=is_weights)
         loss = pg
         micro_stats.update({"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
                             "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]})
-        entropy = aggregate_loss(out.entropy, mask, tc.loss_agg)
+        entropy = aggregate_loss(out.entropy, mask, tc.loss.agg)
         micro_stats["actor/entropy"] = entropy
-        if tc.entropy_coef > 0:
-            loss = loss - tc.entropy_coef * entropy
-        if ref is not None and not tc.use_kl_in_reward and tc.kl_coef > 0:
-            kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, tc.loss_agg)
-            loss = loss + tc.kl_coef * kl
+        if tc.loss.entropy_coef > 0:
+            loss = loss - tc.loss.entropy_coef * entropy
+        if ref is not None and not tc.use_kl_in_reward and tc.kl.coef > 0:
+            kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, tc.loss.agg)
+            loss = loss + tc.kl.coef * kl
             micro_stats["actor/kl_loss"] = kl
         if values is not None:
-            vl, v_stats = value_loss(values, mb.values, mb.returns, mask, tc.value_clip or None, tc.loss_agg)
-            loss = loss + tc.vf_coef * vl
+            vl, v_stats = value_loss(values, mb.values, mb.returns, mask, tc.loss.value_clip or None, tc.loss.agg)
+            loss = loss + tc.loss.vf_coef * vl
             micro_stats["critic/value_loss"] = vl
             micro_stats["critic/clip_fraction"] = v_stats["clip_fraction"]
         finite = bool(torch.isfinite(loss))

@@ -266,7 +266,7 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) ->
     except ImportError:  # peft is a dependency; a trimmed environment gets a clear message
         from searchr1.errors import MissingDependencyError
 
-        raise MissingDependencyError("LoRA (train.lora_r > 0) needs peft: pip install peft") from None
+        raise MissingDependencyError("LoRA (train.lora.r > 0) needs peft: pip install peft") from None
     target = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else list(targets)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                         task_type="CAUSAL_LM", bias="none")
@@ -290,8 +290,8 @@ def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = No
     """Wire policy, reference and critic around a loaded causal LM, following a `TrainConfig`.
     Under mixed precision (`autocast_dtype`) a frozen reference copy is stored in that dtype (it
     never takes an update, so fp32 would only cost memory)."""
-    lora = tcfg.lora_r > 0
-    if tcfg.gradient_checkpointing:
+    lora = tcfg.lora.r > 0
+    if tcfg.compute.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # the name in recent transformers
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         elif hasattr(model, "gradient_checkpointing_enable"):
@@ -300,15 +300,15 @@ def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = No
             model.enable_input_require_grads()
     critic: nn.Module | None = None
     shared = False
-    if tcfg.algorithm == "ppo" and tcfg.critic == "separate":
+    if tcfg.algo.needs_critic and tcfg.critic == "separate":
         # Copied before LoRA is applied: the critic is a full trunk initialised from the policy.
         trunk = copy.deepcopy(trunk_of(model))
         critic = Critic(trunk, hidden_size(model))
         p = next(model.parameters())
         critic.to(device=p.device)
         critic.value_head.to(dtype=torch.float32)
-    policy = apply_lora(model, tcfg.lora_r, tcfg.lora_alpha, tcfg.lora_dropout, tcfg.lora_targets) if lora else model
-    if tcfg.algorithm == "ppo" and tcfg.critic == "head":
+    policy = apply_lora(model, tcfg.lora.r, tcfg.lora.alpha, tcfg.lora.dropout, tcfg.lora.targets) if lora else model
+    if tcfg.algo.needs_critic and tcfg.critic == "head":
         critic = make_value_head(hidden_size(model), model).float()
         shared = True
     reference: nn.Module | None = None
@@ -322,4 +322,4 @@ def build_models(model: nn.Module, tcfg, autocast_dtype: torch.dtype | None = No
             if autocast_dtype is not None:
                 reference.to(autocast_dtype)
     return TrainModels(policy=policy, reference=reference, critic=critic, lora=lora, shared_critic=shared,
-                       autocast_dtype=autocast_dtype, logits_chunk=tcfg.logits_chunk)
+                       autocast_dtype=autocast_dtype, logits_chunk=tcfg.compute.logits_chunk)

@@ -4,8 +4,8 @@
     episodes   group_size per question, played by the `Agent` with the policy itself; under data
                parallelism each rank plays its share of whole groups, then all ranks get all of them
     rewards    reward_fn(trajectory) (default: exact match, optionally format-shaped), plus DAPO's
-               overlong penalty when `train.overlong=penalty`
-    dynamic    with `train.dynamic_sampling`, groups whose rewards are all equal are set aside and
+               overlong penalty when `train.dapo.overlong=penalty`
+    dynamic    with `train.dapo.dynamic_sampling`, groups whose rewards are all equal are set aside and
                more questions are drawn, up to `dynamic_sampling_max_rounds` rounds (DAPO)
 """
 
@@ -168,33 +168,33 @@ class RolloutCollector:
     def score(self, trajs: Sequence[Trajectory]) -> torch.Tensor:
         scores = score_trajectories(trajs, self.reward_fn)
         tc = self.tc
-        if tc.overlong == "penalty":
+        if tc.dapo.overlong == "penalty":
             lengths = torch.tensor([len(t.response_ids) for t in trajs])
-            scores = scores + overlong_penalty(lengths, self.max_response_tokens, tc.overlong_buffer,
-                                               tc.overlong_factor)
+            scores = scores + overlong_penalty(lengths, self.max_response_tokens, tc.dapo.overlong_buffer,
+                                               tc.dapo.overlong_factor)
         return scores
 
     def _round(self, step: int, round_: int) -> tuple[list[Trajectory], RolloutStats]:
         tc, dist = self.tc, self.dist
         batch_rows = [self.rows[i] for i in self.sampler.take(tc.prompts_per_step)]
         mine = dist.shard(len(batch_rows))
-        trajs = make_trajectories(batch_rows[mine], self.tokenizer, tc.template, self.chat, tc.group_size,
+        trajs = make_trajectories(batch_rows[mine], self.tokenizer, self.agent.cfg.template, self.chat, tc.group_size,
                                   round_ * tc.prompts_per_step + mine.start)
         seed = tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007 + round_ * 1_000_000_000_039
         with self.gathered():
-            stats = self.agent.run(trajs, SamplingParams(temperature=tc.temperature, top_p=tc.top_p, seed=seed),
-                                   pool=tc.rollout_pool or None)
+            stats = self.agent.run(trajs, SamplingParams(temperature=tc.sampling.temperature, top_p=tc.sampling.top_p, seed=seed),
+                                   pool=tc.sampling.pool or None)
         return dist.gather_objects(trajs), stats
 
     def collect(self, step: int) -> StepRollouts:
         tc = self.tc
         trajs, stats = self._round(step, 0)
         scores = self.score(trajs)
-        if not tc.dynamic_sampling:
+        if not tc.dapo.dynamic_sampling:
             return StepRollouts(trajs, scores, stats)
         kept, dropped = _groups(trajs, scores)
         rounds = 1
-        while len(kept) < tc.prompts_per_step and rounds < tc.dynamic_sampling_max_rounds:
+        while len(kept) < tc.prompts_per_step and rounds < tc.dapo.max_rounds:
             more, more_stats = self._round(step, rounds)
             rounds += 1
             _add_stats(stats, more_stats)

@@ -1,4 +1,16 @@
-"""Settings of `searchr1 train`: PPO, GRPO, RLOO or REINFORCE++ over multi-turn search rollouts.
+"""Settings of `searchr1 train`: one of the algorithms of `searchr1.rl.algorithms` (PPO, GRPO, RLOO,
+REINFORCE, REINFORCE++) over multi-turn search rollouts, in sections by concern:
+
+  train.*          the algorithm, the batch shape and the run's bookkeeping
+  train.optim      the optimizer and its schedule
+  train.loss       the policy (and value) loss
+  train.kl         the KL to the reference model
+  train.adv        the advantages (GAE, GRPO's normalisation, REINFORCE's baseline)
+  train.dapo       DAPO's dynamic sampling and overlong handling
+  train.sampling   how rollouts sample
+  train.questions  the training questions
+  train.lora       LoRA adapters
+  train.compute    precision, sharding and memory
 
 Defaults are the Search-R1 paper's where they apply (actor lr 1e-6, critic lr 1e-5, KL 0.001, clip
 0.2, GRPO group 5, temperature 1.0, 1005 steps, batch 512, mini-batch 256, gamma = lambda = 1).
@@ -12,81 +24,174 @@ from dataclasses import dataclass
 from typing import Literal
 
 from searchr1.config import param
-from searchr1.rl import AGG_MODES, KL_KINDS
+from searchr1.data.settings import QuestionSource
+from searchr1.rl.algorithms import ALGORITHMS, algorithm
+from searchr1.rl.names import AGG_MODES, KL_KINDS
+
+
+def _names(**row) -> str:
+    """The algorithms whose row has these values, for help texts and errors."""
+    return ", ".join(a.name for a in ALGORITHMS.values() if all(getattr(a, k) == v for k, v in row.items()))
 
 
 @dataclass
-class TrainConfig:
-    # ------------------------------------------------------------------ algorithm and batch shape
-    algorithm: Literal["grpo", "ppo", "rloo", "reinforce_pp"] = param(
-        "grpo", "grpo: group-normalised outcome advantages + KL loss to the reference; ppo: critic + GAE, "
-                "KL penalty in the reward; rloo: leave-one-out group baseline + KL loss; reinforce_pp: "
-                "REINFORCE++, batch-whitened returns, KL penalty in the token rewards, no critic")
-    steps: int = param(1005, "training steps (one rollout batch + its policy updates each)")
-    prompts_per_step: int = param(512, "distinct questions sampled per step (the paper's batch size)")
-    group_size: int = param(5, "rollouts per question (GRPO's n; must be 1 for PPO unless you want "
-                               "several samples per prompt there too)")
-    mini_batch_size: int = param(256, "trajectories per optimizer step (the paper's mini-batch, counted in "
-                                      "prompts x group_size trajectories)")
-    micro_batch_size: int = param(4, "trajectories per forward/backward pass (gradient accumulation chunk; "
-                                     "only memory, never the result, depends on it)")
-    ppo_epochs: int = param(1, "passes over each rollout batch")
-    # ------------------------------------------------------------------ optimisation
+class OptimConfig:
     lr: float = param(1e-6, "policy learning rate (AdamW)")
-    critic_lr: float = param(1e-5, "critic learning rate (PPO)")
+    critic_lr: float = param(1e-5, f"critic learning rate (algorithms with a critic: {_names(needs_critic=True)})")
     warmup_steps: int = param(0, "optimizer steps of linear learning-rate warm-up, then constant")
     weight_decay: float = param(0.01, "AdamW weight decay")
     max_grad_norm: float = param(1.0, "gradient clipping by global norm; 0 = off")
-    # ------------------------------------------------------------------ policy loss
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.critic_lr <= 0:
+            raise ValueError("lr and critic_lr must be positive")
+        if min(self.warmup_steps, self.weight_decay, self.max_grad_norm) < 0:
+            raise ValueError("warmup_steps, weight_decay and max_grad_norm must be >= 0")
+
+
+@dataclass
+class LossConfig:
     clip_ratio: float = param(0.2, "PPO clip epsilon (lower bound, and upper bound unless clip_ratio_high)")
     clip_ratio_high: float = param(0.0, "upper clip epsilon (DAPO clip-higher); 0 = same as clip_ratio")
     dual_clip_c: float = param(0.0, "dual-clip constant (> 1) bounding the loss of negative advantages; 0 = off")
-    kl_coef: float = param(0.001, "KL coefficient (0 = no reference model is kept)")
-    kl_kind: str = param("auto", "KL estimator: k1/kl, abs, k2/mse, k3/low_var_kl; auto = k1 in the reward "
-                                 "(PPO), low_var_kl as a loss (GRPO), as Search-R1")
-    kl_in_reward: bool | None = param(None, "put the KL penalty in the token rewards (PPO style) instead of a "
-                                            "loss term; null = true for ppo and reinforce_pp, false for grpo "
-                                            "and rloo (whose advantages use outcome scores only)")
     entropy_coef: float = param(0.0, "entropy bonus coefficient")
     tis_cap: float = param(0.0, "truncated importance sampling: weigh each token's policy loss by "
                                 "min(p_trainer / p_sampler, tis_cap), correcting for a sampler that is not the "
                                 "trainer (vLLM, bf16 rollouts); 0 = off. The mismatch is logged either way "
                                 "(rollout/logprob_diff, rollout/logprob_diff_mean)")
-    # ------------------------------------------------------------------ DAPO options (all off by default)
+    agg: str = param("token-mean", f"loss aggregation: {', '.join(AGG_MODES)}")
+    value_clip: float = param(0.5, f"value clip range ({_names(needs_critic=True)}); 0 = unclipped")
+    vf_coef: float = param(1.0, f"weight of the value loss in the total loss ({_names(needs_critic=True)})")
+    mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
+                                       "false = train on them as if generated (the paper's ablation)")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clip_ratio < 1:
+            raise ValueError(f"clip_ratio must be in (0, 1), got {self.clip_ratio}")
+        if self.clip_ratio_high < 0:
+            raise ValueError("clip_ratio_high must be >= 0 (0 = same as clip_ratio)")
+        if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
+            raise ValueError("dual_clip_c must be > 1, or 0 for off")
+        if self.tis_cap < 0:
+            raise ValueError("tis_cap must be >= 0 (0 = off)")
+        if min(self.entropy_coef, self.value_clip, self.vf_coef) < 0:
+            raise ValueError("entropy_coef, value_clip and vf_coef must be >= 0")
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"agg must be one of {', '.join(AGG_MODES)}, got {self.agg!r}")
+
+
+@dataclass
+class KLConfig:
+    coef: float = param(0.001, "KL coefficient (0 = no reference model is kept)")
+    kind: str = param("auto", "KL estimator: k1/kl, abs, k2/mse, k3/low_var_kl; auto = k1 in the reward, "
+                              "low_var_kl as a loss, as Search-R1")
+    in_reward: bool | None = param(None, "put the KL penalty in the token rewards (PPO style) instead of a loss "
+                                         "term; null = the algorithm's default (in the reward for "
+                                         f"{_names(kl_in_reward=True)}; {_names(kl_in_reward=False)} read outcome "
+                                         "scores only and always take it as a loss)")
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            raise ValueError("coef must be >= 0")
+        if self.kind != "auto" and self.kind not in KL_KINDS:
+            raise ValueError(f"kind must be auto or one of {', '.join(KL_KINDS)}, got {self.kind!r}")
+
+
+@dataclass
+class AdvConfig:
+    gamma: float = param(1.0, "discount per generated token (ppo's GAE, reinforce_pp's returns)")
+    lam: float = param(1.0, "GAE lambda (ppo)")
+    whiten: bool = param(True, "ppo: standardise the advantages over the batch's generated tokens")
+    norm_by_std: bool = param(True, "grpo: divide by the group std (false = Dr. GRPO)")
+    baseline: Literal["batch-mean", "none"] = param(
+        "batch-mean", "reinforce: the baseline subtracted from every score: the batch's mean score, or none "
+                      "(textbook REINFORCE)")
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError("gamma and lam must be in [0, 1]")
+
+
+@dataclass
+class DapoConfig:
     dynamic_sampling: bool = param(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and "
                                           "roll out further questions until prompts_per_step groups with signal "
-                                          "are found or dynamic_sampling_max_rounds rounds were drawn (then the "
-                                          "batch is completed with dropped groups); needs group_size >= 2")
-    dynamic_sampling_max_rounds: int = param(3, "rollout rounds of prompts_per_step questions a step may draw "
-                                                "under dynamic_sampling (the first included)")
+                                          "are found or max_rounds rounds were drawn (then the batch is completed "
+                                          "with dropped groups); needs group_size >= 2")
+    max_rounds: int = param(3, "rollout rounds of prompts_per_step questions a step may draw under "
+                               "dynamic_sampling (the first included)")
     overlong: Literal["none", "mask", "penalty"] = param(
         "none", "responses that hit agent.max_response_tokens: none = trained as any other; mask = excluded from "
                 "the loss (DAPO overlong filtering); penalty = DAPO's soft overlong punishment added to the "
                 "reward over the last overlong_buffer tokens of the budget")
     overlong_buffer: int = param(0, "tokens before the response limit where the overlong penalty starts")
     overlong_factor: float = param(1.0, "overlong penalty at the limit (reward units)")
-    loss_agg: str = param("token-mean", f"loss aggregation: {', '.join(AGG_MODES)}")
-    # ------------------------------------------------------------------ advantages and critic
-    gamma: float = param(1.0, "GAE discount per generated token (PPO)")
-    lam: float = param(1.0, "GAE lambda (PPO)")
-    whiten_advantages: bool = param(True, "standardise PPO advantages over the batch's generated tokens")
-    norm_adv_by_std: bool = param(True, "GRPO: divide by the group std (false = Dr. GRPO)")
-    value_clip: float = param(0.5, "PPO value clip range; 0 = unclipped")
-    vf_coef: float = param(1.0, "weight of the value loss in the total loss (PPO)")
-    critic: Literal["separate", "head"] = param(
-        "separate", "PPO critic: separate = its own trunk initialised from the policy (the paper), "
-                    "head = a value head on the policy's trunk (half the memory)")
-    # ------------------------------------------------------------------ model wiring
-    lora_r: int = param(0, "LoRA rank; 0 = full fine-tuning")
-    lora_alpha: int = param(32, "LoRA alpha")
-    lora_dropout: float = param(0.0, "LoRA dropout")
-    lora_targets: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                    "module names LoRA adapts ('all-linear' also works)")
-    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
-    logits_chunk: int = param(512, "compute the LM head over at most this many response tokens at a time, "
-                                   "recomputing each chunk in the backward: the [tokens, vocab] logits of a long "
-                                   "response never exist whole (same values; one extra LM-head pass when a "
-                                   "response is longer than this); 0 = all at once")
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be >= 1")
+        if self.overlong == "penalty" and self.overlong_buffer < 1:
+            raise ValueError("overlong=penalty needs overlong_buffer >= 1 (the length of the penalty ramp)")
+        if self.overlong_buffer < 0 or self.overlong_factor < 0:
+            raise ValueError("overlong_buffer and overlong_factor must be >= 0")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
+                                    "training forward, so ratios compare like with like)")
+    top_p: float = param(1.0, "rollout nucleus sampling mass")
+    pool: int = param(0, "episodes live at once in a step's rollouts (continuous batching: when one ends the "
+                         "next starts); 0 = all of the step's episodes at once")
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("training rollouts need temperature > 0 (greedy samples have no log-probs to train on)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.pool < 0:
+            raise ValueError("pool must be >= 0 (0 = all episodes at once)")
+
+
+@dataclass
+class TrainQuestions(QuestionSource):
+    datasets: list[str] = param(["synthetic"], "training questions: 'synthetic' (the synthetic world's train "
+                                               "split, settings in world), or benchmark names / QA file paths "
+                                               "(e.g. nq,hotpotqa); a benchmark may name its own split "
+                                               "(nq:efficientqa_dev,hotpotqa:dev)")
+    exclude_held_out: bool = param(False, "drop training questions whose normalised text is also one of the "
+                                          "held-out questions (eval.datasets): train on the rest of a dev set "
+                                          "that is also evaluated, never on the evaluated questions")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "synthetic" in self.datasets and len(self.datasets) > 1:
+            raise ValueError("datasets: 'synthetic' is the synthetic world alone; it cannot be mixed with "
+                             "benchmarks or files")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether these are the synthetic world's questions."""
+        return self.datasets == ["synthetic"]
+
+
+@dataclass
+class LoRAConfig:
+    r: int = param(0, "LoRA rank; 0 = full fine-tuning")
+    alpha: int = param(32, "LoRA alpha")
+    dropout: float = param(0.0, "LoRA dropout")
+    targets: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                               "module names LoRA adapts ('all-linear' also works)")
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.dropout < 0:
+            raise ValueError("r and dropout must be >= 0")
+        if self.r > 0 and self.alpha <= 0:
+            raise ValueError("alpha must be positive")
+
+
+@dataclass
+class ComputeConfig:
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = param(
         "auto", "training precision. bf16-mixed: fp32 master weights, gradients and optimizer state, forward "
                 "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
@@ -97,62 +202,71 @@ class TrainConfig:
                 "state split over the processes; zero2 = + gradients (FSDP2, parameters gathered per step); "
                 "zero3 = + parameters (FSDP2, gathered layer by layer); auto = what the accelerate config "
                 "asks for (configs/accelerate/fsdp.yaml: zero3), else none")
-    # ------------------------------------------------------------------ rollouts and reward
-    temperature: float = param(1.0, "rollout sampling temperature (also divides the logits of the "
-                                    "training forward, so ratios compare like with like)")
-    top_p: float = param(1.0, "rollout nucleus sampling mass")
-    rollout_pool: int = param(0, "episodes live at once in a step's rollouts (continuous batching: when one "
-                                 "ends the next starts); 0 = all of the step's episodes at once")
-    template: str = param("search-r1", "prompt template: a name or text with {question}")
+    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    logits_chunk: int = param(512, "compute the LM head over at most this many response tokens at a time, "
+                                   "recomputing each chunk in the backward: the [tokens, vocab] logits of a long "
+                                   "response never exist whole (same values; one extra LM-head pass when a "
+                                   "response is longer than this); 0 = all at once")
+
+    def __post_init__(self) -> None:
+        if self.logits_chunk < 0:
+            raise ValueError("logits_chunk must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    # ------------------------------------------------------------------ algorithm and batch shape
+    algorithm: str = param("grpo", "; ".join(f"{a.name}: {a.help}" for a in ALGORITHMS.values()))
+    critic: Literal["separate", "head"] = param(
+        "separate", f"the critic of an algorithm that has one ({_names(needs_critic=True)}): separate = its own "
+                    "trunk initialised from the policy (the paper), head = a value head on the policy's trunk "
+                    "(half the memory)")
+    steps: int = param(1005, "training steps (one rollout batch + its policy updates each)")
+    prompts_per_step: int = param(512, "distinct questions sampled per step (the paper's batch size)")
+    group_size: int = param(5, "rollouts per question (GRPO's n; must be >= 2 for the group-based algorithms "
+                               f"({_names(group_based=True)}); 1 suits ppo unless you want several samples per "
+                               "prompt there too)")
+    mini_batch_size: int = param(256, "trajectories per optimizer step (the paper's mini-batch, counted in "
+                                      "prompts x group_size trajectories)")
+    micro_batch_size: int = param(4, "trajectories per forward/backward pass (gradient accumulation chunk; "
+                                     "only memory, never the result, depends on it)")
+    ppo_epochs: int = param(1, "passes over each rollout batch")
     format_reward: bool = param(False, "add Search-R1's format score to the exact-match reward")
-    mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
-                                       "false = train on them as if generated (the paper's ablation)")
-    # ------------------------------------------------------------------ data
-    train_data: str = param("synthetic", "training questions: 'synthetic' (the synthetic world's train split, "
-                                         "settings in world), or benchmark names / QA file paths, "
-                                         "comma-separated (e.g. nq,hotpotqa); a benchmark may name its own split "
-                                         "(nq:efficientqa_dev,hotpotqa:dev)")
-    train_split: str = param("train", "split of a benchmark given in train_data")
-    train_limit: int = param(0, "use at most this many training questions (seeded sample); 0 = all")
-    exclude_held_out: bool = param(False, "drop training questions whose normalised text is also one of the "
-                                          "held-out questions (eval.datasets): train on the rest of a dev set "
-                                          "that is also evaluated, never on the evaluated questions")
-    data_source: Literal["auto", "local", "hub"] = param(
-        "auto", "where benchmark training questions are read: local = data_dir, hub = FlashRAG's copy on the "
-                "Hugging Face hub, auto = the local file if there is one, else the hub")
-    data_dir: str = param("", "directory holding benchmark files for training; '' = $SEARCHR1_DATA_DIR, else "
-                              "../shared/data if it exists")
+    # ------------------------------------------------------------------ sections
+    optim: OptimConfig = param(OptimConfig, "the optimizer (AdamW) and its schedule")
+    loss: LossConfig = param(LossConfig, "the policy loss (clipping, entropy, importance weights) and the "
+                                         "value loss")
+    kl: KLConfig = param(KLConfig, "the KL to the reference model: coefficient, estimator, placement")
+    adv: AdvConfig = param(AdvConfig, "the advantages: GAE, GRPO's normalisation, REINFORCE's baseline")
+    dapo: DapoConfig = param(DapoConfig, "DAPO's dynamic sampling and overlong handling (all off by default)")
+    sampling: SamplingConfig = param(SamplingConfig, "how training rollouts sample")
+    questions: TrainQuestions = param(TrainQuestions, "the training questions")
+    lora: LoRAConfig = param(LoRAConfig, "LoRA adapters (r = 0: full fine-tuning)")
+    compute: ComputeConfig = param(ComputeConfig, "precision, sharding and memory")
     # ------------------------------------------------------------------ bookkeeping
     eval_every: int = param(0, "run the eval harness (cfg.eval) every N steps; 0 = never")
     save_every: int = param(100, "checkpoint every N steps (and always at the end); 0 = only at the end")
     keep_last: int = param(3, "checkpoints kept")
     run_dir: str = param("runs/train", "where checkpoints, metrics and eval reports go")
     resume: bool = param(False, "continue from the latest checkpoint in run_dir")
-    seed: int = param(0, "seed of the data order, the sampling noise and the initialisation")
+    seed: int = param(0, "seed of the data order, the question sample (questions.limit), the sampling noise "
+                         "and the initialisation")
     tensorboard: bool = param(True, "write TensorBoard event files to run_dir")
     wandb: bool = param(False, "also log to Weights & Biases (needs wandb installed)")
     progress: bool = param(True, "show a progress bar")
 
     def __post_init__(self) -> None:
+        algo = algorithm(self.algorithm)  # ValueError naming the choices
         if min(self.steps, self.prompts_per_step, self.group_size, self.mini_batch_size,
                self.micro_batch_size, self.ppo_epochs) < 1:
             raise ValueError("steps, prompts_per_step, group_size, mini_batch_size, micro_batch_size and "
                              "ppo_epochs must all be >= 1")
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        if algo.group_based and self.group_size < 2:
             raise ValueError(f"{self.algorithm} needs group_size >= 2 (a group of one has no baseline: every "
                              "advantage is 0)")
-        if self.dynamic_sampling and self.group_size < 2:
-            raise ValueError("dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all equal)")
-        if self.dynamic_sampling_max_rounds < 1:
-            raise ValueError("dynamic_sampling_max_rounds must be >= 1")
-        if self.rollout_pool < 0:
-            raise ValueError("rollout_pool must be >= 0 (0 = all episodes at once)")
-        if self.tis_cap < 0:
-            raise ValueError("tis_cap must be >= 0 (0 = off)")
-        if self.overlong == "penalty" and self.overlong_buffer < 1:
-            raise ValueError("overlong=penalty needs overlong_buffer >= 1 (the length of the penalty ramp)")
-        if self.overlong_buffer < 0 or self.overlong_factor < 0:
-            raise ValueError("overlong_buffer and overlong_factor must be >= 0")
+        if self.dapo.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dapo.dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all "
+                             "equal)")
         batch = self.prompts_per_step * self.group_size
         if self.mini_batch_size > batch:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the trajectories per step "
@@ -160,57 +274,33 @@ class TrainConfig:
         if batch % self.mini_batch_size:
             raise ValueError(f"the trajectories per step ({batch}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
-        if self.lr <= 0 or self.critic_lr <= 0:
-            raise ValueError("lr and critic_lr must be positive")
-        if min(self.warmup_steps, self.weight_decay, self.max_grad_norm, self.kl_coef, self.entropy_coef,
-               self.value_clip, self.vf_coef, self.lora_r, self.lora_dropout, self.eval_every,
-               self.save_every, self.train_limit, self.logits_chunk) < 0:
-            raise ValueError("warmup_steps, weight_decay, max_grad_norm, kl_coef, entropy_coef, value_clip, "
-                             "vf_coef, lora_r, lora_dropout, eval_every, save_every, train_limit, logits_chunk "
-                             "must be >= 0")
-        if not 0 < self.clip_ratio < 1:
-            raise ValueError(f"clip_ratio must be in (0, 1), got {self.clip_ratio}")
-        if self.clip_ratio_high < 0:
-            raise ValueError("clip_ratio_high must be >= 0 (0 = same as clip_ratio)")
-        if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
-            raise ValueError("dual_clip_c must be > 1, or 0 for off")
-        if self.algorithm in ("grpo", "rloo") and self.kl_in_reward:
-            raise ValueError(f"{self.algorithm} puts the KL in the loss: kl_in_reward=true is for ppo and "
-                             "reinforce_pp")
-        if self.kl_kind != "auto" and self.kl_kind not in KL_KINDS:
-            raise ValueError(f"kl_kind must be auto or one of {', '.join(KL_KINDS)}, got {self.kl_kind!r}")
-        if self.loss_agg not in AGG_MODES:
-            raise ValueError(f"loss_agg must be one of {', '.join(AGG_MODES)}, got {self.loss_agg!r}")
-        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError("gamma and lam must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError("training rollouts need temperature > 0 (greedy samples have no log-probs to train on)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+        if min(self.eval_every, self.save_every) < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
         if self.keep_last < 1:
             raise ValueError("keep_last must be >= 1")
-        if self.lora_r > 0 and self.lora_alpha <= 0:
-            raise ValueError("lora_alpha must be positive")
-        if not self.train_data:
-            raise ValueError("train_data must be 'synthetic', a benchmark name or a QA file path")
-        from searchr1.protocol import get_template
-
-        get_template(self.template)
+        if self.kl.in_reward and not algo.kl_in_reward:
+            raise ValueError(f"{self.algorithm} puts the KL in the loss: kl.in_reward=true is for "
+                             f"{_names(kl_in_reward=True)}")
 
     # ------------------------------------------------------------------ derived
     @property
+    def algo(self):
+        """The row of `algorithm` in `searchr1.rl.algorithms.ALGORITHMS`."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
     def use_kl_in_reward(self) -> bool:
-        return (self.algorithm in ("ppo", "reinforce_pp")) if self.kl_in_reward is None else self.kl_in_reward
+        return self.algo.kl_in_reward if self.kl.in_reward is None else self.kl.in_reward
 
     @property
     def kl_estimator(self) -> str:
-        if self.kl_kind != "auto":
-            return self.kl_kind
+        if self.kl.kind != "auto":
+            return self.kl.kind
         return "k1" if self.use_kl_in_reward else "low_var_kl"
 
     @property
     def needs_reference(self) -> bool:
-        return self.kl_coef > 0
+        return self.kl.coef > 0
 
 
 @dataclass

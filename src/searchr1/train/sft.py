@@ -49,7 +49,7 @@ def play_demonstrations(cfg, tokenizer, retriever, questions: Sequence) -> tuple
     agent with the real retriever; kept when the observations support it and it answers right."""
 
     chat = cfg.model.use_chat_template
-    trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.train.template, chat=chat),
+    trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.agent.template, chat=chat),
                             q.question, q.golden_answers, id=f"sft-{q.id}", group=i)
              for i, q in enumerate(questions)]
     scripts = [demonstration(q) for q in questions]
@@ -85,8 +85,8 @@ def warmup(cfg, models_or_policy, tokenizer, retriever, questions: Sequence, con
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(policy.parameters()).device
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=cfg.train.weight_decay)
-    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=cfg.train.optim.weight_decay)
+    max_norm = cfg.train.optim.max_grad_norm if cfg.train.optim.max_grad_norm > 0 else float("inf")
     micro = max(1, cfg.train.micro_batch_size)
     order: list[int] = []
     was_training = policy.training

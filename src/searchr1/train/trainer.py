@@ -114,7 +114,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    dist = DataParallel.from_env(cfg.model.device, tc.sharding)
+    dist = DataParallel.from_env(cfg.model.device, tc.compute.sharding)
     dist.check_divisible("train.prompts_per_step", tc.prompts_per_step)
     dist.check_divisible("train.mini_batch_size", tc.mini_batch_size)
     _seed_everything(tc.seed)
@@ -126,7 +126,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     held_out = held_out_questions(cfg) if tc.eval_every else {}
     say(f"train: {len(rows)} questions; loading {cfg.model.name} ...")
     device = str(dist.device) if dist.distributed else cfg.model.device
-    weights_dtype, autocast_dtype = resolve_precision(tc.precision, pick_device(device))
+    weights_dtype, autocast_dtype = resolve_precision(tc.compute.precision, pick_device(device))
     model, tokenizer = load_causal_lm(cfg.model.name, device, weights_dtype)
     models = build_models(model, tc, autocast_dtype)
     sampler = PromptSampler(len(rows), tc.seed)
@@ -198,8 +198,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             rollouts = collector.collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
             # 4. tensors; DAPO's overlong filtering keeps truncated responses out of the loss
-            batch = collate(trajs, pad_id, tc.mask_retrieved).to(device)
-            if tc.overlong == "mask":
+            batch = collate(trajs, pad_id, tc.loss.mask_retrieved).to(device)
+            if tc.dapo.overlong == "mask":
                 batch = batch.excluding(batch.truncated)
             metrics = {**rollout_metrics(trajs, batch, rollouts.scores), **rollouts.metrics}
             # 5-6. old / reference log-probs, values -> advantages -> policy (and critic) update
