@@ -177,7 +177,7 @@ def test_eval_user_errors_are_one_line(tmp_path):
     proc = run_cli("eval", "eval.datasets=nqq", f"eval.out_dir={tmp_path}")
     assert proc.returncode == 2 and "unknown benchmark 'nqq'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("eval", "agent.template=serch-r1")
-    assert proc.returncode == 2 and "eval" in proc.stderr and "serch-r1" in proc.stderr
+    assert proc.returncode == 2 and "agent" in proc.stderr and "serch-r1" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = run_cli("eval", f"eval.datasets={tmp_path / 'missing.jsonl'}")
     assert proc.returncode == 2 and "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr

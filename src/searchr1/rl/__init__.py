@@ -13,28 +13,22 @@ torch-free :mod:`.algorithms` and :mod:`.names`, and must not pay for importing 
 
 import importlib
 
-_HOMES = {
-    "advantages": ("gae_advantages", "grpo_advantages", "informative_groups", "kl_penalized_rewards",
-                   "reinforce_advantages", "reinforce_pp_advantages", "rloo_advantages"),
-    "losses": ("entropy_from_logits", "explained_variance", "kl_loss", "kl_penalty", "logprobs_from_logits",
-               "policy_loss", "truncated_is_weights", "value_loss"),
-    "masked": ("aggregate_loss", "masked_mean", "masked_sum", "masked_var", "masked_whiten"),
-    "names": ("AGG_MODES", "KL_KINDS"),
-    "shaping": ("overlong_penalty",),
-    "algorithms": ("ALGORITHMS", "Algorithm", "AdvantageInputs", "algorithm"),
-}
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
+#: The submodules whose public names (their ``__all__``) the package exposes, imported on first use.
+_MODULES = ("names", "algorithms", "advantages", "losses", "masked", "shaping")  # torch-free ones first
 
-__all__ = sorted(_WHERE)
+
+def _module(name: str):
+    return importlib.import_module(f".{name}", __name__)
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+    for module in _MODULES:
+        if name in getattr(_module(module), "__all__", ()):
+            value = getattr(_module(module), name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | {n for m in _MODULES for n in getattr(_module(m), "__all__", ())})

@@ -1,6 +1,8 @@
 """The names the rl functions accept, torch-free: settings validate against these without
 importing torch (`searchr1 config keys` starts in a fraction of a second)."""
 
+__all__ = ["AGG_MODES", "KL_KINDS"]
+
 #: The loss aggregation modes understood by :func:`searchr1.rl.masked.aggregate_loss`.
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
