@@ -92,7 +92,7 @@ def test_qa_file_training_questions_with_a_limit(tmp_path):
     assert rows == random.Random(2).sample(load_benchmark(str(qa)), 4)
 
 
-def test_no_training_questions_is_an_error_naming_train_data(tmp_path):
+def test_no_training_questions_is_an_error_naming_the_datasets(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(NoQuestionsError, match=r"train\.questions\.datasets '.*empty\.jsonl' gave no questions"):
