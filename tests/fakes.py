@@ -108,3 +108,46 @@ class SyncRecordingGenerator(EngineGenerator):
 
     def close(self) -> None:
         self.closed = True
+
+
+class ReplyGenerator:
+    """A `Generator` that answers each prompt with `reply(prompt text)` in one turn (for callers that
+    prompt a model once, such as simulated search); records the prompts it saw."""
+
+    weight_sync_seconds = 0.0
+
+    def __init__(self, tokenizer, reply) -> None:
+        self.tokenizer = tokenizer
+        self.reply = reply
+        self.prompts: list[str] = []
+        self.closed = False
+
+    def session(self, prompts, params):
+        from searchr1.rollout.generator import Sample, TurnBatchedSession
+
+        gen = self
+        texts = [self.tokenizer.decode(p) for p in prompts]
+        gen.prompts += texts
+
+        class Session(TurnBatchedSession):
+            def generate(self, appended, max_new_tokens, stop=()):
+                out = {}
+                for row in appended:
+                    ids = list(gen.tokenizer(gen.reply(texts[row]), add_special_tokens=False)["input_ids"])
+                    limit = max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row]
+                    out[row] = Sample(ids[:limit], [0.0] * min(len(ids), limit), "eos" if len(ids) <= limit else "length")
+                return out
+
+            def finish(self, rows):
+                pass
+
+            def close(self):
+                pass
+
+        return Session()
+
+    def weights_updated(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True

@@ -3,6 +3,7 @@
   searchr1 index build index.corpus=wiki.jsonl index.dir=runs/wiki index.methods=bm25,dense
   searchr1 index memory --n 21015324 --dim 768             (server memory per index type, no index needed)
   searchr1 serve retriever.index=runs/wiki server.port=8000
+  searchr1 serve retriever.method=serper server.port=8000   (web search behind Search-R1's API; key in $SERPER_API_KEY)
   searchr1 search "who wrote hamlet" retriever.index=runs/wiki
   searchr1 ask "who wrote hamlet" retriever.index=runs/wiki model.name=HuggingFaceTB/SmolLM2-135M-Instruct
   searchr1 eval eval.datasets=nq,hotpotqa eval.limit=200 retriever.index=runs/wiki
@@ -77,13 +78,16 @@ def cmd_index_memory(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from searchr1.retrieval.local import open_index
+    from searchr1.retrieval import registry
+    from searchr1.retrieval.local import open_index, open_retriever
     from searchr1.retrieval.server import serve
 
     cfg = _load(args)
-    if not cfg.retriever.index:
-        raise SearchR1Error("serve needs an index: retriever.index=DIR (build one with `searchr1 index build`)")
-    retriever = open_index(cfg.retriever)
+    service = cfg.retriever.method != "auto" and registry.get(cfg.retriever.method).service
+    if not cfg.retriever.index and not service:
+        raise SearchR1Error("serve needs an index: retriever.index=DIR (build one with `searchr1 index build`), "
+                            f"or a service: retriever.method={'|'.join(registry.services())}")
+    retriever = open_retriever(cfg.retriever) if service else open_index(cfg.retriever)
     info = {"method": retriever.method, "num_docs": retriever.num_docs, "index": cfg.retriever.index}
     try:
         serve(retriever, cfg.server, default_topk=cfg.retriever.topk, info=info)

@@ -10,7 +10,7 @@ import pytest
 
 from searchr1.errors import ConfigError, IndexFormatError
 from searchr1.retrieval import registry
-from searchr1.retrieval.base import empty_ranking
+from searchr1.retrieval.base import Hit, empty_ranking
 from searchr1.retrieval.build import build_index
 from searchr1.retrieval.local import open_index
 from searchr1.retrieval.settings import IndexConfig, RetrieverConfig
@@ -147,3 +147,80 @@ def test_hybrid_names_the_missing_index(index):
 def test_a_registered_method_is_searched_alone(index):
     method, ids, _ = search(index, "paris", method="middle")
     assert method == "middle" and ids == ["d1", "d2", "d0", "d3"]
+
+
+# ----------------------------------------------------------------------------- services (no index)
+
+
+def test_builtin_services():
+    assert registry.services() == ["serpapi", "serper", "brave", "tavily", "simulated"]
+    assert all(registry.get(s).service and not registry.get(s).stored for s in registry.services())
+    assert not any(registry.get(m).service for m in registry.names())
+    assert RetrieverConfig(method="tavily").method == "tavily"  # a valid config value
+
+
+def test_register_checks_what_a_service_takes(monkeypatch):
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    with pytest.raises(ValueError, match="only one of these"):
+        registry.register(registry.Method("both", build=lambda *a: {}, open=lambda d, c: None,
+                                          connect=lambda c, cache: None))
+    with pytest.raises(ValueError, match="a service does not take it"):
+        registry.register(registry.Method("svc", open=lambda d, c: None, connect=lambda c, cache: None))
+
+
+class Echo:
+    method = "echo"
+
+    def __init__(self):
+        self.asked = []
+
+    def search(self, queries, k):
+        self.asked += list(queries)
+        return [[Hit(q, q, q, 1.0)] for q in queries]
+
+
+@pytest.fixture
+def echo_service(monkeypatch):
+    """A registered service that records the cache it was connected with."""
+    from searchr1.retrieval.cache import CachedRetriever
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    made = {}
+
+    def connect(cfg, cache):
+        made["inner"], made["cache"] = Echo(), cache
+        return made["inner"] if cache is None else CachedRetriever(made["inner"], cache, "echo")
+
+    registry.register(registry.Method("echo", connect=connect))
+    return made
+
+
+def test_open_retriever_connects_a_service_with_the_cache_on_by_default(echo_service, tmp_path):
+    from searchr1.retrieval.local import open_retriever
+
+    cfg = RetrieverConfig()
+    cfg.method, cfg.cache.path = "echo", str(tmp_path / "c.sqlite")  # (the Literal was fixed at import)
+    r = open_retriever(cfg)
+    assert r.search(["a"], 1) == r.search(["A"], 1) and echo_service["inner"].asked == ["a"]
+    assert echo_service["cache"].path == tmp_path / "c.sqlite"
+    cfg.cache.mode = "disabled"
+    assert open_retriever(cfg) is echo_service["inner"]
+
+
+def test_the_cache_in_front_of_an_index_is_off_unless_asked(index, tmp_path):
+    from searchr1.retrieval.cache import CachedRetriever
+    from searchr1.retrieval.local import IndexRetriever, open_retriever
+
+    cfg = RetrieverConfig(index=str(index), method="bm25")
+    assert isinstance(open_retriever(cfg), IndexRetriever)
+    cfg.cache.mode, cfg.cache.path = "enabled", str(tmp_path / "c.sqlite")
+    r = open_retriever(cfg)
+    assert isinstance(r, CachedRetriever) and r.method == "bm25" and r.num_docs == 4
+    assert r.namespace.startswith(f"index:{index.resolve()}:bm25:")
+    first = r.search(["paris"], 2)
+    assert r.search(["Paris"], 2) == first and r.metrics() == {"search/cache_hits": 1.0, "search/cache_misses": 1.0}
+    other = open_retriever(RetrieverConfig(index=str(index), method="hybrid", hybrid_methods=["bm25", "reverse"],
+                                           cache=cfg.cache))
+    assert other.namespace != r.namespace  # another method or setting is another namespace
+    r.close()
+    other.close()

@@ -1,5 +1,6 @@
 """In-process retrieval over an index directory (its methods come from registry.py), and the one
-function that opens any retriever."""
+function that opens any retriever (an index, a server, or a service such as web search, with the
+query cache its settings ask for)."""
 
 from __future__ import annotations
 
@@ -95,14 +96,43 @@ def open_index(cfg: RetrieverConfig) -> IndexRetriever:
     return IndexRetriever(ranker, store, reranker, cfg.rerank_depth)
 
 
+def _index_namespace(cfg: RetrieverConfig, method: str) -> str:
+    """The cache namespace of an index search: its directory, its method, and a digest of what its
+    results depend on (the index as built, the query-time settings), so a rebuild starts afresh."""
+    import hashlib
+    import json
+
+    settings = {k: getattr(cfg, k) for k in ("hybrid_methods", "rrf_k", "fusion_depth", "hnsw_ef_search",
+                                            "ivf_nprobe", "reranker", "rerank_depth")}
+    digest = hashlib.sha1(json.dumps([read_index_meta(cfg.index), settings], sort_keys=True, default=str)
+                          .encode()).hexdigest()[:12]
+    return f"index:{Path(cfg.index).resolve()}:{method}:{digest}"
+
+
 def open_retriever(cfg: RetrieverConfig) -> Retriever:
-    """The retriever the config names: an HTTP server (`url`) or an index directory (`index`)."""
-    if cfg.url and cfg.index:
+    """The retriever the config names: an HTTP server (`url`), an index directory (`index`), or a
+    service method (web search, simulated search) that needs neither. The query cache is on by default
+    for services and off for the others (`retriever.cache.mode`)."""
+    from searchr1.retrieval.cache import CachedRetriever, open_cache
+
+    service = cfg.method != "auto" and registry.get(cfg.method).service
+    given = [name for name, value in (("retriever.url", cfg.url), ("retriever.index", cfg.index)) if value]
+    if service and given:
+        raise ConfigError(f"retriever.method={cfg.method} needs no index or server: leave {' and '.join(given)} empty")
+    if len(given) > 1:
         raise ConfigError("give retriever.url or retriever.index, not both")
+    if service:
+        return registry.get(cfg.method).connect(cfg, open_cache(cfg.cache, default_on=True))
     if cfg.url:
         from searchr1.retrieval.client import HttpRetriever
 
-        return HttpRetriever(cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s)
-    if cfg.index:
-        return open_index(cfg)
-    raise ConfigError("no retriever configured: set retriever.index=DIR or retriever.url=http://HOST:PORT")
+        retriever = HttpRetriever(cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s)
+        namespace = f"url:{cfg.url}"
+    elif cfg.index:
+        retriever = open_index(cfg)
+        namespace = _index_namespace(cfg, retriever.method)
+    else:
+        raise ConfigError("no retriever configured: set retriever.index=DIR, retriever.url=http://HOST:PORT or "
+                          f"retriever.method to one of {', '.join(registry.services())}")
+    cache = open_cache(cfg.cache, default_on=False)
+    return retriever if cache is None else CachedRetriever(retriever, cache, namespace)

@@ -1,4 +1,5 @@
-"""Settings of the search engine: index building, query-time retrieval, the HTTP server."""
+"""Settings of the search engine: index building, query-time retrieval (an index, a server, web search
+APIs, simulated search, the query cache), the HTTP server."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Literal
 
 from searchr1.config import param
 from searchr1.retrieval import registry
+from searchr1.rollout.settings import ModelConfig
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # The method names come from the registry, so a registered method is a valid config value.
 STORED_METHODS = tuple(registry.names(stored=True))
-METHODS = ("auto", *registry.names())
+SERVICE_METHODS = tuple(registry.services())
+METHODS = ("auto", *registry.names(), *SERVICE_METHODS)
 
 
 @dataclass
@@ -88,12 +91,129 @@ class IndexConfig:
             raise ValueError(f"methods must name at least one of {', '.join(STORED_METHODS)}")
 
 
+# ----------------------------------------------------------------------------- web search, simulated search, cache
+# List prices are USD per 1,000 requests, read on 2026-12-06 from the providers' pricing pages (and, where
+# noted, the published comparisons that quote them); override them with your plan's price.
+
+
+@dataclass
+class WebProviderConfig:
+    """One web search API: where it is, which environment variable holds its key, its limits and price."""
+
+    url: str = param("", "endpoint URL (the provider's public one by default; set it for a proxy or a stub)")
+    api_key_env: str = param("", "name of the environment variable that holds the API key (the key itself is "
+                                 "never read from a config file)")
+    price_per_1k: float = param(0.0, "USD per 1,000 billed requests, for the estimated cost in the metrics")
+    requests_per_s: float = param(5.0, "most requests started per second (0: no limit)")
+    concurrency: int = param(4, "requests in flight at once")
+
+    def __post_init__(self) -> None:
+        if self.price_per_1k < 0 or self.requests_per_s < 0 or self.concurrency < 1:
+            raise ValueError("price_per_1k >= 0, requests_per_s >= 0 and concurrency >= 1 are required")
+
+
+@dataclass
+class SerpApiConfig(WebProviderConfig):
+    url: str = param("https://serpapi.com/search.json", "SerpAPI search endpoint")
+    api_key_env: str = param("SERPAPI_API_KEY", "environment variable with the SerpAPI key")
+    price_per_1k: float = param(15.0, "USD per 1,000 searches: SerpAPI Developer plan, $75 for 5,000 searches/month "
+                                      "(serpapi.com/pricing, 2026-12-06; the figure MMSearch-R1 quotes)")
+    engine: Literal["google", "bing"] = param("google", "the search engine SerpAPI queries")
+    gl: str = param("", "country of the search (google: gl, bing: cc), e.g. 'us'; '' for the provider's default")
+    hl: str = param("", "language of the results (google: hl, bing: mkt such as 'en-US'); '' for the default")
+
+
+@dataclass
+class SerperConfig(WebProviderConfig):
+    url: str = param("https://google.serper.dev/search", "Serper search endpoint")
+    api_key_env: str = param("SERPER_API_KEY", "environment variable with the Serper key")
+    price_per_1k: float = param(1.0, "USD per 1,000 searches: Serper Starter, $50 for 50,000 credits "
+                                     "(serper.dev pricing, 2026-12-06)")
+    gl: str = param("", "country of the search, e.g. 'us'; '' for Serper's default")
+    hl: str = param("", "language of the results, e.g. 'en'; '' for Serper's default")
+
+
+@dataclass
+class BraveConfig(WebProviderConfig):
+    url: str = param("https://api.search.brave.com/res/v1/web/search", "Brave Search web endpoint")
+    api_key_env: str = param("BRAVE_API_KEY", "environment variable with the Brave Search subscription token")
+    price_per_1k: float = param(5.0, "USD per 1,000 requests: Brave Search API 'Search' plan, $5 per 1,000 "
+                                     "(brave.com/search/api, 2026-12-06)")
+    requests_per_s: float = param(1.0, "most requests started per second (Brave's free tier allows 1)")
+    country: str = param("", "country of the search, e.g. 'us'; '' for Brave's default")
+
+
+@dataclass
+class TavilyConfig(WebProviderConfig):
+    url: str = param("https://api.tavily.com/search", "Tavily search endpoint")
+    api_key_env: str = param("TAVILY_API_KEY", "environment variable with the Tavily key")
+    price_per_1k: float = param(8.0, "USD per 1,000 basic searches: Tavily pay-as-you-go, $0.008 per credit "
+                                     "(tavily.com pricing as quoted by scavio.dev, 2026-12-06)")
+    search_depth: Literal["basic", "advanced"] = param("basic", "Tavily search depth (advanced costs 2 credits)")
+
+
+@dataclass
+class WebConfig:
+    serpapi: SerpApiConfig = param(SerpApiConfig, "retriever.method=serpapi: Google or Bing through SerpAPI")
+    serper: SerperConfig = param(SerperConfig, "retriever.method=serper: Google through Serper")
+    brave: BraveConfig = param(BraveConfig, "retriever.method=brave: Brave Search API")
+    tavily: TavilyConfig = param(TavilyConfig, "retriever.method=tavily: Tavily search API")
+    timeout_s: float = param(20.0, "seconds per request before it counts as timed out")
+    retries: int = param(3, "retries after a timeout, a connection error, a 5xx or a 429")
+    backoff_s: float = param(1.0, "first retry delay when the reply names none (Retry-After), doubled each retry")
+    max_retry_after_s: float = param(60.0, "longest wait honoured for one retry (a longer Retry-After fails now)")
+    fetch_pages: bool = param(False, "fetch each result's page and use its text (cut to page_chars) instead of "
+                                     "the snippet; the snippet stays when a page cannot be read")
+    page_chars: int = param(2000, "characters of page text kept per result when fetch_pages is on")
+    page_timeout_s: float = param(10.0, "seconds per page fetch")
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.page_timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("timeout_s > 0, page_timeout_s > 0, retries >= 0 and backoff_s >= 0 are required")
+        if self.max_retry_after_s < 0 or self.page_chars < 1:
+            raise ValueError("max_retry_after_s >= 0 and page_chars >= 1 are required")
+
+
+@dataclass
+class SimulatedConfig:
+    model: ModelConfig = param(ModelConfig, "the model that writes the documents (ZeroSearch used a fine-tuned "
+                                            "Qwen2.5 3B-14B; any instruct model works without fine-tuning)")
+    max_new_tokens: int = param(512, "tokens the model may write for one query's documents")
+    temperature: float = param(0.0, "sampling temperature of the document writer (0: greedy)")
+    noise_start: float = param(0.0, "probability that a query gets noisy documents at the first training step")
+    noise_end: float = param(0.5, "that probability at the last training step")
+    noise_base: float = param(4.0, "base b of ZeroSearch's exponential curriculum (b > 1; larger: noise rises later)")
+    noise_steps: int = param(0, "training steps over which noise rises (m); 0: the trainer's step count")
+    seed: int = param(0, "seed of the useful/noisy draws and of sampling")
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.noise_start <= 1 and 0 <= self.noise_end <= 1):
+            raise ValueError("noise_start and noise_end must be probabilities in [0, 1]")
+        if self.noise_base <= 1 or self.max_new_tokens < 1 or self.noise_steps < 0 or self.temperature < 0:
+            raise ValueError("noise_base > 1, max_new_tokens >= 1, noise_steps >= 0 and temperature >= 0 are required")
+
+
+@dataclass
+class CacheConfig:
+    mode: Literal["auto", "disabled", "enabled", "replay"] = param(
+        "auto", "auto: enabled for web and simulated search, disabled for an index or a server; enabled: read "
+                "and record; replay: read only, a query not in the cache is an error (reproducible offline runs)")
+    path: str = param("", "SQLite file shared by the processes of one machine; '' = "
+                          "$XDG_CACHE_HOME/searchr1/search-cache.sqlite (~/.cache/...)")
+    busy_timeout_s: float = param(30.0, "how long a writer waits for another process's write to finish")
+
+    def __post_init__(self) -> None:
+        if self.busy_timeout_s <= 0:
+            raise ValueError("busy_timeout_s must be > 0")
+
+
 @dataclass
 class RetrieverConfig:
     index: str = param("", "index directory to search in process (give this or url)")
     url: str = param("", "URL of a running `searchr1 serve` (or Search-R1) retrieval server")
     method: Literal[METHODS] = param(
-        "auto", "auto: hybrid when the index has every method hybrid_methods names, else the first one it has"
+        "auto", "auto: hybrid when the index has every method hybrid_methods names, else the first one it has; "
+                f"{', '.join(SERVICE_METHODS)} need no index (web search APIs, simulated search)"
     )
     topk: int = param(3, "passages returned per query (the paper uses 3)")
     hybrid_methods: list[Literal[STORED_METHODS]] = param(
@@ -114,6 +234,10 @@ class RetrieverConfig:
     timeout_s: float = param(30.0, "HTTP client: seconds per request")
     retries: int = param(3, "HTTP client: retries after a failed attempt (connection errors, 5xx, 429)")
     backoff_s: float = param(0.5, "HTTP client: first retry delay, doubled each retry")
+    web: WebConfig = param(WebConfig, "web search APIs (retriever.method=serpapi, serper, brave or tavily)")
+    simulated: SimulatedConfig = param(SimulatedConfig, "retriever.method=simulated: documents written by a model "
+                                                        "(ZeroSearch)")
+    cache: CacheConfig = param(CacheConfig, "the persistent query cache (SQLite)")
 
     def __post_init__(self) -> None:
         if self.topk < 1 or self.rrf_k < 0 or self.fusion_depth < 1 or self.rerank_depth < 1:
