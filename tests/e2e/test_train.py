@@ -247,3 +247,25 @@ def test_micro_batch_size_changes_memory_not_the_result(world, tmp_path, agg):
     pa, pb = _params(a), _params(b)
     for name in pa:
         torch.testing.assert_close(pa[name], pb[name], atol=2e-5, rtol=1e-4)
+
+
+class CurriculumRetriever(OneDocRetriever):
+    """A retriever with a training-step curriculum and counters (as simulated and web search have)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def set_step(self, step, total_steps):
+        self.steps.append((step, total_steps))
+
+    def metrics(self):
+        return {"search/cost_usd": 0.25 * len(self.steps)}  # grows each step: read after the step
+
+
+def test_the_trainer_reports_the_step_to_the_retriever_and_logs_its_metrics(world, tmp_path):
+    cfg = make_cfg(world, tmp_path / "run", steps=2)
+    cfg.agent.max_turns = 1
+    retriever = CurriculumRetriever()
+    result = train(cfg, retriever=retriever, reward_fn=share_of_a)
+    assert retriever.steps == [(1, 2), (2, 2)]
+    assert result["metrics"]["search/cost_usd"] == 0.5

@@ -210,7 +210,7 @@ def test_items_without_a_url_are_skipped_and_k_is_respected():
     assert hits_from_items(None, 3, "snippet", "link") == []
 
 
-def test_fetched_pages_replace_snippets_and_a_failed_fetch_keeps_the_snippet():
+def test_fetched_pages_replace_snippets_and_an_unreadable_page_keeps_the_snippet():
     page = "<html><head><title>T</title><script>var x=1;</script></head><body><p>Hamlet was written</p>" \
            "<p>by William Shakespeare around 1600.</p></body></html>"
 
@@ -218,15 +218,17 @@ def test_fetched_pages_replace_snippets_and_a_failed_fetch_keeps_the_snippet():
         if request.url.host == "example.org":
             if request.url.path.endswith("/2"):
                 return httpx.Response(404)
+            if request.url.path.endswith("/3"):
+                return httpx.Response(200, content=b"%PDF-1.7", headers={"content-type": "application/pdf"})
             return httpx.Response(200, text=page, headers={"content-type": "text/html"})
         return ok("serper")(request)
 
     ws = make("serper", handler, fetch_pages=True, page_chars=40)
-    hits = ws.search(["hamlet"], 2)[0]
+    hits = ws.search(["hamlet"], 3)[0]
     assert hits[0].text == "Hamlet was written by William"  # cut at a word boundary within 40 characters
-    assert hits[1].text == "Snippet 2 about hamlet."
+    assert [h.text for h in hits[1:]] == ["Snippet 2 about hamlet.", "Snippet 3 about hamlet."]  # 404, a PDF
     m = ws.metrics()
-    assert (m["search/page_fetches"], m["search/page_errors"]) == (2, 1)
+    assert (m["search/page_fetches"], m["search/page_errors"]) == (3, 2)
     assert ws.namespace == "serper:pages40"
 
 

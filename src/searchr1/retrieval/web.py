@@ -226,9 +226,9 @@ class _RedactKeys(logging.Filter):
     _KEY = re.compile(r"(api_key=)[^&\s\"']+")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
+        if isinstance(record.args, tuple):  # httpx passes the URL as a positional argument
             record.args = tuple(self._KEY.sub(r"\1<redacted>", str(a)) if "api_key=" in str(a) else a
-                                for a in (record.args if isinstance(record.args, tuple) else (record.args,)))
+                                for a in record.args)
         if isinstance(record.msg, str) and "api_key=" in record.msg:
             record.msg = self._KEY.sub(r"\1<redacted>", record.msg)
         return True
@@ -347,7 +347,7 @@ class WebSearch:
 
     # -- searching
 
-    def _key(self) -> str:
+    def api_key(self) -> str:
         """The API key, read from the environment when needed (never stored in settings or messages)."""
         env = self.provider.cfg.api_key_env
         key = os.environ.get(env, "").strip()
@@ -362,7 +362,7 @@ class WebSearch:
         queries = list(queries)
         if not queries:
             return []
-        key = self._key()
+        key = self.api_key()
         return list(self._pool.map(lambda q: self._search_one(q, k, key), queries))
 
     def _search_one(self, query: str, k: int, key: str) -> list[Hit]:
@@ -440,7 +440,9 @@ class WebSearch:
         try:
             response = self._client.get(hit.doc_id, timeout=self.cfg.page_timeout_s)
             response.raise_for_status()
-            text = page_text(response.text, self.cfg.page_chars)
+            kind = response.headers.get("content-type", "text/html")
+            # a PDF or an image has no text we can read here: the snippet stays
+            text = page_text(response.text, self.cfg.page_chars) if kind.startswith(("text/", "application/xhtml")) else ""
         except (httpx.HTTPError, ValueError):
             text = ""
         if not text:
@@ -481,7 +483,7 @@ def open_web_search(provider: str, cfg: WebConfig, cache=None, transport: httpx.
     """`retriever.method=<provider>`: the provider's `WebSearch`, behind the query cache when one is given."""
     search = WebSearch(PROVIDERS[provider](getattr(cfg, provider)), cfg, transport=transport)
     if cache is None or not cache.replay:
-        search._key()  # a missing key is a config error now, not at the first search (a replay needs none)
+        search.api_key()  # a missing key is a config error now, not at the first search (a replay needs none)
     if cache is None:
         return search
     from searchr1.retrieval.cache import CachedRetriever

@@ -194,6 +194,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         for step in range(start + 1, tc.steps + 1):
             t_step = time.perf_counter()
             sync_seconds = generator.weight_sync_seconds  # total so far
+            # a retriever with a curriculum over training (simulated search's noise) follows the step
+            if (set_step := getattr(retriever, "set_step", None)) is not None:
+                set_step(step, tc.steps)
             # 1-3. questions -> episodes played by the policy -> rewards
             rollouts = collector.collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
@@ -220,6 +223,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t_end - t_step, 1e-9),
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
             })
+            # the retriever's own counters, cumulative: web requests and their cost, cache hits, noise
+            metrics.update(getattr(retriever, "metrics", dict)())
             history.append({"step": step, "reward": metrics["reward/mean"], "em": metrics["reward/em"]})
             if logger is not None:
                 logger.log(metrics, step)
