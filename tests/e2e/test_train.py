@@ -105,6 +105,14 @@ def test_critic_free_algorithms_raise_the_reward(world, tmp_path, algorithm):
     assert ("actor/kl_loss" in row) == (not ALGORITHMS[algorithm].kl_in_reward)
 
 
+@pytest.mark.parametrize("loss", [{"mode": "gspo", "agg": "seq-mean-token-mean"}], ids=["gspo"])
+def test_loss_choices_raise_the_reward(world, tmp_path, loss):
+    result = train(make_cfg(world, tmp_path / "run", loss=loss), reward_fn=share_of_a)
+    rewards = _rewards(result)
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
+
+
 def test_dapo_options_train_and_report(world, tmp_path):
     cfg = make_cfg(world, tmp_path / "run", steps=3, dapo={"dynamic_sampling": True, "max_rounds": 2, "overlong": "mask"},
                    loss={"clip_ratio_high": 0.28, "tis_cap": 2.0})

@@ -1,5 +1,5 @@
-"""searchr1.rl.losses: KL estimators, clipped policy loss (asymmetric, dual clip), value loss, KL
-loss, entropy and log-probs, by hand and against a slow reference loop."""
+"""searchr1.rl.losses: KL estimators, clipped policy loss (asymmetric, dual clip, GSPO's sequence
+ratio), value loss, KL loss, entropy and log-probs, by hand and against a slow reference loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from searchr1.rl import (AGG_MODES, aggregate_loss, entropy_from_logits, explained_variance, kl_loss, kl_penalty,
-                         logprobs_from_logits, policy_loss, truncated_is_weights, value_loss)
+                         logprobs_from_logits, policy_loss, sequence_ratio, truncated_is_weights, value_loss)
 
 NAN = float("nan")
 
@@ -97,6 +97,45 @@ def test_policy_loss_clip_by_hand():
     # d/dlogp (-A * ratio) = -A * ratio on unclipped tokens, 0 where the clip binds; / 5 (mean)
     expected = [-1.1 / 5, 0.0, 0.0, 1.5 / 5, -0.5 / 5]
     assert logprob.grad[0].tolist() == pytest.approx(expected)
+
+
+def _gspo_case():
+    """Two sequences of 2 and 3 generated tokens: log-ratios (0.1, 0.3) and (-0.3, 0, 0), so the
+    sequence ratios are exp(0.2) and exp(-0.1); advantages +1 and -1."""
+    old = torch.tensor([[-1.0, -1.0, NAN], [-2.0, -2.0, -2.0]])
+    logprob = (old.nan_to_num() + torch.tensor([[0.1, 0.3, 0.0], [-0.3, 0.0, 0.0]])).requires_grad_()
+    adv = torch.tensor([[1.0, 1.0, 0.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    return logprob, old, adv, mask
+
+
+def test_sequence_ratio_is_the_length_normalised_ratio_with_gspo_gradient():
+    logprob, old, _, mask = _gspo_case()
+    ratio = sequence_ratio(logprob, old, mask)
+    s_a, s_b = math.exp(0.2), math.exp(-0.1)
+    torch.testing.assert_close(ratio, torch.tensor([[s_a, s_a, 1.0], [s_b, s_b, s_b]]))
+    # the token mean of a sequence's ratios has the gradient of s_i itself: s_i / |y_i| per token
+    (ratio[0, :2].mean() + ratio[1].mean()).backward()
+    torch.testing.assert_close(logprob.grad, torch.tensor([[s_a / 2, s_a / 2, 0.0], [s_b / 3, s_b / 3, s_b / 3]]))
+
+
+def test_policy_loss_gspo_clips_whole_sequences_by_hand():
+    logprob, old, adv, mask = _gspo_case()
+    s_a, s_b = math.exp(0.2), math.exp(-0.1)  # 1.221 (above 1.2: clipped), 0.905 (inside [0.8, 1.2])
+    loss, stats = policy_loss(logprob, old, adv, mask, clip_ratio=0.2, agg="seq-mean-token-mean", mode="gspo")
+    # sequence A: -A * 1.2 on both tokens; sequence B: -A * s_b on its three; mean of the sequences
+    assert loss.item() == pytest.approx((-1.2 + s_b) / 2)
+    assert float(stats["clip_fraction"]) == pytest.approx(2 / 5)  # the whole of A, none of B
+    assert float(stats["ratio_mean"]) == pytest.approx((2 * s_a + 3 * s_b) / 5)
+    assert float(stats["ratio_max"]) == pytest.approx(s_a) and float(stats["ratio_min"]) == pytest.approx(s_b)
+    loss.backward()
+    # GSPO: d/dlogp_t of -A_i * s_i is -A_i * s_i / |y_i|, halved by the mean over the 2 sequences; 0 when clipped
+    torch.testing.assert_close(logprob.grad, torch.tensor([[0.0, 0.0, 0.0], [s_b / 6, s_b / 6, s_b / 6]]))
+    # token ratios would clip a different set: A's second token only (e^0.3) and B's first (e^-0.3 < 0.8)
+    _, token_stats = policy_loss(logprob, old, adv, mask, clip_ratio=0.2, agg="seq-mean-token-mean")
+    assert float(token_stats["clip_fraction"]) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="mode"):
+        policy_loss(logprob, old, adv, mask, mode="seq")
 
 
 def test_policy_loss_token_weights_scale_each_token_by_hand():

@@ -63,6 +63,13 @@ def test_algorithm_is_checked_against_the_table_when_loaded():
         assert load_config(Config, overrides=[f"train.algorithm={name}"]).train.algo is ALGORITHMS[name]
 
 
+def test_loss_choices_are_checked_when_loaded():
+    assert load_config(Config, overrides=["train.loss.mode=gspo"]).train.loss.mode == "gspo"
+    assert LossConfig().mode == "ppo"
+    with pytest.raises(ConfigError, match="train.loss.mode"):
+        load_config(Config, overrides=["train.loss.mode=dapo"])
+
+
 def test_root_config_has_train_and_rejects_unknown_keys():
     cfg = from_dict(Config, {"train": {"algorithm": "ppo", "group_size": 1, "mini_batch_size": 128}})
     assert cfg.train.algorithm == "ppo"

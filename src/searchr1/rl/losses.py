@@ -16,16 +16,18 @@ from __future__ import annotations
 import torch
 
 from .masked import aggregate_loss, masked_mean, masked_var
-from .names import KL_KINDS
+from .names import KL_KINDS, POLICY_LOSS_MODES
 
 __all__ = [
     "KL_KINDS",
+    "POLICY_LOSS_MODES",
     "entropy_from_logits",
     "explained_variance",
     "kl_loss",
     "kl_penalty",
     "logprobs_from_logits",
     "policy_loss",
+    "sequence_ratio",
     "truncated_is_weights",
     "value_loss",
 ]
@@ -94,6 +96,7 @@ def policy_loss(
     agg: str = "token-mean",
     agg_norm: float | None = None,
     token_weights: torch.Tensor | None = None,
+    mode: str = "ppo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate loss (to minimise), per token, aggregated over mask-1 tokens.
 
@@ -105,6 +108,12 @@ def policy_loss(
     clip-higher. With ``dual_clip_c = c > 1`` (Ye et al. 2020), tokens with A < 0 are further
     bounded: ``L = min(L, -A * c) = min(L, c * |A|)``, so a huge ratio on a bad action cannot
     produce an unbounded loss.
+
+    ``mode="gspo"`` (GSPO, Zheng et al. 2025) replaces each token's ratio by its sequence's
+    length-normalised ratio (:func:`sequence_ratio`): every token of a sequence has the same ratio,
+    so the clip keeps or drops whole sequences. The per-token form is the paper's GSPO-token: it
+    takes any advantage (per token or per sequence), and with one advantage per sequence and
+    ``agg="seq-mean-token-mean"`` it is GSPO's objective exactly, gradient included.
 
     Args:
         logprob: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
@@ -118,6 +127,7 @@ def policy_loss(
         agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
         token_weights: ``[B, T]`` constant per-token factors of the (clipped) loss, e.g. the
             truncated importance weights of :func:`truncated_is_weights`; None = 1.
+        mode: ``"ppo"`` (a ratio per token) or ``"gspo"`` (a ratio per sequence).
 
     Returns:
         ``(loss, stats)``: ``loss`` a 0-dim tensor; ``stats`` over mask-1 tokens:
@@ -128,9 +138,11 @@ def policy_loss(
         (ratio_max / ratio_min are 1 when there is no mask-1 token).
 
     Raises:
-        ValueError: a clip ratio outside (0, 1) for the lower bound / <= 0 for the upper one, or
-            ``dual_clip_c <= 1``.
+        ValueError: a clip ratio outside (0, 1) for the lower bound / <= 0 for the upper one,
+            ``dual_clip_c <= 1``, or an unknown ``mode``.
     """
+    if mode not in POLICY_LOSS_MODES:
+        raise ValueError(f"unknown policy loss mode {mode!r}; expected one of {', '.join(POLICY_LOSS_MODES)}")
     if not 0 < clip_ratio < 1:
         raise ValueError(f"clip_ratio must be in (0, 1), got {clip_ratio}")
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
@@ -139,9 +151,13 @@ def policy_loss(
     if dual_clip_c is not None and dual_clip_c <= 1:
         raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
     m = _mask_bool(mask, logprob)
-    log_ratio = _keep(m, logprob - old_logprob).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
     adv = _keep(m, advantages.to(logprob.dtype).detach())
-    ratio = torch.exp(log_ratio)
+    if mode == "gspo":
+        ratio = sequence_ratio(logprob, old_logprob, m)
+        log_ratio = _keep(m, torch.log(ratio))
+    else:
+        log_ratio = _keep(m, logprob - old_logprob).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+        ratio = torch.exp(log_ratio)
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * ratio.clamp(1.0 - clip_ratio, 1.0 + high)
     per_token = torch.maximum(loss_unclipped, loss_clipped)
@@ -171,6 +187,33 @@ def policy_loss(
             "ratio_min": torch.where(any_token, _keep(m, r, torch.inf).min(), one) if r.numel() else one,
         }
     return loss, stats
+
+
+def sequence_ratio(logprob: torch.Tensor, old_logprob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's length-normalised sequence importance ratio, spread over the sequence's tokens::
+
+        s_i = exp(mean over the mask-1 tokens t of sequence i of (logprob_t - old_logprob_t))
+
+    in value at every mask-1 token of row ``i`` (1 elsewhere), with GSPO-token's gradient
+    ``d ratio_t / d logprob_t = s_i`` (``s_i`` detached times ``exp(logprob_t - logprob_t.detach())``):
+    token t of a sequence whose advantage is A then gets the gradient GSPO gives it once the loss
+    is averaged over the sequence's tokens. The mean log-ratio is clamped to [-20, 20].
+
+    Args:
+        logprob: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
+        old_logprob: ``[B, T]`` the same under the behaviour policy.
+        mask: ``[B, T]`` 1 = generated token; a row without one has ratio 1.
+
+    Returns:
+        ``[B, T]`` ratios.
+    """
+    m = _mask_bool(mask, logprob)
+    lp = _keep(m, logprob)
+    diff = _keep(m, logprob - old_logprob.to(logprob.dtype).detach())
+    length = m.sum(dim=-1).clamp(min=1)
+    seq_log_ratio = (diff.sum(dim=-1) / length).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+    ratio = torch.exp(seq_log_ratio.detach())[:, None] * torch.exp(lp - lp.detach())
+    return _keep(m, ratio, 1.0)
 
 
 @torch.no_grad()

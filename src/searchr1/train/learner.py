@@ -5,8 +5,9 @@
               the advantages of the algorithm's row in `searchr1.rl.algorithms` (GRPO, RLOO and
               REINFORCE read the outcome scores; PPO's GAE and REINFORCE++ the token rewards)
     update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
-              surrogate (clip-higher, dual clip, truncated importance weights when asked), entropy
-              bonus, KL loss, value loss; a non-finite loss or gradient norm skips the optimizer step
+              surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated importance
+              weights when asked), entropy bonus, KL loss, value loss; a non-finite loss or
+              gradient norm skips the optimizer step
 
 The sampler's log-probs are only compared with the recomputed old log-probs (the metrics
 `rollout/logprob_diff*`), never used as the ratio's denominator; with `train.loss.tis_cap` they also
@@ -276,7 +277,7 @@ class Learner:
             micro_stats.update({"actor/tis_capped_fraction": tis["capped_fraction"],
                                 "actor/tis_weight_mean": tis["weight_mean"]})
         pg, pg_stats = policy_loss(out.logprobs, old, mb.advantages, mask, tc.loss.clip_ratio, tc.loss.clip_ratio_high or None,
-                                   tc.loss.dual_clip_c or None, tc.loss.agg, token_weights=is_weights)
+                                   tc.loss.dual_clip_c or None, tc.loss.agg, token_weights=is_weights, mode=tc.loss.mode)
         loss = pg
         micro_stats.update({"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
                             "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]})

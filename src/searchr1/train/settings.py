@@ -60,6 +60,11 @@ class LossConfig:
                                 "trainer (vLLM, bf16 rollouts); 0 = off. The mismatch is logged either way "
                                 "(rollout/logprob_diff, rollout/logprob_diff_mean)")
     agg: str = param("token-mean", f"loss aggregation: {', '.join(AGG_MODES)}")
+    mode: Literal["ppo", "gspo"] = param(
+        "ppo", "policy loss, with any advantage: ppo = an importance ratio per token, clipped per token; gspo = "
+               "GSPO's ratio per sequence (exp of the mean log-ratio over its generated tokens), clipping whole "
+               "sequences (the paper clips at clip_ratio 3e-4, clip_ratio_high 4e-4, and averages per sequence: "
+               "agg seq-mean-token-mean)")
     value_clip: float = param(0.5, f"value clip range ({_names(needs_critic=True)}); 0 = unclipped")
     vf_coef: float = param(1.0, f"weight of the value loss in the total loss ({_names(needs_critic=True)})")
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
