@@ -105,12 +105,22 @@ def test_critic_free_algorithms_raise_the_reward(world, tmp_path, algorithm):
     assert ("actor/kl_loss" in row) == (not ALGORITHMS[algorithm].kl_in_reward)
 
 
-@pytest.mark.parametrize("loss", [{"mode": "gspo", "agg": "seq-mean-token-mean"}], ids=["gspo"])
+@pytest.mark.parametrize("loss", [{"mode": "gspo", "agg": "seq-mean-token-mean"}, {"llds_coef": 0.1}],
+                         ids=["gspo", "llds"])
 def test_loss_choices_raise_the_reward(world, tmp_path, loss):
     result = train(make_cfg(world, tmp_path / "run", loss=loss), reward_fn=share_of_a)
     rewards = _rewards(result)
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.15, rewards
+    rows = read_metrics(tmp_path / "run")
+    if "llds_coef" in loss:
+        # 2 mini-batches a step: the second is trained by a policy that moved, so LLDS can act
+        for key in ("actor/llds_loss", "actor/llds_active_tokens", "actor/llds_active_responses"):
+            assert all(key in row for row in rows), key
+        assert any(row["actor/llds_active_tokens"] > 0 for row in rows)
+        assert all(0 <= row["actor/llds_active_responses"] <= 1 for row in rows)
+    else:
+        assert "actor/llds_loss" not in rows[-1]
 
 
 def test_dapo_options_train_and_report(world, tmp_path):

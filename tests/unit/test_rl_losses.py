@@ -1,5 +1,5 @@
 """searchr1.rl.losses: KL estimators, clipped policy loss (asymmetric, dual clip, GSPO's sequence
-ratio), value loss, KL loss, entropy and log-probs, by hand and against a slow reference loop."""
+ratio), LLDS, value loss, KL loss, entropy and log-probs, by hand and against a slow reference loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from searchr1.rl import (AGG_MODES, aggregate_loss, entropy_from_logits, explained_variance, kl_loss, kl_penalty,
-                         logprobs_from_logits, policy_loss, sequence_ratio, truncated_is_weights, value_loss)
+                         llds_loss, logprobs_from_logits, policy_loss, sequence_ratio, truncated_is_weights,
+                         value_loss)
 
 NAN = float("nan")
 
@@ -136,6 +137,51 @@ def test_policy_loss_gspo_clips_whole_sequences_by_hand():
     assert float(token_stats["clip_fraction"]) == pytest.approx(2 / 5)
     with pytest.raises(ValueError, match="mode"):
         policy_loss(logprob, old, adv, mask, mode="seq")
+
+
+def _llds_case():
+    """Row 0 (advantage +1): two actions split by an injected token, d = old - new = (0.2, -0.1)
+    then (-0.3, 0.1): the first action's likelihood fell (sum 0.1), the second's rose (-0.2), the
+    response's rose (-0.1). Row 1 (advantage -1): every likelihood fell, but it is not preserved.
+    Row 2 (advantage +1): every likelihood rose."""
+    new = torch.zeros(3, 5)
+    d = torch.tensor([[0.2, -0.1, 9.0, -0.3, 0.1], [0.5, 0.5, 0.5, 0.5, 0.0], [-0.1, -0.2, -0.1, -0.3, 0.0]])
+    mask = torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    adv = torch.tensor([[1.0] * 5, [-1.0] * 5, [1.0] * 5]) * mask
+    return new.requires_grad_(), new.detach() + d, adv, mask
+
+
+def test_llds_action_gate_penalises_only_the_fallen_tokens_of_a_fallen_action():
+    new, old, adv, mask = _llds_case()
+    loss, stats = llds_loss(new, old, adv, mask, gate="action")
+    assert loss.item() == pytest.approx(0.2 / 12)  # one token of 12 generated ones
+    assert float(stats["active_tokens"]) == pytest.approx(1 / 12)
+    assert float(stats["active_responses"]) == pytest.approx(1 / 3)
+    assert float(stats["penalty"]) == pytest.approx(0.2)
+    loss.backward()
+    expected = torch.zeros(3, 5)
+    expected[0, 0] = -1 / 12  # raising that token's log-prob lowers the loss
+    torch.testing.assert_close(new.grad, expected)
+
+
+def test_llds_response_gate_stays_off_when_the_response_likelihood_rose():
+    new, old, adv, mask = _llds_case()
+    loss, stats = llds_loss(new, old, adv, mask, gate="response")
+    assert loss.item() == 0.0 and float(stats["active_responses"]) == 0.0 and float(stats["penalty"]) == 0.0
+    # once the response's likelihood fell overall, its fallen tokens (0.2 and 0.4) are penalised
+    old[0, 3] = -0.4 + 0.0
+    old[0, 4] = 0.4
+    loss, stats = llds_loss(new, old, adv, mask, gate="response")
+    assert loss.item() == pytest.approx((0.2 + 0.4) / 12)
+    assert float(stats["active_tokens"]) == pytest.approx(2 / 12)
+
+
+def test_llds_is_off_before_the_policy_moves():
+    new, _, adv, mask = _llds_case()
+    loss, stats = llds_loss(new, new.detach(), adv, mask)
+    assert loss.item() == 0.0 and float(stats["active_tokens"]) == 0.0
+    with pytest.raises(ValueError, match="gate"):
+        llds_loss(new, new.detach(), adv, mask, gate="token")
 
 
 def test_policy_loss_token_weights_scale_each_token_by_hand():

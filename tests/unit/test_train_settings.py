@@ -40,6 +40,7 @@ def test_derived_kl_settings():
     (lambda: SamplingConfig(temperature=0.0), "temperature"),
     (lambda: OptimConfig(lr=0.0), "positive"),
     (lambda: LossConfig(dual_clip_c=0.5), "dual_clip_c"),
+    (lambda: LossConfig(llds_coef=-0.1), "llds_coef"),
     (lambda: TrainConfig(algorithm="grpo", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: TrainConfig(algorithm="reinforce", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: AgentConfig(template="no placeholder"), "template"),
@@ -64,10 +65,14 @@ def test_algorithm_is_checked_against_the_table_when_loaded():
 
 
 def test_loss_choices_are_checked_when_loaded():
-    assert load_config(Config, overrides=["train.loss.mode=gspo"]).train.loss.mode == "gspo"
-    assert LossConfig().mode == "ppo"
+    loss = load_config(Config, overrides=["train.loss.mode=gspo", "train.loss.llds_coef=0.1",
+                                          "train.loss.llds_gate=response"]).train.loss
+    assert (loss.mode, loss.llds_coef, loss.llds_gate) == ("gspo", 0.1, "response")
+    assert (LossConfig().mode, LossConfig().llds_coef, LossConfig().llds_gate) == ("ppo", 0.0, "action")
     with pytest.raises(ConfigError, match="train.loss.mode"):
         load_config(Config, overrides=["train.loss.mode=dapo"])
+    with pytest.raises(ConfigError, match="train.loss.llds_gate"):
+        load_config(Config, overrides=["train.loss.llds_gate=token"])
 
 
 def test_root_config_has_train_and_rejects_unknown_keys():

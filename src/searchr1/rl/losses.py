@@ -16,15 +16,17 @@ from __future__ import annotations
 import torch
 
 from .masked import aggregate_loss, masked_mean, masked_var
-from .names import KL_KINDS, POLICY_LOSS_MODES
+from .names import KL_KINDS, LLDS_GATES, POLICY_LOSS_MODES
 
 __all__ = [
     "KL_KINDS",
+    "LLDS_GATES",
     "POLICY_LOSS_MODES",
     "entropy_from_logits",
     "explained_variance",
     "kl_loss",
     "kl_penalty",
+    "llds_loss",
     "logprobs_from_logits",
     "policy_loss",
     "sequence_ratio",
@@ -214,6 +216,76 @@ def sequence_ratio(logprob: torch.Tensor, old_logprob: torch.Tensor, mask: torch
     seq_log_ratio = (diff.sum(dim=-1) / length).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
     ratio = torch.exp(seq_log_ratio.detach())[:, None] * torch.exp(lp - lp.detach())
     return _keep(m, ratio, 1.0)
+
+
+def llds_loss(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    gate: str = "action",
+    agg: str = "token-mean",
+    agg_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """LLDS (Deng et al. 2025): the likelihood-preserving regulariser against lazy likelihood
+    displacement (multiply by its coefficient yourself)::
+
+        d_t = old_logprob_t - logprob_t                   (> 0: token t's likelihood fell)
+        L_t = gate_t * max(d_t, 0)                        aggregated over the mask-1 tokens
+
+    It only guards the preserving set, the tokens whose advantage is >= 0 (their likelihood
+    should not fall), and switches on only where the likelihood fell: ``gate_t`` is 1 when the
+    summed ``d`` of token t's unit (over its preserving tokens) is > 0, where the unit is
+
+    - ``"action"``: the contiguous run of preserving mask-1 tokens holding t, i.e. one turn of
+      the agent between injected blocks (the paper's best variant, LLDS-A);
+    - ``"response"``: the preserving tokens of t's whole row (LLDS-R).
+
+    Within an active unit only the tokens whose own likelihood fell are penalised (``max(d, 0)``).
+    The gate is a constant; the gradient flows through ``logprob`` only.
+
+    Args:
+        logprob: ``[B, T]`` log-probs under the current policy (with grad).
+        old_logprob: ``[B, T]`` the same before the update (the behaviour policy's).
+        advantages: ``[B, T]``.
+        mask: ``[B, T]`` 1 = a token the loss trains on.
+        gate: ``"action"`` or ``"response"``.
+        agg: :func:`~searchr1.rl.masked.aggregate_loss` mode (the paper: the token mean over every
+            mask-1 token, ``"token-mean"``).
+        agg_norm: constant length for ``agg="seq-mean-token-sum-norm"``.
+
+    Returns:
+        ``(loss, stats)``: ``active_tokens`` (share of mask-1 tokens penalised), ``active_responses``
+        (share of rows with a penalised token; 0 without rows), ``penalty`` (mean of ``max(d, 0)``
+        over the penalised tokens; 0 when none is).
+    """
+    if gate not in LLDS_GATES:
+        raise ValueError(f"unknown LLDS gate {gate!r}; expected one of {', '.join(LLDS_GATES)}")
+    m = _mask_bool(mask, logprob)
+    d = _keep(m, old_logprob.to(logprob.dtype).detach() - logprob)
+    with torch.no_grad():
+        keep = m & (_keep(m, advantages.detach()) >= 0)
+        d_keep = torch.where(keep, d.detach(), torch.zeros_like(d))
+        if gate == "response":
+            active = keep & (d_keep.sum(dim=-1, keepdim=True) > 0)
+        else:
+            # number the runs of preserving tokens in each row (0 outside), then sum d per run
+            starts = keep & ~torch.nn.functional.pad(keep[:, :-1], (1, 0), value=False)
+            run = starts.long().cumsum(dim=-1) * keep.long()
+            sums = torch.zeros(keep.shape[0], keep.shape[1] + 1, dtype=d.dtype, device=d.device)
+            sums.scatter_add_(1, run, d_keep)
+            active = keep & (sums.gather(1, run) > 0)
+        hit = active & (d.detach() > 0)
+    per_token = torch.where(active, d.clamp(min=0), torch.zeros_like(d))
+    loss = aggregate_loss(per_token, m, agg, agg_norm)
+    with torch.no_grad():
+        zero = torch.zeros((), dtype=torch.float32, device=d.device)
+        stats = {
+            "active_tokens": masked_mean(hit.float(), m),
+            "active_responses": hit.any(dim=-1).float().mean() if hit.shape[0] else zero,
+            "penalty": masked_mean(per_token.detach().float(), hit),
+        }
+    return loss, stats
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@
               REINFORCE read the outcome scores; PPO's GAE and REINFORCE++ the token rewards)
     update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
               surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated importance
-              weights when asked), entropy bonus, KL loss, value loss; a non-finite loss or
+              weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite loss or
               gradient norm skips the optimizer step
 
 The sampler's log-probs are only compared with the recomputed old log-probs (the metrics
@@ -27,7 +27,7 @@ import time
 import torch
 
 from searchr1.rl import (AdvantageInputs, aggregate_loss, explained_variance, informative_groups, kl_loss,
-                         kl_penalized_rewards, kl_penalty, masked_mean, policy_loss, truncated_is_weights,
+                         kl_penalized_rewards, kl_penalty, llds_loss, masked_mean, policy_loss, truncated_is_weights,
                          value_loss)
 from searchr1.train.batch import Batch
 from searchr1.train.distributed import DataParallel
@@ -281,6 +281,11 @@ class Learner:
         loss = pg
         micro_stats.update({"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
                             "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]})
+        if tc.loss.llds_coef > 0:
+            llds, llds_stats = llds_loss(out.logprobs, old, mb.advantages, mask, tc.loss.llds_gate, tc.loss.agg)
+            loss = loss + tc.loss.llds_coef * llds
+            micro_stats.update({"actor/llds_loss": llds, "actor/llds_active_tokens": llds_stats["active_tokens"],
+                                "actor/llds_active_responses": llds_stats["active_responses"]})
         entropy = aggregate_loss(out.entropy, mask, tc.loss.agg)
         micro_stats["actor/entropy"] = entropy
         if tc.loss.entropy_coef > 0:

@@ -65,6 +65,13 @@ class LossConfig:
                "GSPO's ratio per sequence (exp of the mean log-ratio over its generated tokens), clipping whole "
                "sequences (the paper clips at clip_ratio 3e-4, clip_ratio_high 4e-4, and averages per sequence: "
                "agg seq-mean-token-mean)")
+    llds_coef: float = param(0.0, "LLDS coefficient (lazy likelihood displacement): penalise the fall of a token's "
+                                  "log-prob during the update, on tokens of advantage >= 0 whose unit (llds_gate) "
+                                  "lost likelihood; the paper's runs use 0.1; 0 = off. Only a policy that moved can "
+                                  "fall: active from the second mini-batch or epoch of a step")
+    llds_gate: Literal["action", "response"] = param(
+        "action", "the unit whose likelihood must have fallen for LLDS to act: action = one turn (a run of "
+                  "generated tokens between injected blocks; the paper's best), response = the whole response")
     value_clip: float = param(0.5, f"value clip range ({_names(needs_critic=True)}); 0 = unclipped")
     vf_coef: float = param(1.0, f"weight of the value loss in the total loss ({_names(needs_critic=True)})")
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
@@ -83,6 +90,8 @@ class LossConfig:
             raise ValueError("entropy_coef, value_clip and vf_coef must be >= 0")
         if self.agg not in AGG_MODES:
             raise ValueError(f"agg must be one of {', '.join(AGG_MODES)}, got {self.agg!r}")
+        if self.llds_coef < 0:
+            raise ValueError("llds_coef must be >= 0 (0 = off)")
 
 
 @dataclass
