@@ -123,6 +123,23 @@ def test_loss_choices_raise_the_reward(world, tmp_path, loss):
         assert "actor/llds_loss" not in rows[-1]
 
 
+def test_tree_grpo_raises_the_reward_and_reports_its_budget(world, tmp_path):
+    # one action turn: each chain has a step boundary (after the note or documents) to branch from
+    cfg = make_cfg(world, tmp_path / "run", algorithm="tree_grpo", rollout_tree=2)
+    cfg.agent.max_turns = 1
+    # the share of "a" in what the policy wrote (the injected note would swamp share_of_a)
+    result = train(cfg, retriever=OneDocRetriever(),
+                   reward_fn=lambda t: sum(c == "a" for x in t.turns for c in x.text) / max(t.generated_tokens, 1))
+    rewards = _rewards(result)
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
+    rows = read_metrics(tmp_path / "run")
+    for row in rows:
+        assert row["budget/generated_tokens"] > 0 and "budget/searches" in row
+        # 16 leaves a step, half of them branches that share their chain's first step
+        assert row["budget/generated_tokens"] < 16 * row["rollout/generated_length"]
+
+
 def test_dapo_options_train_and_report(world, tmp_path):
     cfg = make_cfg(world, tmp_path / "run", steps=3, dapo={"dynamic_sampling": True, "max_rounds": 2, "overlong": "mask"},
                    loss={"clip_ratio_high": 0.28, "tis_cap": 2.0})

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from searchr1.rl import (gae_advantages, grpo_advantages, informative_groups, kl_penalized_rewards, masked_mean,
-                         masked_var, reinforce_advantages, reinforce_pp_advantages, rloo_advantages)
+                         masked_var, reinforce_advantages, reinforce_pp_advantages, rloo_advantages,
+                         tree_grpo_advantages)
 
 NAN = float("nan")
 
@@ -229,6 +230,28 @@ def test_grpo_by_hand():
     # Dr. GRPO: no std normalisation -> +-0.5
     adv, _ = grpo_advantages(scores, [0, 0, 0, 0], mask, norm_by_std=False)
     assert torch.allclose(adv, expected / a * 0.5)
+
+
+def test_tree_grpo_on_two_level_trees_by_hand():
+    """One prompt, two trees of three leaves: a chain (root -> a1 -> a2) and two expansions, one
+    from the root's step (b) and one from the second level (a1 -> c). Tree 0 scores 1, 0, 1 and
+    tree 1 scores 0, 0, 1; a third prompt's single tree has equal scores (no signal)."""
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    trees = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    mask = torch.ones(8, 3)
+    mask[1, 2] = 0  # an injected token: no advantage there
+    adv, stats = tree_grpo_advantages(scores, groups, trees, mask)
+    # within a tree: mean 2/3 (or 1/3), unbiased std sqrt(1/3); within the prompt: mean 1/2, std sqrt(0.3)
+    w, u = 1 / 3 / math.sqrt(1 / 3), 2 / 3 / math.sqrt(1 / 3)
+    g = 0.5 / math.sqrt(0.3)
+    want = [w + g, -u - g, w + g, -w - g, -w - g, u + g, 0.0, 0.0]
+    assert adv[:, 0].tolist() == pytest.approx(want, abs=1e-5)
+    assert adv[1, 2] == 0 and torch.equal(adv[:, 0], adv[:, 1])
+    assert int(stats["num_trees"]) == 3 and int(stats["num_groups"]) == 2
+    # each term is GRPO's: within the trees, then within the prompts
+    expected = grpo_advantages(scores, trees, mask)[0] + grpo_advantages(scores, groups, mask)[0]
+    assert torch.allclose(adv, expected)
 
 
 def test_grpo_degenerate_groups_are_zero_and_counted():

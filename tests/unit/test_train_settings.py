@@ -26,7 +26,8 @@ def test_derived_kl_settings():
     assert ppo.use_kl_in_reward and ppo.kl_estimator == "k1"
     assert TrainConfig(kl=KLConfig(coef=0)).needs_reference is False
     for a in ALGORITHMS.values():  # the KL goes where the algorithm's row puts it
-        assert TrainConfig(algorithm=a.name, group_size=2).use_kl_in_reward is a.kl_in_reward
+        trees = 1 if a.needs_trees else 0
+        assert TrainConfig(algorithm=a.name, group_size=2, rollout_tree=trees).use_kl_in_reward is a.kl_in_reward
 
 
 @pytest.mark.parametrize("make, match", [
@@ -41,6 +42,10 @@ def test_derived_kl_settings():
     (lambda: OptimConfig(lr=0.0), "positive"),
     (lambda: LossConfig(dual_clip_c=0.5), "dual_clip_c"),
     (lambda: LossConfig(llds_coef=-0.1), "llds_coef"),
+    (lambda: TrainConfig(algorithm="tree_grpo"), "rollout_tree > 0"),
+    (lambda: TrainConfig(rollout_tree=2, group_size=5), "larger multiple"),
+    (lambda: TrainConfig(rollout_tree=5, group_size=5), "larger multiple"),
+    (lambda: TrainConfig(rollout_tree=-1), "rollout_tree must be >= 0"),
     (lambda: TrainConfig(algorithm="grpo", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: TrainConfig(algorithm="reinforce", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: AgentConfig(template="no placeholder"), "template"),
@@ -60,8 +65,9 @@ def test_invalid_settings_are_rejected(make, match):
 def test_algorithm_is_checked_against_the_table_when_loaded():
     with pytest.raises(ConfigError, match="train: unknown algorithm 'a2c': one of grpo, ppo, rloo, reinforce"):
         load_config(Config, overrides=["train.algorithm=a2c"])
-    for name in ALGORITHMS:
-        assert load_config(Config, overrides=[f"train.algorithm={name}"]).train.algo is ALGORITHMS[name]
+    for name, a in ALGORITHMS.items():
+        trees = ["train.rollout_tree=1"] if a.needs_trees else []
+        assert load_config(Config, overrides=[f"train.algorithm={name}", *trees]).train.algo is a
 
 
 def test_loss_choices_are_checked_when_loaded():

@@ -1,5 +1,5 @@
 """Advantage estimators for multi-turn search trajectories: GAE (PPO), GRPO, RLOO, REINFORCE,
-REINFORCE++.
+REINFORCE++, Tree-GRPO.
 
 All functions are pure tensor functions (no config, no model, no I/O) and run under
 ``torch.no_grad()``: advantages and returns are training targets, never differentiated through.
@@ -28,6 +28,7 @@ __all__ = [
     "reinforce_advantages",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "tree_grpo_advantages",
 ]
 
 
@@ -230,6 +231,41 @@ def grpo_advantages(
         "zero_variance_fraction": zero_var.to(torch.float32) / max(G, 1),
     }
     return _broadcast(adv, m, dtype), stats
+
+
+def tree_grpo_advantages(
+    scores: torch.Tensor,
+    group_ids: torch.Tensor | Sequence[Hashable],
+    tree_ids: torch.Tensor | Sequence[Hashable],
+    mask: torch.Tensor,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Tree-GRPO's advantage (Ji et al. 2025): each leaf of a tree of rollouts is compared with the
+    leaves of its own tree and with every leaf sampled for its prompt, and the two are added::
+
+        A_i = (s_i - mean_tree) / (std_tree + eps)  +  (s_i - mean_group) / (std_group + eps)
+
+    each term a GRPO advantage (:func:`grpo_advantages`, so a tree of one leaf or of equal scores
+    adds 0). Leaves that share a prefix each carry it in their own row with their own advantage,
+    so the shared tokens are trained by the sum of their leaves' advantages: what makes the
+    within-tree term a step-level preference between the branches of a node.
+
+    Args:
+        scores: ``[B]`` outcome rewards of the leaves.
+        group_ids: ``[B]`` the prompt of each leaf (its trees' group).
+        tree_ids: ``[B]`` the tree of each leaf, unique across the batch (a tree is in one group).
+        mask: ``[B, T]`` 1 = generated token.
+        norm_by_std: divide both terms by their std (false: Dr. GRPO's centring only).
+        eps: added to the stds.
+
+    Returns:
+        ``advantages`` ``[B, T]`` and the within-group term's ``stats`` (:func:`grpo_advantages`),
+        with ``num_trees`` added.
+    """
+    intra, intra_stats = grpo_advantages(scores, tree_ids, mask, norm_by_std, eps)
+    inter, stats = grpo_advantages(scores, group_ids, mask, norm_by_std, eps)
+    return intra + inter, {**stats, "num_trees": intra_stats["num_groups"]}
 
 
 @torch.no_grad()

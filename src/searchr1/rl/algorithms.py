@@ -25,7 +25,8 @@ class AdvantageInputs:
     ``scores`` ``[B]`` outcome rewards; ``group_ids`` ``[B]``; ``mask`` ``[B, T]`` (1 = generated);
     ``token_rewards`` ``[B, T]`` the scores on the last generated token minus the KL penalty when
     the KL is in the reward (:func:`~.advantages.kl_penalized_rewards`); ``values`` ``[B, T]``
-    the critic's values (None without a critic)."""
+    the critic's values (None without a critic); ``tree_ids`` ``[B]`` the tree of each row under
+    tree rollouts (None without)."""
 
     scores: Any
     group_ids: Any
@@ -37,6 +38,7 @@ class AdvantageInputs:
     whiten: bool = True
     norm_by_std: bool = True
     baseline: str = "batch-mean"
+    tree_ids: Any = None
 
 
 #: An advantage: inputs -> (advantages ``[B, T]``, returns ``[B, T]`` the critic learns, or None).
@@ -50,6 +52,7 @@ class Algorithm:
     advantage: Advantage
     help: str  # one line: what its advantage is and where its KL goes
     needs_critic: bool = False
+    needs_trees: bool = False  # its advantage reads the tree of each rollout: needs train.rollout_tree > 0
     group_based: bool = False  # its advantage compares the samples of one prompt: needs group_size >= 2
     # Where the KL goes by default. True: a penalty in the token rewards, which its advantage reads
     # (a setting may still move it to a loss). False: a loss term, always: its advantage reads the
@@ -88,6 +91,14 @@ def _reinforce_pp(x: AdvantageInputs):
     return reinforce_pp_advantages(x.token_rewards, x.mask, x.gamma)[0], None  # no critic learns returns
 
 
+def _tree_grpo(x: AdvantageInputs):
+    from .advantages import tree_grpo_advantages
+
+    if x.tree_ids is None:
+        raise ValueError("tree_grpo needs tree rollouts (train.rollout_tree > 0): no tree ids in the batch")
+    return tree_grpo_advantages(x.scores, x.group_ids, x.tree_ids, x.mask, x.norm_by_std)[0], None
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("grpo", "GRPO", _grpo, "group-normalised outcome advantages + KL loss to the reference",
               group_based=True, verl_name="grpo"),
@@ -100,6 +111,9 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("reinforce_pp", "REINFORCE++", _reinforce_pp,
               "REINFORCE++, batch-whitened returns, KL penalty in the token rewards, no critic",
               kl_in_reward=True, verl_name="reinforce_plus_plus"),
+    Algorithm("tree_grpo", "Tree-GRPO", _tree_grpo,
+              "Tree-GRPO, a leaf's GRPO advantage within its tree plus within its prompt's trees (needs "
+              "train.rollout_tree > 0) + KL loss", group_based=True, needs_trees=True),
 )}
 
 

@@ -97,14 +97,16 @@ class Agent:
 
         At most `pool` episodes are live at once (None: all of them); when one ends, the next
         waiting episode starts in its place, so the generator's batch stays full until the queue
-        drains. `on_progress(stats)` is called after every step that ended a turn.
+        drains. `on_progress(stats)` is called after every step that ended a turn. A trajectory
+        that already has a response (a branch of a tree, `searchr1.rollout.tree`) continues from
+        its last token: its response so far is part of its row's context.
         """
         stats = RolloutStats()
         pool = len(trajectories) if pool is None else pool
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
         start = time.perf_counter()
-        session = self.generator.session([t.prompt_ids for t in trajectories], params)
+        session = self.generator.session([t.prompt_ids + t.response_ids for t in trajectories], params)
         waiting, live = deque(range(len(trajectories))), set()
         drain_start = None
 
@@ -115,7 +117,7 @@ class Agent:
             while waiting or live:
                 while waiting and len(live) < pool:
                     i = waiting.popleft()
-                    submit(i, self.step.begin(trajectories[i]))
+                    submit(i, [] if trajectories[i].response_ids else self.step.begin(trajectories[i]))
                     live.add(i)
                 stats.max_live = max(stats.max_live, len(live))
                 t0 = time.perf_counter()

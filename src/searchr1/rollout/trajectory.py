@@ -53,6 +53,7 @@ class Trajectory:
     stop_reason: StopReason | None = None
     id: str = ""
     group: int = 0  # index of the prompt this trajectory was sampled for (GRPO groups)
+    tree: int = 0  # index of its tree under tree rollouts (`searchr1.rollout.tree`); unused otherwise
     prompt_text: str = ""
     response_text: str = ""
     meta: dict = field(default_factory=dict)  # dataset name, etc.; carried through to reports

@@ -47,11 +47,20 @@ def _no_search(cfg: Config) -> Config:
     return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_turns=0, template="r1"))
 
 
+def _trees(change: Callable[[Config], Config]) -> Callable[[Config], Config]:
+    """`change` under tree rollouts: train.rollout_tree as set, else one tree per question."""
+    def with_trees(cfg: Config) -> Config:
+        return change(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                         rollout_tree=cfg.train.rollout_tree or 1)))
+    return with_trees
+
+
 def _search_r1(name: str) -> Arm:
     """Search-R1 trained with the algorithm `name` of `searchr1.rl.algorithms`."""
     a = ALGORITHMS[name]
     return Arm(name, f"Search-R1 {a.title}", True, "agent", "start",
-               f"{a.title} ({a.help}) with search, retrieved tokens masked", _train(name))
+               f"{a.title} ({a.help}) with search, retrieved tokens masked",
+               _trees(_train(name)) if a.needs_trees else _train(name))
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in (

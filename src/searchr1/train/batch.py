@@ -48,6 +48,7 @@ class Batch:
     advantages: torch.Tensor | None = None  # [B, T]
     values: torch.Tensor | None = None  # [B, T] the critic before this step's update
     returns: torch.Tensor | None = None  # [B, T] the critic's targets
+    tree_ids: torch.Tensor | None = None  # [B] the tree of each row under tree rollouts (train.rollout_tree)
 
     @property
     def size(self) -> int:
@@ -73,7 +74,8 @@ class Batch:
                if getattr(self, name) is not None}
         return dataclasses.replace(self, input_ids=ids[:, lead:P + t_len], attention_mask=attn[:, lead:P + t_len],
                                    response_start=P - lead, group_ids=self.group_ids[index],
-                                   truncated=self.truncated[index], **cut)
+                                   truncated=self.truncated[index],
+                                   tree_ids=None if self.tree_ids is None else self.tree_ids[index], **cut)
 
     def excluding(self, rows: torch.Tensor) -> "Batch":
         """The same batch with the loss mask cleared on the rows where `rows` ``[B]`` is True (they
@@ -82,9 +84,11 @@ class Batch:
         return dataclasses.replace(self, loss_mask=self.loss_mask * keep)
 
 
-def collate(trajectories: Sequence[Trajectory], pad_id: int, mask_retrieved: bool = True) -> Batch:
+def collate(trajectories: Sequence[Trajectory], pad_id: int, mask_retrieved: bool = True,
+            trees: bool = False) -> Batch:
     """Pad trajectories into a `Batch`. With ``mask_retrieved=False`` the loss mask covers every real
-    response token, injected ones included (the paper's ablation)."""
+    response token, injected ones included (the paper's ablation); with ``trees`` the batch carries
+    each trajectory's tree (tree rollouts)."""
     if not trajectories:
         raise ValueError("no trajectories to collate")
     P = max(len(t.prompt_ids) for t in trajectories)
@@ -112,4 +116,6 @@ def collate(trajectories: Sequence[Trajectory], pad_id: int, mask_retrieved: boo
     loss_mask = policy.clone() if mask_retrieved else response.clone()
     groups = torch.tensor([t.group for t in trajectories], dtype=torch.long)
     truncated = torch.tensor([t.stop_reason == "length" for t in trajectories], dtype=torch.bool)
-    return Batch(input_ids, attention, P, response, policy, loss_mask, logprobs, groups, truncated)
+    tree_ids = torch.tensor([t.tree for t in trajectories], dtype=torch.long) if trees else None
+    return Batch(input_ids, attention, P, response, policy, loss_mask, logprobs, groups, truncated,
+                 tree_ids=tree_ids)

@@ -161,7 +161,7 @@ class Learner:
         kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
         inputs = AdvantageInputs(scores, batch.group_ids, mask, kl_penalized_rewards(scores, kl, mask, kl_coef),
                                  values, gamma=tc.adv.gamma, lam=tc.adv.lam, whiten=tc.adv.whiten,
-                                 norm_by_std=tc.adv.norm_by_std, baseline=tc.adv.baseline)
+                                 norm_by_std=tc.adv.norm_by_std, baseline=tc.adv.baseline, tree_ids=batch.tree_ids)
         advantages, returns = tc.algo.advantage(inputs)
         if tc.algo.group_based:
             groups = torch.unique(batch.group_ids)

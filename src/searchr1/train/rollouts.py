@@ -7,6 +7,10 @@
                overlong penalty when `train.dapo.overlong=penalty`
     dynamic    with `train.dapo.dynamic_sampling`, groups whose rewards are all equal are set aside and
                more questions are drawn, up to `dynamic_sampling_max_rounds` rounds (DAPO)
+    trees      with `train.rollout_tree` = M, a question's group_size episodes are M trees: M chains
+               first, then the branches of each (`searchr1.rollout.tree`), each leaf a rollout
+    budget     the stats count what the step's rollouts cost: the tokens the policy generated and the
+               searches it ran (a branch costs only what it generated past its shared prefix)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from searchr1.rewards import compute_score
 from searchr1.rl import informative_groups, overlong_penalty
 from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory
 from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.tree import expansions
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.batch import Batch
 
@@ -178,12 +183,23 @@ class RolloutCollector:
         tc, dist = self.tc, self.dist
         batch_rows = [self.rows[i] for i in self.sampler.take(tc.prompts_per_step)]
         mine = dist.shard(len(batch_rows))
-        trajs = make_trajectories(batch_rows[mine], self.tokenizer, self.agent.cfg.template, self.chat, tc.group_size,
-                                  round_ * tc.prompts_per_step + mine.start)
+        trees = tc.rollout_tree
+        trajs = make_trajectories(batch_rows[mine], self.tokenizer, self.agent.cfg.template, self.chat,
+                                  trees or tc.group_size, round_ * tc.prompts_per_step + mine.start)
         seed = tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007 + round_ * 1_000_000_000_039
+
+        def play(episodes: list[Trajectory], seed: int) -> RolloutStats:
+            params = SamplingParams(temperature=tc.sampling.temperature, top_p=tc.sampling.top_p, seed=seed)
+            return self.agent.run(episodes, params, pool=tc.sampling.pool or None)
+
         with self.gathered():
-            stats = self.agent.run(trajs, SamplingParams(temperature=tc.sampling.temperature, top_p=tc.sampling.top_p, seed=seed),
-                                   pool=tc.sampling.pool or None)
+            stats = play(trajs, seed)
+            if trees:
+                for k, t in enumerate(trajs):
+                    t.tree = t.group * trees + k % trees
+                branches = expansions(trajs, tc.group_size // trees - 1, random.Random(seed))
+                _add_stats(stats, play(branches, seed + 1))
+                trajs = trajs + branches
         return dist.gather_objects(trajs), stats
 
     def collect(self, step: int) -> StepRollouts:

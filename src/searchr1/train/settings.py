@@ -240,6 +240,10 @@ class TrainConfig:
     group_size: int = param(5, "rollouts per question (GRPO's n; must be >= 2 for the group-based algorithms "
                                f"({_names(group_based=True)}); 1 suits ppo unless you want several samples per "
                                "prompt there too)")
+    rollout_tree: int = param(0, "tree rollouts (Tree-GRPO): M trees per question, each one chain then group_size/M - 1 "
+                                 "expansions from step boundaries of that chain chosen at random (the end of an "
+                                 "<information> block or of a turn), each continuing the chain's exact tokens; "
+                                 "every leaf is a rollout. 0 = group_size independent chains. Needed by tree_grpo")
     mini_batch_size: int = param(256, "trajectories per optimizer step (the paper's mini-batch, counted in "
                                       "prompts x group_size trajectories)")
     micro_batch_size: int = param(4, "trajectories per forward/backward pass (gradient accumulation chunk; "
@@ -281,6 +285,14 @@ class TrainConfig:
         if self.dapo.dynamic_sampling and self.group_size < 2:
             raise ValueError("dapo.dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all "
                              "equal)")
+        if self.rollout_tree < 0:
+            raise ValueError("rollout_tree must be >= 0 (0 = independent chains)")
+        if algo.needs_trees and not self.rollout_tree:
+            raise ValueError(f"{self.algorithm} compares the leaves of a tree: it needs rollout_tree > 0")
+        if self.rollout_tree and (self.group_size % self.rollout_tree or self.group_size <= self.rollout_tree):
+            raise ValueError(f"rollout_tree={self.rollout_tree} trees per question need a group_size that is a "
+                             f"larger multiple of it (each tree has group_size/rollout_tree leaves, one chain and "
+                             f"at least one expansion), got group_size={self.group_size}")
         batch = self.prompts_per_step * self.group_size
         if self.mini_batch_size > batch:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the trajectories per step "

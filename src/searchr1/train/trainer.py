@@ -201,7 +201,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             rollouts = collector.collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
             # 4. tensors; DAPO's overlong filtering keeps truncated responses out of the loss
-            batch = collate(trajs, pad_id, tc.loss.mask_retrieved).to(device)
+            batch = collate(trajs, pad_id, tc.loss.mask_retrieved, trees=tc.rollout_tree > 0).to(device)
             if tc.dapo.overlong == "mask":
                 batch = batch.excluding(batch.truncated)
             metrics = {**rollout_metrics(trajs, batch, rollouts.scores), **rollouts.metrics}
@@ -222,6 +222,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "time/step_s": t_end - t_step,
                 "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t_end - t_step, 1e-9),
                 "perf/rollout_tokens_per_s": rollout.generated_tokens / max(rollout.generate_seconds, 1e-9),
+                # the rollout budget: a tree's branches cost only what they generate past their shared prefix
+                "budget/generated_tokens": float(rollout.generated_tokens),
+                "budget/searches": float(rollout.searches),
             })
             # the retriever's own counters, cumulative: web requests and their cost, cache hits, noise
             metrics.update(getattr(retriever, "metrics", dict)())
