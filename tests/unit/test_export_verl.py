@@ -275,6 +275,21 @@ def test_critic_free_algorithms_and_corrections_map_to_verl():
     assert sum("is not exported" in n for n in plan.notes) == 2
 
 
+def test_gspo_maps_to_verls_loss_mode_and_llds_and_trees_are_noted():
+    key = "actor_rollout_ref.actor.policy_loss.loss_mode"
+    assert key not in verl_plan(config()).as_dict()  # veRL's default is the per-token ratio
+    plan = verl_plan(config("train.loss.mode=gspo", "train.loss.agg=seq-mean-token-mean"))
+    o = plan.as_dict()
+    assert o[key] == "gspo" and o["actor_rollout_ref.actor.loss_agg_mode"] == "seq-mean-token-mean"
+    assert not any("gspo" in n for n in plan.notes)
+    plan = verl_plan(config("train.loss.llds_coef=0.1", "train.rollout_tree=1"))
+    assert key not in plan.as_dict()
+    assert any(n.startswith("train.loss.llds_coef (LLDS) is not exported") for n in plan.notes)
+    assert any(n.startswith("train.rollout_tree=1 (tree rollouts) is not exported") for n in plan.notes)
+    with pytest.raises(ConfigError, match="train.algorithm=tree_grpo has no veRL advantage estimator"):
+        verl_plan(config("train.algorithm=tree_grpo", "train.rollout_tree=1"))
+
+
 def test_uneven_mini_batch_is_rounded_and_noted():
     mini = lambda *o: verl_plan(config(*o)).as_dict()["actor_rollout_ref.actor.ppo_mini_batch_size"]  # noqa: E731
     assert mini("train.prompts_per_step=12", "train.group_size=5", "train.mini_batch_size=30") == 6

@@ -142,6 +142,11 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
                        "which only changes updates whose ratio exceeds 3 on a negative advantage.")
     add(f"{A}.entropy_coeff", tc.loss.entropy_coef)
     add(f"{A}.loss_agg_mode", tc.loss.agg)
+    if tc.loss.mode == "gspo":  # veRL's default, "vanilla", is the per-token ratio (mode ppo)
+        add(f"{A}.policy_loss.loss_mode", "gspo")
+    if tc.loss.llds_coef > 0:
+        p.notes.append("train.loss.llds_coef (LLDS) is not exported: veRL has no likelihood-preserving regulariser; "
+                       "the exported run trains without it.")
     kl_in_loss = tc.kl.coef > 0 and not tc.use_kl_in_reward
     add(f"{A}.use_kl_loss", kl_in_loss)
     if kl_in_loss:
@@ -189,6 +194,9 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
     add(f"{R}.name", rollout)
     add(f"{R}.mode", "async")
     add(f"{R}.n", tc.group_size)
+    if tc.rollout_tree:
+        p.notes.append(f"train.rollout_tree={tc.rollout_tree} (tree rollouts) is not exported: veRL samples "
+                       f"{tc.group_size} independent chains per prompt (rollout.n).")
     add(f"{R}.temperature", tc.sampling.temperature)
     add(f"{R}.top_p", tc.sampling.top_p)
     add(f"{R}.tensor_model_parallel_size", 1)
