@@ -42,6 +42,13 @@ class Retriever(Protocol):
         ...
 
 
+def search_queries(queries: Sequence[str], k: int) -> list[str]:
+    """The checks every `Retriever.search` starts with: k >= 1; the queries as a list."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return list(queries)
+
+
 class Ranker(Protocol):
     name: str
     num_docs: int

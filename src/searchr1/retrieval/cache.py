@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from searchr1.errors import RetrieverError, RetrieverRequestError
-from searchr1.retrieval.base import Hit, Retriever
+from searchr1.retrieval.base import Hit, Retriever, search_queries
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS search_results_v1 (
     namespace TEXT NOT NULL,
@@ -161,9 +161,7 @@ class CachedRetriever:
         self.num_docs = getattr(inner, "num_docs", None)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        queries = list(queries)
+        queries = search_queries(queries, k)
         if not queries:
             return []
         results = self.cache.get_many(self.namespace, queries, k)

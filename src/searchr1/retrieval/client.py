@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from searchr1.errors import RetrieverError, RetrieverRequestError, RetrieverUnavailableError
-from searchr1.retrieval.base import Hit
+from searchr1.retrieval.base import Hit, search_queries
 from searchr1.retrieval.corpus import split_contents
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -80,9 +80,7 @@ class HttpRetriever:
             raise RetrieverUnavailableError(f"retrieval server at {url} is not healthy: {e}") from None
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        queries = list(queries)
+        queries = search_queries(queries, k)
         out: list[list[Hit]] = []
         for start in range(0, len(queries), self.max_queries_per_request):
             chunk = queries[start : start + self.max_queries_per_request]

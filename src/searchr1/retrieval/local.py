@@ -10,7 +10,7 @@ from pathlib import Path
 
 from searchr1.errors import ConfigError, IndexFormatError
 from searchr1.retrieval import registry
-from searchr1.retrieval.base import Hit, Ranker, Retriever
+from searchr1.retrieval.base import Hit, Ranker, Retriever, search_queries
 from searchr1.retrieval.build import read_index_meta
 from searchr1.retrieval.docstore import DocStore
 from searchr1.retrieval.settings import RetrieverConfig
@@ -28,9 +28,7 @@ class IndexRetriever:
         self.num_docs = len(store)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        queries = list(queries)
+        queries = search_queries(queries, k)
         if not queries:
             return []
         depth = max(k, self.rerank_depth) if self.reranker is not None else k

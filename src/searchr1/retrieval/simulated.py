@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 
-from searchr1.retrieval.base import Hit, Retriever
+from searchr1.retrieval.base import Hit, Retriever, search_queries
 from searchr1.retrieval.cache import CachedRetriever, QueryCache, normalize_query
 from searchr1.retrieval.settings import SimulatedConfig
 
@@ -136,9 +136,7 @@ class SimulatedSearch:
                                  self.cfg.noise_base)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        queries = list(queries)
+        queries = search_queries(queries, k)
         with self._lock:
             p = self.noise_probability()
             kinds = ["noisy" if self._rng.random() < p else "useful" for _ in queries]

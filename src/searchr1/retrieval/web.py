@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from searchr1.errors import ConfigError, RetrieverError, RetrieverRequestError, RetrieverUnavailableError
-from searchr1.retrieval.base import Hit, Retriever
+from searchr1.retrieval.base import Hit, Retriever, search_queries
 from searchr1.retrieval.settings import WebConfig, WebProviderConfig
 
 
@@ -357,9 +357,7 @@ class WebSearch:
         return key
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        queries = list(queries)
+        queries = search_queries(queries, k)
         if not queries:
             return []
         key = self.api_key()
