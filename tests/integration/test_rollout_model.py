@@ -106,3 +106,19 @@ def mask_runs(tok, t) -> list[tuple[int, str]]:
             out.append((t.policy_mask[start], tok.decode(t.response_ids[start:i], skip_special_tokens=True)))
             start = i
     return out
+
+
+def test_bf16_autocast_rollout_keeps_its_kv_cache_in_bf16(tiny_llama):
+    # Rotary embeddings promote the keys to fp32 under autocast; the cache holds the compute dtype.
+    model, tok = tiny_llama
+    s = EngineGenerator(model, tok).session([tok.encode("first"), tok.encode("second prompt")],
+                                            SamplingParams(temperature=1.0, seed=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = s.generate({0: [], 1: []}, 6, stop=())
+    assert all(len(sample.token_ids) == 6 for sample in out.values())
+    layers = s.cache.layers
+    assert layers and all(layer.keys.dtype == layer.values.dtype == torch.bfloat16 for layer in layers)
+    s.close()
+    fp32 = EngineGenerator(model, tok).session([tok.encode("first")], SamplingParams(temperature=0))
+    fp32.generate({0: []}, 2, stop=())
+    assert all(layer.keys.dtype == torch.float32 for layer in fp32.cache.layers)

@@ -93,7 +93,10 @@ def test_lora_reference_is_the_policy_with_the_adapter_disabled():
 def test_resolve_precision():
     from searchr1.train.models import resolve_precision
 
-    assert resolve_precision("auto", "cpu") == ("float32", None)
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == ("float32", None)
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == ("float32", torch.bfloat16)
+    assert resolve_precision("auto", "cuda:1", cpu_bf16=False) == ("float32", torch.bfloat16)
+    assert resolve_precision("auto", "mps", cpu_bf16=True) == ("float32", None)
     assert resolve_precision("auto", "cuda:1") == ("float32", torch.bfloat16)
     assert resolve_precision("bf16-mixed", "cpu") == ("float32", torch.bfloat16)
     assert resolve_precision("bf16", "cuda") == ("bfloat16", None)

@@ -273,10 +273,18 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) ->
     return get_peft_model(model, config)
 
 
-def resolve_precision(precision: str, device: str) -> tuple[str, torch.dtype | None]:
-    """`TrainConfig.precision` on `device` -> (dtype to load the weights in, autocast dtype or None)."""
+def resolve_precision(precision: str, device: str, cpu_bf16: bool | None = None) -> tuple[str, torch.dtype | None]:
+    """`TrainConfig.precision` on `device` -> (dtype to load the weights in, autocast dtype or None).
+    "auto" is bf16-mixed on CUDA and on CPUs that multiply bf16 natively (`cpu_bf16`; None = ask
+    `searchr1.modelhub.cpu_computes_bf16`), fp32 elsewhere."""
     if precision == "auto":
-        precision = "bf16-mixed" if str(device).startswith("cuda") else "fp32"
+        device = str(device)
+        if device.startswith("cpu") and cpu_bf16 is None:
+            from searchr1.modelhub import cpu_computes_bf16
+
+            cpu_bf16 = cpu_computes_bf16()
+        native = device.startswith("cuda") or (device.startswith("cpu") and bool(cpu_bf16))
+        precision = "bf16-mixed" if native else "fp32"
     if precision == "bf16":
         return "bfloat16", None
     if precision == "bf16-mixed":

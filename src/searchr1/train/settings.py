@@ -210,7 +210,8 @@ class ComputeConfig:
         "auto", "training precision. bf16-mixed: fp32 master weights, gradients and optimizer state, forward "
                 "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
                 "update below bf16's resolution rounds away: at lr 1e-6 about 2% of the weights move); "
-                "fp32; auto = bf16-mixed on CUDA, fp32 elsewhere. Training ignores model.dtype")
+                "fp32; auto = bf16-mixed on CUDA and on CPUs that compute bf16 natively (x86 AVX512-BF16 or "
+                "AMX), fp32 elsewhere. Training ignores model.dtype")
     sharding: Literal["auto", "none", "zero1", "zero2", "zero3"] = param(
         "auto", "under torchrun / accelerate launch (no effect in one process): none = DDP; zero1 = optimizer "
                 "state split over the processes; zero2 = + gradients (FSDP2, parameters gathered per step); "
