@@ -75,6 +75,8 @@ def test_grpo_raises_the_reward_and_logs_metrics(world, tmp_path):
                 "adv/zero_variance_groups"):
         assert key in rows[-1], key
     assert rows[-1]["rollout/logprob_diff"] < 1e-3  # the recomputed log-probs are the sampled ones
+    # two mini-batches: the old log-probs are the sampler's (our engine over the policy), no pass for them
+    assert all(r["train/old_logprobs_from_sampler"] == 1.0 for r in rows)
     assert result["checkpoint"] and Path(result["checkpoint"]).name == "step-000015"
 
 
@@ -170,6 +172,7 @@ def test_bf16_mixed_training_reports_the_sampler_mismatch_and_applies_tis(world,
         assert 1e-4 < row["rollout/logprob_diff"] < 0.5, row["rollout/logprob_diff"]
         assert 0 < row["actor/tis_weight_mean"] <= 2.0
         assert row["train/optimizer_steps"] == 2 and row["train/skipped_steps"] == 0
+        assert row["train/old_logprobs_from_sampler"] == 0.0  # TIS compares the sampler with a recomputation
 
 
 def test_ppo_raises_the_reward(world, tmp_path):

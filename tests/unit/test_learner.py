@@ -223,7 +223,41 @@ def test_overlong_penalty_is_added_to_the_reward():
     (lambda: dict(sampling=SamplingConfig(pool=-1)), "pool must be >= 0"),
     (lambda: dict(loss=LossConfig(tis_cap=-1.0)), "tis_cap must be >= 0"),
     (lambda: dict(dapo=DapoConfig(overlong="penalty")), "overlong=penalty needs overlong_buffer >= 1"),
+    (lambda: dict(loss=LossConfig(reuse_sampler_logprobs=True, tis_cap=2.0)), "would weigh every token by 1"),
+    (lambda: dict(loss=LossConfig(reuse_sampler_logprobs=True, mask_retrieved=False)), "needs mask_retrieved=true"),
 ])
 def test_bad_algorithm_settings_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{**dict(prompts_per_step=2, group_size=2, mini_batch_size=4), **make()})
+
+
+@pytest.mark.parametrize("sampler_is_policy, kw, source", [
+    (True, {}, "sampler"),
+    (False, {}, "forward"),  # another engine sampled (vLLM, a scripted generator)
+    (True, {"reuse_sampler_logprobs": False}, "forward"),
+    (False, {"reuse_sampler_logprobs": True}, "sampler"),
+    (True, {"tis_cap": 2.0}, "forward"),  # TIS compares the sampler with the trainer
+    (True, {"mask_retrieved": False}, "forward"),  # injected tokens have no sampler log-probs
+    (True, {"mini_batch_size": 4}, "update"),  # one optimizer step: the update's own forward
+])
+def test_old_logprobs_come_from_the_sampler_when_it_is_the_policy(sampler_is_policy, kw, source):
+    loss = {k: v for k, v in kw.items() if k != "mini_batch_size"}
+    tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=kw.get("mini_batch_size", 2),
+                     micro_batch_size=2, optim=OptimConfig(lr=0.1), kl=KLConfig(coef=0.01), loss=LossConfig(**loss))
+    learner = Learner(build_models(tiny_llama(), tc), tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0,
+                      sampler_is_policy=sampler_is_policy)
+    passes = []
+    forward = learner.forward
+    learner.forward = lambda batch, which="policy": passes.append(which) or forward(batch, which)
+    batch = collate(_trajs(), 0)
+    assert learner.old_logprobs_source(batch) == source
+    prepared, metrics = learner.prepare(batch, SCORES)
+    assert passes.count("policy") == (source == "forward") and passes.count("reference") == 1
+    assert metrics["train/old_logprobs_from_sampler"] == float(source == "sampler")
+    if source == "sampler":
+        assert torch.equal(prepared.old_logprobs, batch.sample_logprobs)
+        assert "rollout/logprob_diff" not in metrics
+    stats = learner.update(prepared, step=1, measure_sampler=source == "sampler")
+    # the mismatch is reported once either way: by the old-log-prob pass, or by the update's first forward
+    assert ("rollout/logprob_diff" in metrics) != ("rollout/logprob_diff" in stats)
+    assert stats["train/optimizer_steps"] == 4 // tc.mini_batch_size

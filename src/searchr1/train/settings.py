@@ -76,6 +76,12 @@ class LossConfig:
     vf_coef: float = param(1.0, f"weight of the value loss in the total loss ({_names(needs_critic=True)})")
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
                                        "false = train on them as if generated (the paper's ablation)")
+    reuse_sampler_logprobs: Literal["auto"] | bool = param(
+        "auto", "use the log-probs the sampler returned as the old log-probs instead of recomputing them (one "
+                "forward pass over the batch less): valid when the rollouts came from the trainer's own weights "
+                "in its own precision (our engine) and only generated tokens are trained on (mask_retrieved); "
+                "auto = when valid and tis_cap = 0 (TIS needs the trainer's recomputed log-probs). With one "
+                "optimizer step per batch the update's own forward gives them instead, either way")
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_ratio < 1:
@@ -86,6 +92,12 @@ class LossConfig:
             raise ValueError("dual_clip_c must be > 1, or 0 for off")
         if self.tis_cap < 0:
             raise ValueError("tis_cap must be >= 0 (0 = off)")
+        if self.reuse_sampler_logprobs is True and self.tis_cap > 0:
+            raise ValueError("reuse_sampler_logprobs=true makes the old log-probs the sampler's, so TIS (tis_cap > 0) "
+                             "would weigh every token by 1: turn one of them off")
+        if self.reuse_sampler_logprobs is True and not self.mask_retrieved:
+            raise ValueError("reuse_sampler_logprobs=true needs mask_retrieved=true: the sampler has no log-probs for "
+                             "the injected tokens that mask_retrieved=false trains on")
         if min(self.entropy_coef, self.value_clip, self.vf_coef) < 0:
             raise ValueError("entropy_coef, value_clip and vf_coef must be >= 0")
         if self.agg not in AGG_MODES:

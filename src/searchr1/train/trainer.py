@@ -164,6 +164,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     # the generator samples from the trained weights themselves (vLLM: follows them, see below)
     factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
     generator = factory(causal_lm(models.policy), tokenizer)
+    # our engine runs the policy module itself, under models.compute() (`_generating`): its log-probs are the old ones
+    learner.sampler_is_policy = getattr(generator, "model", None) is causal_lm(models.policy)
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
