@@ -4,10 +4,11 @@
               rewards (the outcome score, less the KL penalty when the KL goes in the reward), then
               the advantages of the algorithm's row in `searchr1.rl.algorithms` (GRPO, RLOO and
               REINFORCE read the outcome scores; PPO's GAE and REINFORCE++ the token rewards)
-    update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
-              surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated importance
-              weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite loss or
-              gradient norm skips the optimizer step
+    update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches (rows of
+              similar length together, `train.compute.sort_micro_batches`; metric batch/pad_fraction),
+              clipped surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated
+              importance weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite
+              loss or gradient norm skips the optimizer step
 
 Old log-probs (the ratio's denominator) come from one of three places (`old_logprobs_source`):
     update    one optimizer step per batch: the update's own forward, detached (no pass at all)
@@ -126,9 +127,10 @@ class Learner:
                   "critic": models.policy_forward if models.shared_critic else models.critic_forward}[which]
         outs = []
         mine = torch.arange(batch.size, device=batch.input_ids.device)[dist.shard(batch.size)]
+        order = batch.by_length(mine) if tc.compute.sort_micro_batches else mine
         # every rank runs the same number of forwards here: one all-gather of a sharded model for all of them
         with dist.gathered(module):
-            for idx in mine.split(tc.micro_batch_size):
+            for idx in order.split(tc.micro_batch_size):
                 mb = batch.rows(idx)
                 with models.compute():
                     if which == "critic" and not models.shared_critic:
@@ -140,7 +142,8 @@ class Learner:
                                          temperature=tc.sampling.temperature)
                         out = res.values if which == "critic" else res.logprobs
                 outs.append(_pad_to(out.float(), batch.response_len))
-        return dist.gather_rows(torch.cat(outs, 0))
+        # back to row order (`mine` is ascending, so the rank of each row in it is its place)
+        return dist.gather_rows(torch.cat(outs, 0)[torch.argsort(order)])
 
     # ------------------------------------------------------------------ targets
     def reuses_own_forward(self, batch: Batch) -> bool:
@@ -242,9 +245,13 @@ class Learner:
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 finite = True
-                micros = mini[dist.shard(len(mini))].split(tc.micro_batch_size)
+                share = mini[dist.shard(len(mini))]
+                order = batch.by_length(share) if tc.compute.sort_micro_batches else share
+                micros = order.split(tc.micro_batch_size)
                 for i, micro in enumerate(micros):
                     mb = batch.rows(micro)
+                    cells, padded = mb.padding()
+                    stats.add({"batch/pad_fraction": padded / cells}, cells)
                     if tc.loss.agg == "token-mean":
                         weight = float(mb.loss_mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
                     else:

@@ -234,6 +234,10 @@ class ComputeConfig:
                                    "recomputing each chunk in the backward: the [tokens, vocab] logits of a long "
                                    "response never exist whole (same values; one extra LM-head pass when a "
                                    "response is longer than this); 0 = all at once")
+    sort_micro_batches: bool = param(True, "cut micro-batches from rows sorted by length (within each rank's share "
+                                           "of a mini-batch), so that a pass holds little padding; the loss and "
+                                           "gradients are the same (the accumulation is weighted); false = the "
+                                           "shuffled order")
 
     def __post_init__(self) -> None:
         if self.logits_chunk < 0:
