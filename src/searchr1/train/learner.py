@@ -221,6 +221,8 @@ class Learner:
         batch, metrics = self.prepare(batch, scores)
         t_update = time.perf_counter()
         metrics.update(self.update(batch, step, measure_sampler=self.old_logprobs_source(batch) == "sampler"))
+        metrics["batch/tokens"] = float(batch.attention_mask.sum())  # what a step's passes must compute
+        metrics["batch/response_tokens"] = float(batch.response_mask.sum())
         metrics["time/prepare_s"] = t_update - t_prep
         metrics["time/update_s"] = time.perf_counter() - t_update
         return metrics

@@ -127,6 +127,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     say(f"train: {len(rows)} questions; loading {cfg.model.name} ...")
     device = str(dist.device) if dist.distributed else cfg.model.device
     weights_dtype, autocast_dtype = resolve_precision(tc.compute.precision, pick_device(device))
+    say(f"train: precision {tc.compute.precision} -> {'bf16 autocast over ' if autocast_dtype else ''}"
+        f"{weights_dtype} weights")
     model, tokenizer = load_causal_lm(cfg.model.name, device, weights_dtype)
     models = build_models(model, tc, autocast_dtype)
     sampler = PromptSampler(len(rows), tc.seed)
