@@ -149,3 +149,23 @@ def save_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
 
+
+
+def matmul_peak(dtype: str = "bfloat16", rows: int = 2048, d_in: int = 576, d_out: int = 1536,
+                seconds: float = 1.0) -> float:
+    """FLOP/s of F.linear [rows, d_in] x [d_in, d_out] in `dtype` on the CPU with torch's current
+    threads: the best of three timed windows of about `seconds` each (after a warm-up call). The
+    default shape is SmolLM2-135M's MLP up-projection over a large batch of tokens."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    x, w = torch.randn(rows, d_in, dtype=dt), torch.randn(d_out, d_in, dtype=dt)
+    torch.nn.functional.linear(x, w)
+    best = 0.0
+    for _ in range(3):
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            torch.nn.functional.linear(x, w)
+            n += 1
+        best = max(best, 2 * rows * d_in * d_out * n / elapsed)
+    return best

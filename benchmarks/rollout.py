@@ -19,6 +19,9 @@ turn, top-3 passages, on the same questions. They differ in the engine and the s
               and goes on at once, but no new question joins until the whole batch is done.
   continuous  the continuous engine with one pool of --pool over all the questions: when an
               episode ends, the next question's episode joins the running cache.
+  continuous-compiled  the same, with the decode step compiled (EngineGenerator(compile_decode=
+              "inductor"), torch.compile with dynamic shapes); its compilation (a warm-up over one
+              row and two rows) is reported apart as the engine start-up, not counted in the wall time.
   vllm        vLLM (rollout.backend=vllm, `searchr1.rollout.vllm`) with the same pool of --pool
               episodes over all the questions, fp32 like the others; run it in the vLLM environment
               (make vllm-env; .venv-vllm/bin/python benchmarks/rollout.py --arms continuous,vllm).
@@ -178,8 +181,8 @@ def open_bm25(corpus: Path):
     return open_index(RetrieverConfig(index=str(index), method="bm25"))
 
 
-ARMS = ("search-r1", "turn", "fixed", "continuous-unshared", "continuous", "vllm")
-POOLED = ("continuous", "continuous-unshared", "vllm")  # one pool over all the questions
+ARMS = ("search-r1", "turn", "fixed", "continuous-unshared", "continuous", "continuous-compiled", "vllm")
+POOLED = ("continuous", "continuous-unshared", "continuous-compiled", "vllm")  # one pool over all the questions
 
 
 def fingerprint(trajectory) -> str:
@@ -233,9 +236,18 @@ def main() -> None:
     saved = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
     results = saved.get("arms", {}) if saved.get("settings") == settings else {}
 
-    engines = {}
+    engines, startup = {}, {}
 
     def generator(arm):
+        if arm == "continuous-compiled":
+            if arm not in engines:
+                engines[arm] = EngineGenerator(ours.model, tok, compile_decode="inductor")
+                start = time.perf_counter()
+                for rows in (1, 2):  # one graph for a single row, one for several (dynamic shapes)
+                    engines[arm].generate([tok.encode("warm-up")] * rows, 4, (), SamplingParams(temperature=0))
+                startup[arm] = time.perf_counter() - start
+                print(f"{arm}: decode step compiled in {startup[arm]:.0f} s", flush=True)
+            return Recording(engines[arm])
         if arm == "vllm":
             if "vllm" not in engines:
                 from searchr1.modelhub import resolve_causal_lm
@@ -277,7 +289,7 @@ def main() -> None:
             "injected": total["injected_tokens"], "searches": total["searches"], "turns": total["turns"],
             "discarded": gen.last.discarded if arm == "search-r1" else 0,
             "drain_s": total["drain_seconds"] if arm in POOLED else None,
-            "engine_startup_s": engines["vllm"].startup_seconds if arm == "vllm" else None,
+            "engine_startup_s": engines["vllm"].startup_seconds if arm == "vllm" else startup.get(arm),
             "prefill_s": prefill_s if decode else None, "prefill_tokens": prefill_tokens,
             "shared_prefix_tokens": shared_tokens,
             "full_pool_mean_kv_len": full[2] / full[0] if full and len(full) > 2 else None,

@@ -1,5 +1,7 @@
-"""RL training-step benchmark: our trainer's update phase against TRL's GRPOTrainer, same run.
+"""RL training-step benchmark: our trainer's update phase against TRL's GRPOTrainer, same run; and
+(`demo`) the demo's whole GRPO step before and after issue 22's levers.
 
+    python benchmarks/train_step.py demo --demo-dir searchr1-demo       # see "The demo's step" below
     python benchmarks/train_step.py                                   # B=8, P=128, R=256, 3 repeats
     python benchmarks/train_step.py --batch 2 --prompt-len 16 --response-len 32 --repeats 1   # smoke test
     python benchmarks/train_step.py --only ours-grpo-full,trl-grpo-full --threads 2
@@ -63,6 +65,24 @@ tokens/s = B x (P + R) / that median; peak RSS = the child's peak resident memor
 frameworks: TRL's reference is a memory-mapped safetensors load whose pages count only once touched,
 ours a deep copy); x TRL = s/step / s/step of the
 matching TRL row (same model, same fine-tuning) of the same run (> 1: slower than TRL).
+
+The demo's step (`demo`): `searchr1 train -c cpu-demo` as `searchr1 demo` runs it (16 rollouts of
+the warm-up model from a finished demo directory, agent with BM25 over the demo's index, 2
+mini-batches of 8, micro-batches of 4), --steps steps per run, one child process per run, in ABBA
+order (--rounds times), of two arms that differ only in:
+  A  today's:  train.compute.precision=fp32, train.loss.reuse_sampler_logprobs=false (old log-probs recomputed),
+               train.compute.sort_micro_batches=false (micro-batches in the shuffled order)
+  B  the new:  train.compute.precision=auto (bf16-mixed on a CPU with AVX512-BF16 / AMX), the sampler's
+               log-probs as old log-probs, micro-batches sorted by length
+The first step of each run is a warm-up and not counted; the table gives the median over the
+other steps of each arm (step, rollout, prepare = old/ref log-probs, update), the padded share of
+the update's micro-batches, and B/A. Compute floor: the step's FLOPs (trunk matmuls 2 x params per
+token, attention 2 x layers x heads x head_dim x mean row length per token, LM head over response
+tokens; 1 forward for the rollout (every token at least once), 1 for the reference, 3 for the
+update's forward + backward: 5 forwards, none for the old log-probs) divided by the bf16 matmul
+peak measured in the same run (F.linear 2048 x 576 -> 1536), and the fp32 peak next to it.
+    python benchmarks/train_step.py demo --demo-dir searchr1-demo --steps 4 --rounds 1
+    python benchmarks/train_step.py demo --demo-dir DIR --model M --quick   # a check that it runs
 """
 
 from __future__ import annotations
@@ -77,7 +97,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
-from _common import CACHE, machine, run_measured, save_json, table  # noqa: E402
+from _common import CACHE, machine, matmul_peak, run_measured, save_json, table  # noqa: E402
 
 PY = sys.executable
 MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "qwen2.5-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
@@ -333,6 +353,129 @@ def child(spec_json: str) -> None:
     print("RESULT " + json.dumps(result))
 
 
+# ============================================================================ the demo's step, A/B
+
+
+DEMO_ARMS = {
+    "A": ["train.compute.precision=fp32", "train.loss.reuse_sampler_logprobs=false", "train.compute.sort_micro_batches=false"],
+    "B": ["train.compute.precision=auto", "train.loss.reuse_sampler_logprobs=auto", "train.compute.sort_micro_batches=true"],
+}
+DEMO_KEYS = ("time/step_s", "time/rollout_s", "time/prepare_s", "time/update_s", "batch/pad_fraction",
+             "batch/tokens", "batch/response_tokens", "rollout/logprob_diff", "train/old_logprobs_from_sampler")
+# a check that the arms run, in seconds (not a measurement): 2 rollouts, short turns, 2 steps
+QUICK = ["train.prompts_per_step=1", "train.group_size=2", "train.mini_batch_size=1", "train.micro_batch_size=1",
+         "agent.max_turn_tokens=16", "agent.max_response_tokens=96"]
+
+
+def demo_overrides(args, arm: str, run_dir: Path) -> list[str]:
+    """The dotted overrides of the cpu-demo preset for one run of `arm`."""
+    return [f"retriever.index={args.demo_dir / 'index'}", "retriever.url=", f"model.name={args.model}",
+            "train.questions.datasets=[synthetic]", f"train.run_dir={run_dir}", f"train.steps={args.steps}",
+            "train.save_every=0", "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
+            f"train.seed={args.seed}", *(QUICK if args.quick else []), *args.set, *DEMO_ARMS[arm]]
+
+
+def demo_run(arm: str, run_dir: Path, args) -> list[dict]:
+    """One `searchr1 train` child of `arm`; the metrics of its steps."""
+    from searchr1.train.metrics_log import read_metrics
+
+    cmd = [PY, "-m", "searchr1", "train", "-c", "cpu-demo", *demo_overrides(args, arm, run_dir)]
+    env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else None
+    run_measured(cmd, env=env)
+    return [{k: row[k] for k in DEMO_KEYS if k in row} | {"step": row["step"]} for row in read_metrics(run_dir)
+            if "time/step_s" in row]
+
+
+def forward_flops(model: str, tokens: float, response_tokens: float, rows: int) -> float:
+    """FLOPs of one forward pass over a batch of `rows` rows holding `tokens` tokens (LM head over the
+    `response_tokens` only): see the module docstring."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from searchr1.modelhub import resolve_causal_lm
+
+    config = AutoConfig.from_pretrained(resolve_causal_lm(model))
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config)
+    head = lm.get_output_embeddings()
+    trunk = sum(m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    mean_len = tokens / rows
+    return (2 * trunk * tokens + 2 * config.num_hidden_layers * config.num_attention_heads * head_dim * mean_len * tokens
+            + 2 * head.weight.numel() * response_tokens)
+
+
+def demo_main(argv: list[str]) -> None:
+    import shutil
+    import tempfile
+
+    import torch
+
+    p = argparse.ArgumentParser(prog="train_step.py demo", description="the demo's GRPO step, arms A and B (ABBA)")
+    p.add_argument("--demo-dir", type=Path, default=Path("searchr1-demo"),
+                   help="a finished `searchr1 demo` directory (its index/ and sft-model/)")
+    p.add_argument("--model", default="", help="the policy; default: DEMO_DIR/sft-model, the demo's warm-up model")
+    p.add_argument("--steps", type=int, default=4, help="training steps per run (the first is a warm-up)")
+    p.add_argument("--rounds", type=int, default=1, help="ABBA rounds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny step (2 rollouts, short turns): checks that it runs")
+    p.add_argument("--set", nargs="*", default=[], help="further dotted overrides for both arms (e.g. world.people=40)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step_demo.json")
+    args = p.parse_args(argv)
+    if not (args.demo_dir / "index").is_dir():
+        p.error(f"{args.demo_dir / 'index'} does not exist: run `searchr1 demo demo.dir={args.demo_dir}` first "
+                "(demo.retrieval_only=true builds only the index)")
+    args.model = args.model or str(args.demo_dir / "sft-model")
+    if not args.model.startswith(("HuggingFaceTB/", "Qwen/")) and not Path(args.model).exists():
+        p.error(f"no model at {args.model}: a finished demo has DEMO_DIR/sft-model, or pass --model")
+    if args.steps < 2 or args.rounds < 1:
+        p.error("--steps must be >= 2 (the first step is not counted) and --rounds >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from searchr1.modelhub import cpu_computes_bf16
+
+    print(f"# searchr1 demo GRPO step, A/B — {time.strftime('%Y-%m-%d')} — {machine()}; torch {torch.__version__}, "
+          f"threads {args.threads or torch.get_num_threads()}; CPU computes bf16 natively: {cpu_computes_bf16()}")
+    peaks = {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
+    order = ["A", "B", "B", "A"] * args.rounds
+    steps: dict[str, list[dict]] = {"A": [], "B": []}
+    root = Path(tempfile.mkdtemp(prefix="searchr1-demo-step-"))
+    try:
+        for i, arm in enumerate(order):
+            print(f"... run {i + 1}/{len(order)}: arm {arm}", file=sys.stderr, flush=True)
+            steps[arm] += demo_run(arm, root / f"{i}-{arm}", args)[1:]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    med = {arm: {k: statistics.median(s[k] for s in rows) for k in DEMO_KEYS if all(k in s for s in rows)}
+           for arm, rows in steps.items()}
+    from searchr1.config import load_config
+    from searchr1.settings import Config
+
+    tc = load_config(Config, "cpu-demo", demo_overrides(args, "B", root)).train
+    forward = forward_flops(args.model, med["B"]["batch/tokens"], med["B"]["batch/response_tokens"],
+                            tc.prompts_per_step * tc.group_size)
+    # rollout 1 + reference 1 (when there is a KL) + update 3 (forward + backward); no old-log-prob pass
+    floor_flops = (4 + (tc.kl.coef > 0)) * forward
+    floor = {dt: floor_flops / peak for dt, peak in peaks.items()}
+    cols = [("time/step_s", "step s"), ("time/rollout_s", "rollout s"), ("time/prepare_s", "old+ref log-probs s"),
+            ("time/update_s", "update s"), ("batch/pad_fraction", "pad share"), ("batch/tokens", "tokens")]
+    body = [[arm, len(steps[arm])] + [med[arm].get(k, float("nan")) for k, _ in cols] for arm in ("A", "B")]
+    body.append(["B/A", "-"] + [med["B"].get(k, float("nan")) / med["A"].get(k, float("nan"))
+                                if med["A"].get(k) else float("nan") for k, _ in cols])
+    print(table("the demo's GRPO step: medians over the timed steps (ABBA)", ["arm", "steps"] + [c for _, c in cols],
+                body))
+    print(f"\nA: {' '.join(DEMO_ARMS['A'])}\nB: {' '.join(DEMO_ARMS['B'])}")
+    print(f"speed-up A/B: {med['A']['time/step_s'] / med['B']['time/step_s']:.2f}x")
+    print(f"compute floor of the step: {floor_flops / 1e12:.2f} TFLOP at the bf16 matmul peak "
+          f"{peaks['bf16'] / 1e9:.0f} GFLOP/s = {floor['bf16']:.1f} s (fp32 peak {peaks['fp32'] / 1e9:.0f} GFLOP/s: "
+          f"{floor['fp32']:.1f} s); B's step is {med['B']['time/step_s'] / floor['bf16']:.1f}x its bf16 floor")
+    save_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(), "order": order,
+                         "arms": DEMO_ARMS, "steps": steps, "medians": med, "peak_flops": peaks,
+                         "floor_flops": floor_flops, "floor_seconds": floor})
+    print(f"\nraw results: {args.out}")
+
+
 # ============================================================================ main
 
 
@@ -355,6 +498,8 @@ def run_row(name: str, args) -> dict:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
         return child(sys.argv[2])
+    if len(sys.argv) > 1 and sys.argv[1] == "demo":
+        return demo_main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8, help="B: sequences per step (= the mini-batch)")
     p.add_argument("--group", type=int, default=0,

@@ -46,7 +46,7 @@ def make_cfg(world, run_dir, **train):
     base = {"algorithm": "grpo", "steps": 15, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8,
             "micro_batch_size": 4, "optim": {"lr": 3e-3, "critic_lr": 3e-3},
             "questions": {"datasets": [str(world / "qa.jsonl")]}, "run_dir": str(run_dir), "save_every": 0,
-            "tensorboard": False, "progress": False}
+            "tensorboard": False, "progress": False, "compute": {"precision": "fp32"}}
     return from_dict(Config, {"model": {"name": str(world / "tiny"), "device": "cpu", "chat": "raw"},
                               "agent": {"max_turns": 0, "max_turn_tokens": 12, "template": "Q: {question}\n"},
                               "train": deep_merge(base, train)})
@@ -75,6 +75,8 @@ def test_grpo_raises_the_reward_and_logs_metrics(world, tmp_path):
                 "adv/zero_variance_groups"):
         assert key in rows[-1], key
     assert rows[-1]["rollout/logprob_diff"] < 1e-3  # the recomputed log-probs are the sampled ones
+    # two mini-batches: the old log-probs are the sampler's (our engine over the policy), no pass for them
+    assert all(r["train/old_logprobs_from_sampler"] == 1.0 for r in rows)
     assert result["checkpoint"] and Path(result["checkpoint"]).name == "step-000015"
 
 
@@ -156,6 +158,21 @@ def test_dapo_options_train_and_report(world, tmp_path):
             assert 0 < row["actor/tis_weight_mean"] <= 2.0
     assert any(row["rollout/masked_share"] < 1 for row in rows)
     assert result["metrics"]["train/optimizer_steps"] == 2
+
+
+def test_bf16_mixed_training_reports_the_sampler_mismatch_and_applies_tis(world, tmp_path):
+    # bf16 autocast for rollouts, log-prob passes and the update; fp32 master weights. The sampler
+    # (KV-cached decode) and the trainer (one forward) round differently in bf16: the mismatch is
+    # logged and TIS weighs it.
+    result = train(make_cfg(world, tmp_path / "run", steps=2, compute={"precision": "bf16-mixed"},
+                            loss={"tis_cap": 2.0}), reward_fn=share_of_a)
+    assert result["models"].autocast_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in result["models"].policy.parameters())
+    for row in read_metrics(tmp_path / "run"):
+        assert 1e-4 < row["rollout/logprob_diff"] < 0.5, row["rollout/logprob_diff"]
+        assert 0 < row["actor/tis_weight_mean"] <= 2.0
+        assert row["train/optimizer_steps"] == 2 and row["train/skipped_steps"] == 0
+        assert row["train/old_logprobs_from_sampler"] == 0.0  # TIS compares the sampler with a recomputation
 
 
 def test_ppo_raises_the_reward(world, tmp_path):

@@ -106,3 +106,42 @@ def mask_runs(tok, t) -> list[tuple[int, str]]:
             out.append((t.policy_mask[start], tok.decode(t.response_ids[start:i], skip_special_tokens=True)))
             start = i
     return out
+
+
+def test_bf16_autocast_rollout_keeps_its_kv_cache_in_bf16(tiny_llama):
+    # Rotary embeddings promote the keys to fp32 under autocast; the cache holds the compute dtype.
+    model, tok = tiny_llama
+    s = EngineGenerator(model, tok).session([tok.encode("first"), tok.encode("second prompt")],
+                                            SamplingParams(temperature=1.0, seed=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = s.generate({0: [], 1: []}, 6, stop=())
+    assert all(len(sample.token_ids) == 6 for sample in out.values())
+    layers = s.cache.layers
+    assert layers and all(layer.keys.dtype == layer.values.dtype == torch.bfloat16 for layer in layers)
+    s.close()
+    fp32 = EngineGenerator(model, tok).session([tok.encode("first")], SamplingParams(temperature=0))
+    fp32.generate({0: []}, 2, stop=())
+    assert all(layer.keys.dtype == torch.float32 for layer in fp32.cache.layers)
+
+
+def _greedy_episodes(gen, tok):
+    """Uneven rows over two turns (an injected block between them), then a bigger batch, greedy."""
+    s = gen.session([tok.encode("x"), tok.encode("a much longer prompt than the first"), tok.encode("mid")],
+                    SamplingParams(temperature=0))
+    first = s.generate({0: [], 1: [], 2: []}, {0: 9, 1: 14, 2: 5}, stop=())
+    second = s.generate({0: tok.encode("<information>doc</information>"), 1: tok.encode("y")}, 11, stop=())
+    s.close()
+    more = gen.generate([tok.encode(p) for p in ("one", "two", "three", "four")], 6, (), SamplingParams(temperature=0))
+    return ([first[r].token_ids for r in sorted(first)] + [second[r].token_ids for r in sorted(second)]
+            + [m.token_ids for m in more])
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_decode_gives_the_same_greedy_tokens(tiny_llama, backend):
+    # "eager" traces the decode step through torch.compile's graph capture (dynamo) in seconds;
+    # "inductor" also generates the kernels (minutes of compilation on 2 cores: slow)
+    model, tok = tiny_llama
+    want = _greedy_episodes(EngineGenerator(model, tok), tok)
+    compiled = EngineGenerator(model, tok, compile_decode=backend)
+    assert _greedy_episodes(compiled, tok) == want
+    assert compiled.decode_model is not model

@@ -18,7 +18,8 @@ from searchr1.train.batch import collate
 from searchr1.train.learner import ALONE, Learner
 from searchr1.train.models import build_models
 from searchr1.train.rollouts import PromptSampler, RolloutCollector
-from searchr1.train.settings import AdvConfig, DapoConfig, KLConfig, LossConfig, OptimConfig, SamplingConfig, TrainConfig
+from searchr1.train.settings import (AdvConfig, ComputeConfig, DapoConfig, KLConfig, LossConfig, OptimConfig,
+                                     SamplingConfig, TrainConfig)
 
 torch.set_num_threads(1)
 
@@ -223,7 +224,73 @@ def test_overlong_penalty_is_added_to_the_reward():
     (lambda: dict(sampling=SamplingConfig(pool=-1)), "pool must be >= 0"),
     (lambda: dict(loss=LossConfig(tis_cap=-1.0)), "tis_cap must be >= 0"),
     (lambda: dict(dapo=DapoConfig(overlong="penalty")), "overlong=penalty needs overlong_buffer >= 1"),
+    (lambda: dict(loss=LossConfig(reuse_sampler_logprobs=True, tis_cap=2.0)), "would weigh every token by 1"),
+    (lambda: dict(loss=LossConfig(reuse_sampler_logprobs=True, mask_retrieved=False)), "needs mask_retrieved=true"),
 ])
 def test_bad_algorithm_settings_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{**dict(prompts_per_step=2, group_size=2, mini_batch_size=4), **make()})
+
+
+@pytest.mark.parametrize("sampler_is_policy, kw, source", [
+    (True, {}, "sampler"),
+    (False, {}, "forward"),  # another engine sampled (vLLM, a scripted generator)
+    (True, {"reuse_sampler_logprobs": False}, "forward"),
+    (False, {"reuse_sampler_logprobs": True}, "sampler"),
+    (True, {"tis_cap": 2.0}, "forward"),  # TIS compares the sampler with the trainer
+    (True, {"mask_retrieved": False}, "forward"),  # injected tokens have no sampler log-probs
+    (True, {"mini_batch_size": 4}, "update"),  # one optimizer step: the update's own forward
+])
+def test_old_logprobs_come_from_the_sampler_when_it_is_the_policy(sampler_is_policy, kw, source):
+    loss = {k: v for k, v in kw.items() if k != "mini_batch_size"}
+    tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=kw.get("mini_batch_size", 2),
+                     micro_batch_size=2, optim=OptimConfig(lr=0.1), kl=KLConfig(coef=0.01), loss=LossConfig(**loss))
+    learner = Learner(build_models(tiny_llama(), tc), tc, optimizer_cls=torch.optim.SGD, weight_decay=0.0,
+                      sampler_is_policy=sampler_is_policy)
+    passes = []
+    forward = learner.forward
+    learner.forward = lambda batch, which="policy": passes.append(which) or forward(batch, which)
+    batch = collate(_trajs(), 0)
+    assert learner.old_logprobs_source(batch) == source
+    prepared, metrics = learner.prepare(batch, SCORES)
+    assert passes.count("policy") == (source == "forward") and passes.count("reference") == 1
+    assert metrics["train/old_logprobs_from_sampler"] == float(source == "sampler")
+    if source == "sampler":
+        assert torch.equal(prepared.old_logprobs, batch.sample_logprobs)
+        assert "rollout/logprob_diff" not in metrics
+    stats = learner.update(prepared, step=1, measure_sampler=source == "sampler")
+    # the mismatch is reported once either way: by the old-log-prob pass, or by the update's first forward
+    assert ("rollout/logprob_diff" in metrics) != ("rollout/logprob_diff" in stats)
+    assert stats["train/optimizer_steps"] == 4 // tc.mini_batch_size
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batches_sorted_by_length_give_the_same_gradients_with_less_padding(agg):
+    # SGD at lr 1 without clipping: the weights move by minus the accumulated gradient itself
+    batch = collate(_trajs(), 0)
+    moves, metrics = [], []
+    for sort in (False, True):
+        learner = _learner(optim=OptimConfig(lr=1.0, max_grad_norm=0.0), loss=LossConfig(agg=agg),
+                           compute=ComputeConfig(sort_micro_batches=sort))
+        prepared, _ = learner.prepare(batch, SCORES)
+        before = _weights(learner)
+        metrics.append(learner.update(prepared, step=4))
+        moves.append(_weights(learner) - before)
+    assert moves[0].abs().max() > 1e-3
+    torch.testing.assert_close(moves[1], moves[0], atol=1e-5, rtol=0)
+    # sorted (response lengths 2, 3 | 4, 5): micro-batches of 2 x (3 + 3) and 2 x (3 + 5) positions, 4 of them pad
+    assert metrics[1]["batch/pad_fraction"] == pytest.approx(4 / 28)
+    assert metrics[0]["batch/pad_fraction"] > metrics[1]["batch/pad_fraction"]  # this seed's shuffle pairs 5 with 2
+
+
+def test_sorted_forward_passes_return_rows_in_batch_order():
+    batch = collate(_trajs(), 0)
+    unsorted, ordered = _learner(compute=ComputeConfig(sort_micro_batches=False)), _learner()
+    real = batch.response_mask.bool()  # padding columns hold whatever their micro-batch computed there
+    for which in ("policy", "reference"):
+        torch.testing.assert_close(ordered.forward(batch, which)[real], unsorted.forward(batch, which)[real],
+                                   atol=1e-6, rtol=0)
+    # a row alone gives what it gives in any micro-batch (the rows are not mixed up)
+    alone = ordered.forward(dataclasses.replace(batch.rows(torch.tensor([3])), old_logprobs=None), "policy")
+    torch.testing.assert_close(ordered.forward(batch, "policy")[3, :2], alone[0, :2], atol=1e-6, rtol=0)
+

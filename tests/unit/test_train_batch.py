@@ -75,3 +75,14 @@ def test_prompt_sampler_covers_each_epoch_and_resumes_exactly():
     r.load_state_dict(state)
     assert r.take(7) == rest
     assert PromptSampler(5, seed=3).take(5) == first  # seeded
+
+
+def test_by_length_orders_rows_by_response_then_prompt_length():
+    rows = [_traj([5, 6, 7], [([10] * 5, 1)]), _traj([5, 6, 7], [([11] * 3, 1)]), _traj([8, 9], [([12] * 4, 1)]),
+            _traj([8, 9], [([13] * 2, 1)]), _traj([8], [([14] * 3, 1)])]
+    batch = collate(rows, PAD)
+    assert batch.by_length(torch.arange(5)).tolist() == [3, 4, 1, 2, 0]
+    assert batch.by_length(torch.tensor([0, 2])).tolist() == [2, 0]
+    # rows 3 and 4 share a micro-batch: prompt columns 1-2 (2 rows x 2, 1 of them pad) + response 3 (1 pad)
+    assert batch.rows(torch.tensor([3, 4])).padding() == (10, 2)
+    assert batch.padding() == (40, 40 - (3 + 5 + 3 + 3 + 2 + 4 + 2 + 2 + 1 + 3))

@@ -93,7 +93,10 @@ def test_lora_reference_is_the_policy_with_the_adapter_disabled():
 def test_resolve_precision():
     from searchr1.train.models import resolve_precision
 
-    assert resolve_precision("auto", "cpu") == ("float32", None)
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == ("float32", None)
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == ("float32", torch.bfloat16)
+    assert resolve_precision("auto", "cuda:1", cpu_bf16=False) == ("float32", torch.bfloat16)
+    assert resolve_precision("auto", "mps", cpu_bf16=True) == ("float32", None)
     assert resolve_precision("auto", "cuda:1") == ("float32", torch.bfloat16)
     assert resolve_precision("bf16-mixed", "cpu") == ("float32", torch.bfloat16)
     assert resolve_precision("bf16", "cuda") == ("bfloat16", None)
@@ -120,7 +123,8 @@ def test_bf16_mixed_keeps_fp32_master_weights_that_take_small_updates():
     # weights hardly move, fp32 master weights under bf16 autocast do.
     before, after, models = _one_update(tiny_llama(), torch.bfloat16, lr=1e-6)
     assert all(p.dtype == torch.float32 for p in after.values())
-    assert models.reference.dtype == torch.bfloat16  # the frozen copy is stored in the compute dtype
+    # the frozen copy keeps fp32 weights and computes under the same autocast: an honest step-0 KL
+    assert models.reference.dtype == torch.float32
     assert _changed_share(before, after) > 0.9  # measured 0.95 (the rest: entries with zero gradient)
     with models.compute():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

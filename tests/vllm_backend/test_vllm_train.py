@@ -52,7 +52,8 @@ def run(world, backend: str):
         "rollout": {"backend": backend},
         "train": {"algorithm": "grpo", "steps": STEPS, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8,
                   "micro_batch_size": 8, "optim": {"lr": 3e-3}, "questions": {"datasets": [str(world / "qa.jsonl")]},
-                  "run_dir": str(world / backend), "save_every": 0, "tensorboard": False, "progress": False}})
+                  "run_dir": str(world / backend), "save_every": 0, "tensorboard": False, "progress": False,
+                  "compute": {"precision": "fp32"}}})
     result = train(cfg, reward_fn=share_of_a)
     return [h["reward"] for h in result["history"]], read_metrics(world / backend)
 

@@ -61,7 +61,11 @@ class EngineGenerator(SingleTurn):
     """`Generator` over a transformers causal LM (any device, any dtype the model runs in)."""
 
     def __init__(self, model, tokenizer, *, reuse_cache: bool = True, share_prefix: bool = True,
-                 max_context: int | None = None) -> None:
+                 max_context: int | None = None, compile_decode: str = "") -> None:
+        """`compile_decode`: a `torch.compile` backend ("inductor") for the decode passes (one token
+        per row), "" = eager. A pass of a few rows is dominated by per-layer overheads, which a
+        compiled graph cuts; shapes are dynamic, so it compiles about twice per autocast state (one
+        row, several rows), lazily, at the first such pass. Prefill passes stay eager."""
         self.model = model
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
@@ -74,6 +78,7 @@ class EngineGenerator(SingleTurn):
         # transformers 5.x renamed the forward's `past_key_values` to `cache`; accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.decode_model = torch.compile(model, backend=compile_decode, dynamic=True) if compile_decode else model
 
     @property
     def device(self) -> torch.device:
@@ -300,7 +305,8 @@ class EngineSession(SteppedSession):
         positions = torch.tensor(self.cached[:width], dtype=torch.long, device=self.device)
         self.cache.plan_decode(positions)
         attn = (torch.arange(int(positions.max()) + 1, device=self.device)[None] <= positions[:, None]).long()
-        logits = self._forward(torch.tensor(ids, device=self.device)[:, None], positions[:, None], attn)
+        logits = self._forward(torch.tensor(ids, device=self.device)[:, None], positions[:, None], attn,
+                               self.gen.decode_model)
         for r in rows:
             self.cached[slot_of[r]] += 1
             self.pending[r] = []
@@ -316,8 +322,9 @@ class EngineSession(SteppedSession):
             self.live[a], self.live[b] = self.live[b], self.live[a]
             self.cached[a], self.cached[b] = self.cached[b], self.cached[a]
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        out = self.gen.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                             logits_to_keep=1, **{self.gen._cache_kwarg: self.cache})
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attn: torch.Tensor, model=None) -> torch.Tensor:
+        model = self.gen.model if model is None else model
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1,
+                    **{self.gen._cache_kwarg: self.cache})
         self.forward_tokens += ids.numel()
         return out.logits[:, -1, :].float()

@@ -67,8 +67,14 @@ class SlotLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         c = self.cache
         self.device = key_states.device
-        self.keys = key_states.new_zeros((c.slots, key_states.shape[1], c.capacity, key_states.shape[3]))
-        self.values = value_states.new_zeros((c.slots, value_states.shape[1], c.capacity, value_states.shape[3]))
+        # Under autocast the cache holds the compute dtype: rotary embeddings promote the keys to fp32
+        # there, and a cache taking the first write's dtype would hold 1.5x the memory and recast the
+        # keys at every pass.
+        dtype = (torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type)
+                 else key_states.dtype)
+        self.keys = key_states.new_zeros((c.slots, key_states.shape[1], c.capacity, key_states.shape[3]), dtype=dtype)
+        self.values = value_states.new_zeros((c.slots, value_states.shape[1], c.capacity, value_states.shape[3]),
+                                             dtype=dtype)
         self.is_initialized = True
 
     def resize(self, slots: int, capacity: int) -> None:
@@ -85,6 +91,7 @@ class SlotLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         p = self.cache.plan
+        key_states, value_states = key_states.to(self.keys.dtype), value_states.to(self.values.dtype)
         if p.slot is not None:
             s, end = p.slot, p.start + key_states.shape[2]
             self.keys[s, :, p.start:end] = key_states[0]

@@ -77,6 +77,18 @@ class Batch:
                                    truncated=self.truncated[index],
                                    tree_ids=None if self.tree_ids is None else self.tree_ids[index], **cut)
 
+    def by_length(self, index: torch.Tensor) -> torch.Tensor:
+        """`index` reordered by response length, then prompt length (stable): micro-batches cut from it
+        hold rows of similar length, and `rows` trims the padding they all share."""
+        response = self.response_mask[index].sum(1)
+        prompt = self.attention_mask[index, :self.response_start].sum(1)
+        return index[torch.sort(response * (self.response_start + 1) + prompt, stable=True).indices]
+
+    def padding(self) -> tuple[int, int]:
+        """(token positions a forward pass over this batch computes, of which padding)."""
+        total = self.input_ids.numel()
+        return total, total - int(self.attention_mask.sum())
+
     def excluding(self, rows: torch.Tensor) -> "Batch":
         """The same batch with the loss mask cleared on the rows where `rows` ``[B]`` is True (they
         stay in the batch: group statistics and metrics still see them)."""

@@ -4,14 +4,21 @@
               rewards (the outcome score, less the KL penalty when the KL goes in the reward), then
               the advantages of the algorithm's row in `searchr1.rl.algorithms` (GRPO, RLOO and
               REINFORCE read the outcome scores; PPO's GAE and REINFORCE++ the token rewards)
-    update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches, clipped
-              surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated importance
-              weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite loss or
-              gradient norm skips the optimizer step
+    update    ppo_epochs x shuffled mini-batches, gradient accumulation over micro-batches (rows of
+              similar length together, `train.compute.sort_micro_batches`; metric batch/pad_fraction),
+              clipped surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated
+              importance weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite
+              loss or gradient norm skips the optimizer step
 
-The sampler's log-probs are only compared with the recomputed old log-probs (the metrics
-`rollout/logprob_diff*`), never used as the ratio's denominator; with `train.loss.tis_cap` they also
-give the truncated importance weights that correct for a sampler that is not the trainer.
+Old log-probs (the ratio's denominator) come from one of three places (`old_logprobs_source`):
+    update    one optimizer step per batch: the update's own forward, detached (no pass at all)
+    sampler   the rollouts came from the trainer's own weights in its precision (`sampler_is_policy`,
+              `train.loss.reuse_sampler_logprobs`): the log-probs the sampler returned (no pass)
+    forward   otherwise: a forward pass over the batch before the update
+The sampler's log-probs are compared with the trainer's (the metrics `rollout/logprob_diff*`: with
+the forward pass, or the update's first forward while the policy is still the sampler's); with
+`train.loss.tis_cap` they also give the truncated importance weights that correct for a sampler
+that is not the trainer.
 
 Under data parallelism the batch and scores are the whole step's (the same on every rank); the
 forward passes and the update are split between the ranks (`searchr1.train.distributed`).
@@ -87,11 +94,15 @@ class Learner:
 
     `optimizer_cls` / `weight_decay` choose the optimizer (AdamW with `train.optim.weight_decay` by
     default; tests use SGD, whose updates are linear in the gradient). Build it after
-    `models.distribute(dist)`: under zero1 the optimizer itself is sharded."""
+    `models.distribute(dist)`: under zero1 the optimizer itself is sharded.
+
+    `sampler_is_policy`: the batches' rollouts are sampled by the policy module itself under
+    `models.compute()` (our engine over the trained weights), so their log-probs are the old ones."""
 
     def __init__(self, models: TrainModels, tc, dist: DataParallel = ALONE, optimizer_cls=torch.optim.AdamW,
-                 weight_decay: float | None = None) -> None:
+                 weight_decay: float | None = None, sampler_is_policy: bool = False) -> None:
         self.models, self.tc, self.dist = models, tc, dist
+        self.sampler_is_policy = sampler_is_policy
         decay = tc.optim.weight_decay if weight_decay is None else weight_decay
         self.optimizers = {"policy": dist.optimizer(trainable(models.policy), optimizer_cls, lr=tc.optim.lr,
                                                     weight_decay=decay)}
@@ -116,9 +127,10 @@ class Learner:
                   "critic": models.policy_forward if models.shared_critic else models.critic_forward}[which]
         outs = []
         mine = torch.arange(batch.size, device=batch.input_ids.device)[dist.shard(batch.size)]
+        order = batch.by_length(mine) if tc.compute.sort_micro_batches else mine
         # every rank runs the same number of forwards here: one all-gather of a sharded model for all of them
         with dist.gathered(module):
-            for idx in mine.split(tc.micro_batch_size):
+            for idx in order.split(tc.micro_batch_size):
                 mb = batch.rows(idx)
                 with models.compute():
                     if which == "critic" and not models.shared_critic:
@@ -130,7 +142,8 @@ class Learner:
                                          temperature=tc.sampling.temperature)
                         out = res.values if which == "critic" else res.logprobs
                 outs.append(_pad_to(out.float(), batch.response_len))
-        return dist.gather_rows(torch.cat(outs, 0))
+        # back to row order (`mine` is ascending, so the rank of each row in it is its place)
+        return dist.gather_rows(torch.cat(outs, 0)[torch.argsort(order)])
 
     # ------------------------------------------------------------------ targets
     def reuses_own_forward(self, batch: Batch) -> bool:
@@ -142,21 +155,46 @@ class Learner:
         return (not tc.algo.needs_critic and not tc.use_kl_in_reward and tc.ppo_epochs == 1
                 and tc.mini_batch_size >= batch.size)
 
+    def reuses_sampler_logprobs(self) -> bool:
+        """`train.loss.reuse_sampler_logprobs`; auto: the sampler is the policy itself (same weights, same
+        precision), the loss covers generated tokens only (the sampler has no log-probs for injected
+        ones) and TIS is off (it compares the sampler's log-probs with the trainer's)."""
+        tc = self.tc
+        setting = tc.loss.reuse_sampler_logprobs
+        if setting != "auto":
+            return bool(setting)
+        return self.sampler_is_policy and tc.loss.mask_retrieved and tc.loss.tis_cap == 0
+
+    def old_logprobs_source(self, batch: Batch) -> str:
+        """"update", "sampler" or "forward" (see the module docstring)."""
+        if self.reuses_own_forward(batch):
+            return "update"
+        return "sampler" if self.reuses_sampler_logprobs() else "forward"
+
     def prepare(self, batch: Batch, scores: torch.Tensor) -> tuple[Batch, dict[str, float]]:
         """The batch with its training targets filled in, and the metrics of the preparation."""
         tc, models = self.tc, self.models
-        old = None if self.reuses_own_forward(batch) else self.forward(batch, "policy")
+        source = self.old_logprobs_source(batch)
+        old = {"update": None, "sampler": batch.sample_logprobs}.get(source)
+        if source == "forward":
+            old = self.forward(batch, "policy")
+        # The reference's log-probs: bf16 autocast under bf16-mixed, over weights in the policy's dtype
+        # (`build_models`). The cheapest precision that keeps the KL honest: the update's policy
+        # forward runs the same computation, so the KL at step 0 is 0 and carries no precision bias
+        # (a bf16-stored copy gave 5e-3; tests/integration/test_learner_model.py).
         ref = self.forward(batch, "reference") if models.reference is not None else None
         values = self.forward(batch, "critic") if models.critic is not None else None
         mask = batch.loss_mask
         metrics: dict[str, float] = {}
         if old is None and ref is None:
             metrics["actor/kl"] = 0.0
-        if old is not None:  # else the update reports both from its own forward
+        if source == "forward":  # else the update reports the mismatch from its first forward
             diff = sampler_mismatch(old, batch.sample_logprobs, batch.policy_mask)
             metrics["rollout/logprob_diff"] = float(diff["max"])
             metrics["rollout/logprob_diff_mean"] = float(diff["mean"])
+        if old is not None:  # else the update reports the KL from its own forward
             metrics["actor/kl"] = float(masked_mean(kl_penalty(old, ref, "k1"), mask)) if ref is not None else 0.0
+        metrics["train/old_logprobs_from_sampler"] = float(source == "sampler")
         kl_coef = tc.kl.coef if (tc.use_kl_in_reward and ref is not None) else 0.0
         kl = kl_penalty(old, ref, tc.kl_estimator) if kl_coef > 0 else torch.zeros_like(mask, dtype=torch.float32)
         inputs = AdvantageInputs(scores, batch.group_ids, mask, kl_penalized_rewards(scores, kl, mask, kl_coef),
@@ -182,16 +220,19 @@ class Learner:
         t_prep = time.perf_counter()
         batch, metrics = self.prepare(batch, scores)
         t_update = time.perf_counter()
-        metrics.update(self.update(batch, step))
+        metrics.update(self.update(batch, step, measure_sampler=self.old_logprobs_source(batch) == "sampler"))
+        metrics["batch/tokens"] = float(batch.attention_mask.sum())  # what a step's passes must compute
+        metrics["batch/response_tokens"] = float(batch.response_mask.sum())
         metrics["time/prepare_s"] = t_update - t_prep
         metrics["time/update_s"] = time.perf_counter() - t_update
         return metrics
 
     # ------------------------------------------------------------------ the update
-    def update(self, batch: Batch, step: int) -> dict[str, float]:
+    def update(self, batch: Batch, step: int, measure_sampler: bool = False) -> dict[str, float]:
         """ppo_epochs x shuffled mini-batches of a prepared batch; gradient accumulation over
         micro-batches. Under data parallelism rank r trains on its 1/W of each mini-batch with the
-        loss scaled by W (DDP averages gradients)."""
+        loss scaled by W (DDP averages gradients). `measure_sampler`: report the sampler/trainer
+        mismatch from the forwards before the first optimizer step (the policy is still the sampler's)."""
         models, tc, dist = self.models, self.tc, self.dist
         models.set_training(True)
         policy_params, critic_params = trainable(models.policy), trainable(models.critic)
@@ -199,16 +240,20 @@ class Learner:
         skipped = optimizer_steps = 0
         max_norm = tc.optim.max_grad_norm if tc.optim.max_grad_norm > 0 else float("inf")
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
-        for _epoch in range(tc.ppo_epochs):
+        for epoch in range(tc.ppo_epochs):
             perm = torch.randperm(batch.size, generator=gen).to(batch.input_ids.device)
             for mini in perm.split(tc.mini_batch_size):
                 mini_tokens = float(batch.loss_mask[mini].sum())
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 finite = True
-                micros = mini[dist.shard(len(mini))].split(tc.micro_batch_size)
+                share = mini[dist.shard(len(mini))]
+                order = batch.by_length(share) if tc.compute.sort_micro_batches else share
+                micros = order.split(tc.micro_batch_size)
                 for i, micro in enumerate(micros):
                     mb = batch.rows(micro)
+                    cells, padded = mb.padding()
+                    stats.add({"batch/pad_fraction": padded / cells}, cells)
                     if tc.loss.agg == "token-mean":
                         weight = float(mb.loss_mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
                     else:
@@ -216,7 +261,8 @@ class Learner:
                     sync_later = i < len(micros) - 1  # gradients are all-reduced once, after the last micro-batch
                     with dist.no_sync(models.policy_forward, sync_later), \
                             dist.no_sync(models.critic_forward, sync_later):
-                        finite = self._micro_step(mb, weight * dist.world, stats) and finite
+                        finite = self._micro_step(mb, weight * dist.world, stats,
+                                                  measure_sampler and epoch == optimizer_steps == 0) and finite
                     if not finite and not dist.distributed:
                         break  # alone, no other rank waits for this backward
                 finite = dist.all_true(finite)
@@ -245,7 +291,7 @@ class Learner:
         out["train/optimizer_steps"] = optimizer_steps
         return out
 
-    def _micro_step(self, mb: Batch, weight: float, stats: RunningStats) -> bool:
+    def _micro_step(self, mb: Batch, weight: float, stats: RunningStats, measure_sampler: bool = False) -> bool:
         """Forward and backward of one micro-batch; False if the loss was not finite. The backward
         runs even then under data parallelism (the other ranks wait for its all-reduce); the
         optimizer step is skipped everywhere instead."""
@@ -262,12 +308,12 @@ class Learner:
             else:
                 values = models.critic_forward(mb.input_ids, mb.attention_mask, mb.response_start)
         old, ref = mb.old_logprobs, mb.ref_logprobs
+        if (measure_sampler or old is None) and mb.policy_mask.any():
+            diff = sampler_mismatch(out.logprobs.detach(), mb.sample_logprobs, mb.policy_mask)
+            stats.peak({"rollout/logprob_diff": diff["max"]})
+            stats.add({"rollout/logprob_diff_mean": diff["mean"]}, weight)
         if old is None:  # this forward's own, detached (`reuses_own_forward`)
             old = out.logprobs.detach()
-            if mb.policy_mask.any():
-                diff = sampler_mismatch(old, mb.sample_logprobs, mb.policy_mask)
-                stats.peak({"rollout/logprob_diff": diff["max"]})
-                stats.add({"rollout/logprob_diff_mean": diff["mean"]}, weight)
             if ref is not None:
                 stats.add({"actor/kl": masked_mean(kl_penalty(old, ref, "k1"), mask)}, weight)
         micro_stats = {}

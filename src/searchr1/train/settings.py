@@ -76,6 +76,12 @@ class LossConfig:
     vf_coef: float = param(1.0, f"weight of the value loss in the total loss ({_names(needs_critic=True)})")
     mask_retrieved: bool = param(True, "exclude injected tokens (<information> blocks, notes) from the loss; "
                                        "false = train on them as if generated (the paper's ablation)")
+    reuse_sampler_logprobs: Literal["auto"] | bool = param(
+        "auto", "use the log-probs the sampler returned as the old log-probs instead of recomputing them (one "
+                "forward pass over the batch less): valid when the rollouts came from the trainer's own weights "
+                "in its own precision (our engine) and only generated tokens are trained on (mask_retrieved); "
+                "auto = when valid and tis_cap = 0 (TIS needs the trainer's recomputed log-probs). With one "
+                "optimizer step per batch the update's own forward gives them instead, either way")
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_ratio < 1:
@@ -86,6 +92,12 @@ class LossConfig:
             raise ValueError("dual_clip_c must be > 1, or 0 for off")
         if self.tis_cap < 0:
             raise ValueError("tis_cap must be >= 0 (0 = off)")
+        if self.reuse_sampler_logprobs is True and self.tis_cap > 0:
+            raise ValueError("reuse_sampler_logprobs=true makes the old log-probs the sampler's, so TIS (tis_cap > 0) "
+                             "would weigh every token by 1: turn one of them off")
+        if self.reuse_sampler_logprobs is True and not self.mask_retrieved:
+            raise ValueError("reuse_sampler_logprobs=true needs mask_retrieved=true: the sampler has no log-probs for "
+                             "the injected tokens that mask_retrieved=false trains on")
         if min(self.entropy_coef, self.value_clip, self.vf_coef) < 0:
             raise ValueError("entropy_coef, value_clip and vf_coef must be >= 0")
         if self.agg not in AGG_MODES:
@@ -210,7 +222,8 @@ class ComputeConfig:
         "auto", "training precision. bf16-mixed: fp32 master weights, gradients and optimizer state, forward "
                 "passes (rollouts too) under bf16 autocast; bf16: pure bf16 weights (half the memory, but an "
                 "update below bf16's resolution rounds away: at lr 1e-6 about 2% of the weights move); "
-                "fp32; auto = bf16-mixed on CUDA, fp32 elsewhere. Training ignores model.dtype")
+                "fp32; auto = bf16-mixed on CUDA and on CPUs that compute bf16 natively (x86 AVX512-BF16 or "
+                "AMX), fp32 elsewhere. Training ignores model.dtype")
     sharding: Literal["auto", "none", "zero1", "zero2", "zero3"] = param(
         "auto", "under torchrun / accelerate launch (no effect in one process): none = DDP; zero1 = optimizer "
                 "state split over the processes; zero2 = + gradients (FSDP2, parameters gathered per step); "
@@ -221,6 +234,10 @@ class ComputeConfig:
                                    "recomputing each chunk in the backward: the [tokens, vocab] logits of a long "
                                    "response never exist whole (same values; one extra LM-head pass when a "
                                    "response is longer than this); 0 = all at once")
+    sort_micro_batches: bool = param(True, "cut micro-batches from rows sorted by length (within each rank's share "
+                                           "of a mini-batch), so that a pass holds little padding; the loss and "
+                                           "gradients are the same (the accumulation is weighted); false = the "
+                                           "shuffled order")
 
     def __post_init__(self) -> None:
         if self.logits_chunk < 0:

@@ -127,6 +127,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     say(f"train: {len(rows)} questions; loading {cfg.model.name} ...")
     device = str(dist.device) if dist.distributed else cfg.model.device
     weights_dtype, autocast_dtype = resolve_precision(tc.compute.precision, pick_device(device))
+    say(f"train: precision {tc.compute.precision} -> {'bf16 autocast over ' if autocast_dtype else ''}"
+        f"{weights_dtype} weights")
     model, tokenizer = load_causal_lm(cfg.model.name, device, weights_dtype)
     models = build_models(model, tc, autocast_dtype)
     sampler = PromptSampler(len(rows), tc.seed)
@@ -164,6 +166,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     # the generator samples from the trained weights themselves (vLLM: follows them, see below)
     factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
     generator = factory(causal_lm(models.policy), tokenizer)
+    # our engine runs the policy module itself, under models.compute() (`_generating`): its log-probs are the old ones
+    learner.sampler_is_policy = getattr(generator, "model", None) is causal_lm(models.policy)
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
