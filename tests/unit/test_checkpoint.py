@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,10 +236,10 @@ def test_wrong_model_kind_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------ files on disk
 
 
-def _save_plain(run_dir, step, keep_last=3):
+def _save_plain(run_dir, step, keep_last=3, drop_newer=False):
     policy, critic, opts, schs = _build_plain(step)
     return save_checkpoint(run_dir, step, policy=policy, critic=critic, optimizers=opts, schedulers=schs,
-                           state={"step": step}, keep_last=keep_last)
+                           state={"step": step}, keep_last=keep_last, drop_newer=drop_newer)
 
 
 def test_manifest_and_latest(tmp_path):
@@ -260,8 +262,11 @@ def test_keep_last_prunes_older(tmp_path):
     assert find_latest_checkpoint(tmp_path).name == "step-000005"
     _save_plain(tmp_path, 6, keep_last=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000006"]
-    # A resumed run saving an earlier step removes the abandoned later ones (they would shadow it).
+    # A run that did not resume keeps later checkpoints it finds (only a resumed run may drop them) ...
     _save_plain(tmp_path, 3, keep_last=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-000006"]
+    # ... a resumed run saving an earlier step removes the abandoned later ones (they would shadow it).
+    _save_plain(tmp_path, 3, keep_last=3, drop_newer=True)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003"]
     # Re-saving an existing step replaces it.
     _save_plain(tmp_path, 3)
@@ -369,12 +374,12 @@ _KILLED_WRITER = textwrap.dedent("""
             return real_save(obj, f, *a, **k)
         ck.torch.save = slow_save
     else:  # complete temp dir with MANIFEST, killed just before the rename
-        real_replace = os.replace
-        def slow_replace(src, dst):
+        real_swap_in = ck.swap_in
+        def slow_swap_in(src, dst):
             if ".tmp-step-" in str(src):
                 hang()
-            return real_replace(src, dst)
-        ck.os.replace = slow_replace
+            return real_swap_in(src, dst)
+        ck.swap_in = slow_swap_in
 
     policy = nn.Linear(4, 1)
     opt = torch.optim.AdamW(policy.parameters())
@@ -383,7 +388,7 @@ _KILLED_WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("where", ["torch.save", "os.replace"])
+@pytest.mark.parametrize("where", ["torch.save", "swap_in"])
 def test_killed_writer_leaves_previous_checkpoint(tmp_path, where):
     policy = nn.Linear(4, 1)
     opt = torch.optim.AdamW(policy.parameters())
@@ -415,3 +420,94 @@ def test_killed_writer_leaves_previous_checkpoint(tmp_path, where):
     save_checkpoint(tmp_path, 2, policy=policy, optimizers={"policy": opt}, state={"n": 2})
     assert not stray.exists()
     assert find_latest_checkpoint(tmp_path).name == "step-000002"
+
+
+_KILLED_RESAVE = textwrap.dedent("""
+    import os, sys, time, torch
+    from torch import nn
+    import searchr1.atomic as atomic
+    from searchr1.train import checkpoint as ck
+
+    run_dir, marker = sys.argv[1], sys.argv[2]
+    atomic.exchange = lambda a, b: False  # the two-rename fallback (no renameat2)
+    real_rename = os.rename
+    def killed_rename(src, dst):
+        if ".tmp-step-" in str(src):  # the old step is already set aside
+            open(marker, "w").close()
+            time.sleep(120)
+        return real_rename(src, dst)
+    atomic.os.rename = killed_rename
+    policy = nn.Linear(4, 1)
+    ck.save_checkpoint(run_dir, 1, policy=policy, optimizers={"policy": torch.optim.AdamW(policy.parameters())},
+                       state={"n": "resaved"})
+""")
+
+
+def _run_until_marker_then_kill(script: str, *args) -> int:
+    marker = Path(args[0]).parent / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "writer exited before reaching the kill point"
+            assert time.monotonic() < deadline, "writer never reached the kill point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    return proc.pid
+
+
+def test_killed_resave_keeps_the_step(tmp_path):
+    policy = nn.Linear(4, 1)
+    opt = torch.optim.AdamW(policy.parameters())
+    first = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={"n": 1})
+    pid = _run_until_marker_then_kill(_KILLED_RESAVE, tmp_path)
+    root = tmp_path / "checkpoints"
+    assert not first.exists() and (root / f".step-000001.old-{pid}").is_dir()  # the kill window
+    # The next save (its prune removes dead writers' strays) must not lose step 1 ...
+    save_checkpoint(tmp_path, 2, policy=policy, optimizers={"policy": opt}, state={"n": 2})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000001", "step-000002"]
+    verify_checkpoint(first)
+    assert not any(p.name.startswith(".") for p in root.iterdir())
+    fresh = nn.Linear(4, 1)
+    assert load_checkpoint(first, policy=fresh, optimizers={"policy": torch.optim.AdamW(fresh.parameters())}) \
+        == {"n": 1}
+
+
+def test_killed_resave_is_restored_before_resume(tmp_path):
+    policy = nn.Linear(4, 1)
+    first = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": torch.optim.AdamW(policy.parameters())},
+                            state={"n": 1})
+    _run_until_marker_then_kill(_KILLED_RESAVE, tmp_path)
+    assert find_latest_checkpoint(tmp_path) == first
+
+
+def test_resave_replaces_the_step_atomically(tmp_path):
+    policy = nn.Linear(4, 1)
+    opt = torch.optim.AdamW(policy.parameters())
+    save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={"n": 1})
+    path = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={"n": 2})
+    assert load_checkpoint(path, policy=policy, optimizers={"policy": opt}) == {"n": 2}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000001"]
+
+
+def test_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import searchr1.train.checkpoint as ck
+
+    policy = nn.Linear(256, 256)
+    opt = torch.optim.AdamW(policy.parameters())
+    first = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={})
+    real = shutil.disk_usage
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: real(p)._replace(free=10 << 20))
+    with pytest.raises(CheckpointError, match=r"not enough free disk space for checkpoint step 2.*GiB are free"):
+        save_checkpoint(tmp_path, 2, policy=policy, optimizers={"policy": opt}, state={})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000001"]
+    verify_checkpoint(first)
+
+
+def test_tensor_bytes_counts_nested_states():
+    from searchr1.train.checkpoint import tensor_bytes
+
+    opt_state = {"state": {0: {"exp_avg": torch.zeros(10), "step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1}]}
+    assert tensor_bytes([{"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, opt_state]) == 12 + 40 + 4

@@ -12,8 +12,8 @@ Layout of one checkpoint, ``{run_dir}/checkpoints/step-{step:06d}/``::
     MANIFEST.json      written last: every file's size and sha256, format version, step, time, version
 
 A checkpoint is written into ``checkpoints/.tmp-step-{step:06d}-{pid}``, every file is fsynced, the
-MANIFEST is written, and only then is the directory renamed into place (``os.replace``) and the
-parent directory fsynced. A process killed at any moment therefore leaves the earlier checkpoints
+MANIFEST is written, and only then is the directory renamed into place (``atomic.swap_in``: one
+atomic exchange when the step already exists) and the parent directory fsynced. A process killed at any moment therefore leaves the earlier checkpoints
 intact and at most a stray temp directory, which the next save removes once its writer is dead.
 ``checkpoints/latest`` names the newest step directory (for people and outside tools; the loader
 itself scans and verifies, it does not trust that file).
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from searchr1 import __version__
+from searchr1.atomic import fsync_dir, pid_alive, restore_set_aside, swap_in
 from searchr1.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,13 @@ LATEST_NAME = "latest"
 CHECKPOINTS_DIRNAME = "checkpoints"
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
-# What an interrupted save leaves: its temp or set-aside step directory, or its temp `latest` file.
-_STRAY_RE = re.compile(r"^\.(?:(?:tmp|old)-step-\d+|latest\.tmp)-(\d+)$")
+# What an interrupted save leaves: its temp step directory or its temp `latest` file (deleted once the
+# writer is gone), or a step set aside by `atomic.swap_in`'s fallback (renamed back, never deleted).
+_STRAY_RE = re.compile(r"^\.(?:tmp-step-\d+|latest\.tmp)-(\d+)$")
+_SET_ASIDE_RE = re.compile(r"^\.(step-\d+)\.old-\d+$")
+# Free space asked for beyond the checkpoint's tensors: tokenizer, config, MANIFEST, file system slack.
+_SPACE_MARGIN = 1.05
+_SPACE_SLACK = 64 << 20
 _HASH_CHUNK = 8 << 20
 
 
@@ -102,6 +108,7 @@ def save_checkpoint(
     policy_state: Mapping[str, torch.Tensor] | None = None,
     critic_state: Mapping[str, torch.Tensor] | None = None,
     optimizer_states: Mapping[str, Any] | None = None,
+    drop_newer: bool = False,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically and return its final path.
 
@@ -110,9 +117,10 @@ def save_checkpoint(
     dataclasses are converted); anything else is a TypeError now, not an unreadable checkpoint later.
 
     After the new checkpoint is in place, older ones beyond ``keep_last`` are deleted (never the
-    new one), as are checkpoints with a *higher* step (left by a timeline abandoned when the run was
-    resumed from an earlier step; they would otherwise shadow this one on the next resume) and
-    temp directories of writers that are no longer alive.
+    new one), as are temp directories of writers that are no longer alive. ``drop_newer`` (a resumed
+    run only) also deletes checkpoints with a *higher* step: a timeline abandoned when the run was
+    resumed from an earlier step, which would otherwise shadow this one on the next resume. Without
+    it they are kept, with a warning: only a run that chose to resume may discard them.
 
     ``policy_state`` / ``critic_state`` / ``optimizer_states`` replace the modules' and optimizers'
     own state dicts: a sharded run passes the whole tensors it gathered (`DataParallel.full_state_dict`),
@@ -124,7 +132,13 @@ def save_checkpoint(
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _restore_set_aside_steps(root)
     final = checkpoint_dir(run_dir, step)
+    states = [policy_state if policy_state is not None else _unwrap(policy).state_dict(),
+              optimizer_states if optimizer_states is not None else {n: o.state_dict() for n, o in optimizers.items()}]
+    if critic is not None:
+        states.append(critic_state if critic_state is not None else _unwrap(critic).state_dict())
+    check_free_space(root, tensor_bytes(states), what=f"checkpoint step {step}")
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -159,25 +173,18 @@ def save_checkpoint(
         }
         _write_file_synced(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
         for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            _fsync_dir(d)
-        _fsync_dir(tmp)
+            fsync_dir(d)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    aside = root / f".old-step-{step:06d}-{os.getpid()}"
-    if final.exists():
-        # Re-saving a step (rare: a resumed run saving the step it resumed from). Move the old one
-        # aside first: os.replace cannot replace a non-empty directory.
-        if aside.exists():
-            shutil.rmtree(aside)
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    shutil.rmtree(aside, ignore_errors=True)
+    # A re-save of an existing step (a resumed run saving the step it resumed from) swaps the new copy
+    # in whole: a kill leaves the old or the new one as step-N, never only strays (`atomic.swap_in`).
+    swap_in(tmp, final)
 
     _write_latest(root, final.name)
-    _prune(root, final, keep_last)
+    _prune(root, final, keep_last, drop_newer)
     log.info("saved checkpoint %s", final)
     return final
 
@@ -306,53 +313,61 @@ def _write_file_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_latest(root: Path, name: str) -> None:
     tmp = root / f".latest.tmp-{os.getpid()}"
     _write_file_synced(tmp, (name + "\n").encode())
     os.replace(tmp, root / LATEST_NAME)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers: the save that made them has finished or failed
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, another user's
-        return True
-    return True
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in nested dicts / lists / tuples (a state dict, optimizer states)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
-def _prune(root: Path, keep: Path, keep_last: int) -> None:
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """CheckpointError unless `directory`'s file system has room for `needed` bytes (plus a margin):
+    older checkpoints are pruned only after a successful write, so a full disk must fail first."""
+    free = shutil.disk_usage(directory).free
+    want = int(needed * _SPACE_MARGIN) + _SPACE_SLACK
+    if free < want:
+        raise CheckpointError(f"not enough free disk space for {what} in {directory}: it needs about "
+                              f"{want / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free; free some space, "
+                              "lower train.keep_last, or point train.run_dir at a larger disk")
+
+
+def _restore_set_aside_steps(root: Path) -> None:
+    """Rename back steps that a re-save killed mid-way had set aside (`atomic.restore_set_aside`)."""
+    for p in list(root.iterdir()) if root.is_dir() else []:
+        if m := _SET_ASIDE_RE.match(p.name):
+            restore_set_aside(root / m.group(1))
+
+
+def _prune(root: Path, keep: Path, keep_last: int, drop_newer: bool) -> None:
     new_step = checkpoint_step(keep)
     ckpts = list_checkpoints(root.parent)
     newer = [p for p in ckpts if checkpoint_step(p) > new_step]
     for p in newer:
-        log.warning("removing checkpoint %s: its step is after the one just saved (%s), so it belongs to "
-                    "a run this one was resumed before", p, keep.name)
-        shutil.rmtree(p, ignore_errors=True)
+        if drop_newer:
+            log.warning("removing checkpoint %s: its step is after the one just saved (%s), so it belongs to "
+                        "a run this one was resumed before", p, keep.name)
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            log.warning("keeping checkpoint %s: its step is after the one just saved (%s), and only a "
+                        "resumed run may delete it", p, keep.name)
     older = [p for p in ckpts if checkpoint_step(p) < new_step]
     for p in older[: max(0, len(older) - (keep_last - 1))]:
         log.info("pruning old checkpoint %s (keep_last=%d)", p, keep_last)
         shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
         m = _STRAY_RE.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             log.info("removing stray %s (its writer is gone)", p)
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -420,6 +435,7 @@ def find_latest_checkpoint(run_dir: str | os.PathLike, *, deep: bool = True) -> 
 
     Checkpoints that fail verification (interrupted writes, corruption) are skipped with a warning.
     """
+    _restore_set_aside_steps(checkpoints_dir(run_dir))
     for p in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(p, deep=deep)
