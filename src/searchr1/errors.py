@@ -35,3 +35,11 @@ class MissingDependencyError(SearchR1Error):
 
 class CheckpointError(SearchR1Error):
     """A checkpoint that is incomplete, corrupted or does not fit the model it is loaded into."""
+
+
+class TrainingDivergedError(SearchR1Error):
+    """Training stopped: too many consecutive optimizer steps were skipped for non-finite values."""
+
+
+class NonFiniteLogitsError(SearchR1Error):
+    """A model produced NaN or infinite next-token logits, so no token can be sampled."""

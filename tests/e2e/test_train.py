@@ -254,6 +254,58 @@ def test_non_finite_loss_skips_the_optimizer_step(world, tmp_path, monkeypatch):
         assert torch.equal(p, before[name]), name
 
 
+def test_consecutive_skipped_updates_stop_the_run_and_keep_the_last_checkpoint(world, tmp_path, monkeypatch):
+    import searchr1.train.learner as learner
+    from searchr1.errors import TrainingDivergedError
+
+    def nan_loss(logprob, *args, **kwargs):
+        return logprob.sum() * float("nan"), {"clip_fraction": 0.0, "approx_kl": 0.0, "ratio_max": 1.0}
+
+    monkeypatch.setattr(learner, "policy_loss", nan_loss)
+    run = tmp_path / "run"
+    # 2 mini-batches a step: step 1 skips 2 (saved), step 2 reaches 4 in a row
+    with pytest.raises(TrainingDivergedError, match=r"step 2: the last 4 optimizer steps were all skipped.*"
+                                                    r"step-000001.*is kept"):
+        train(make_cfg(world, run, steps=5, save_every=1, optim={"max_skipped_updates": 3}), reward_fn=share_of_a)
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-000001"]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+def _listing(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_in_a_used_run_dir_is_refused_and_nothing_is_deleted(world, tmp_path, monkeypatch):
+    import searchr1.train.trainer as trainer
+    from searchr1.errors import ConfigError
+
+    run = tmp_path / "run"
+    train(make_cfg(world, run, steps=2, save_every=1), reward_fn=share_of_a)
+    before = _listing(run)
+    assert {"checkpoints/step-000001/MANIFEST.json", "checkpoints/step-000002/MANIFEST.json"} <= set(before)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the run_dir was checked")
+
+    monkeypatch.setattr(trainer, "load_causal_lm", no_loading)
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(2 checkpoint\(s\).*train\.resume=true.*"
+                                          r"train\.overwrite=true"):
+        train(make_cfg(world, run, steps=1), reward_fn=share_of_a)
+    assert _listing(run) == before
+
+
+def test_overwrite_moves_the_earlier_run_aside(world, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(world, run, steps=2, save_every=1), reward_fn=share_of_a)
+    before = _listing(run)
+    result = train(make_cfg(world, run, steps=1, overwrite=True), reward_fn=share_of_a)
+    (aside,) = run.glob("replaced-*")
+    assert _listing(aside) == before  # every byte of the earlier run, moved
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-000001"]
+    assert [r["step"] for r in read_metrics(run)] == [1]
+    assert result["step"] == 1
+
+
 def test_periodic_eval_and_cli(world, tmp_path, capsys):
     from searchr1.cli import main
 

@@ -72,3 +72,21 @@ def test_find_stop_returns_the_earliest():
     assert find_stop("a </answer> b </search>", ["</search>", "</answer>"]) == "</answer>"
     assert find_stop("nothing here", ["</search>"]) is None
     assert find_stop("", []) is None
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_name_the_row_instead_of_a_multinomial_assert(greedy, bad):
+    from searchr1.errors import NonFiniteLogitsError
+
+    logits = torch.zeros(4, 5)
+    logits[2, 3] = bad
+    params = SamplingParams(temperature=0.0 if greedy else 1.0)
+    with pytest.raises(NonFiniteLogitsError, match=r"NaN or infinite in batch row\(s\) \[2\] of 4"):
+        sample_next(logits, params, torch.Generator().manual_seed(0))
+
+
+def test_masked_minus_inf_logits_still_sample():
+    logits = torch.tensor([[0.0, NEG, 0.0], [NEG, 1.0, NEG]])
+    tokens, logprobs = sample_next(logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    assert tokens[1].item() == 1 and logprobs[1].item() == 0.0 and tokens[0].item() in (0, 2)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from searchr1.errors import NonFiniteLogitsError
 from searchr1.rollout.generator import SamplingParams
 
 
@@ -29,6 +30,19 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _check_finite(logprobs: torch.Tensor) -> None:
+    """NonFiniteLogitsError naming the rows whose logits hold NaN or +inf (their log-softmax is NaN;
+    -inf logits, masked tokens, are fine), before torch.multinomial meets them: on CUDA it asserts on
+    the device and kills the process with no usable message. One reduction per step."""
+    if not torch.isnan(logprobs.sum()):
+        return
+    rows = torch.isnan(logprobs).any(dim=-1).nonzero().flatten().tolist()
+    raise NonFiniteLogitsError(
+        f"the model's next-token logits are NaN or infinite in batch row(s) {rows[:10]}"
+        f"{' ...' if len(rows) > 10 else ''} of {len(logprobs)}: the weights have diverged (a trained policy: "
+        "lower train.lr, or train.precision=fp32) or the precision overflows (model.dtype=float32)")
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +57,13 @@ def sample_next(logits: torch.Tensor, params: SamplingParams,
     """
     logits = logits.float()
     if params.greedy:
-        tokens = logits.argmax(dim=-1)
         logprobs = torch.log_softmax(logits, dim=-1)
+        _check_finite(logprobs)
+        tokens = logits.argmax(dim=-1)
     else:
         scaled = logits / params.temperature
         logprobs = torch.log_softmax(scaled, dim=-1)
+        _check_finite(logprobs)
         probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
         if generator is None or isinstance(generator, torch.Generator):
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -237,7 +237,7 @@ class Learner:
         models.set_training(True)
         policy_params, critic_params = trainable(models.policy), trainable(models.critic)
         stats = RunningStats()
-        skipped = optimizer_steps = 0
+        skipped = trailing_skipped = optimizer_steps = 0
         max_norm = tc.optim.max_grad_norm if tc.optim.max_grad_norm > 0 else float("inf")
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         for epoch in range(tc.ppo_epochs):
@@ -272,6 +272,7 @@ class Learner:
                                                                     or bool(torch.isfinite(critic_norm)))
                 if not finite or not norms_finite:
                     skipped += 1
+                    trailing_skipped += 1
                     for opt in self.optimizers.values():
                         opt.zero_grad(set_to_none=True)
                     continue
@@ -280,6 +281,7 @@ class Learner:
                 for sched in self.schedulers.values():
                     sched.step()
                 optimizer_steps += 1
+                trailing_skipped = 0
                 stats.add({"actor/grad_norm": grad_norm})
                 if critic_norm is not None:
                     stats.add({"critic/grad_norm": critic_norm})
@@ -289,6 +291,7 @@ class Learner:
         out = dist.merge_stats(stats.sums, stats.weights, stats.maxima)
         out["train/skipped_updates"] = skipped
         out["train/optimizer_steps"] = optimizer_steps
+        out["train/trailing_skipped_updates"] = trailing_skipped  # since the last optimizer step taken
         return out
 
     def _micro_step(self, mb: Batch, weight: float, stats: RunningStats, measure_sampler: bool = False) -> bool:

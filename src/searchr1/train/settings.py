@@ -41,10 +41,15 @@ class OptimConfig:
     warmup_steps: int = param(0, "optimizer steps of linear learning-rate warm-up, then constant")
     weight_decay: float = param(0.01, "AdamW weight decay")
     max_grad_norm: float = param(1.0, "gradient clipping by global norm; 0 = off")
+    max_skipped_updates: int = param(5, "stop the run with an error after this many consecutive optimizer "
+                                        "steps skipped for a non-finite loss or gradient (the last checkpoint "
+                                        "is kept); 0 = never stop")
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.critic_lr <= 0:
             raise ValueError("lr and critic_lr must be positive")
+        if self.max_skipped_updates < 0:
+            raise ValueError("max_skipped_updates must be >= 0 (0 = never stop)")
         if min(self.warmup_steps, self.weight_decay, self.max_grad_norm) < 0:
             raise ValueError("warmup_steps, weight_decay and max_grad_norm must be >= 0")
 
@@ -284,6 +289,10 @@ class TrainConfig:
     keep_last: int = param(3, "checkpoints kept")
     run_dir: str = param("runs/train", "where checkpoints, metrics and eval reports go")
     resume: bool = param(False, "continue from the latest checkpoint in run_dir")
+    overwrite: bool = param(False, "start afresh (resume=false) in a run_dir that holds an earlier run: its "
+                                   "checkpoints, metrics, TensorBoard events and eval reports are moved to "
+                                   "run_dir/replaced-<time>/ (nothing is deleted); without it such a run_dir is "
+                                   "refused")
     seed: int = param(0, "seed of the data order, the question sample (questions.limit), the sampling noise "
                          "and the initialisation")
     tensorboard: bool = param(True, "write TensorBoard event files to run_dir")
@@ -310,6 +319,9 @@ class TrainConfig:
             raise ValueError(f"rollout_tree={self.rollout_tree} trees per question need a group_size that is a "
                              f"larger multiple of it (each tree has group_size/rollout_tree leaves, one chain and "
                              f"at least one expansion), got group_size={self.group_size}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the run in run_dir, "
+                             "overwrite starts a new one there")
         batch = self.prompts_per_step * self.group_size
         if self.mini_batch_size > batch:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the trajectories per step "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import time
 from pathlib import Path
@@ -23,18 +24,18 @@ from pathlib import Path
 import torch
 
 from searchr1.data.questions import held_out_questions, training_questions
-from searchr1.errors import CheckpointError
+from searchr1.errors import CheckpointError, ConfigError, TrainingDivergedError
 from searchr1.eval.harness import evaluate
 from searchr1.modelhub import load_causal_lm, pick_device
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent
 from searchr1.rollout.backend import open_generator
 from searchr1.train.batch import collate
-from searchr1.train.checkpoint import (find_latest_checkpoint, list_checkpoints, load_trainer_state, load_weights,
+from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoint, list_checkpoints, load_trainer_state, load_weights,
                                        save_checkpoint, verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
-from searchr1.train.metrics_log import MetricsLogger
+from searchr1.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
 from searchr1.train.rollouts import PromptSampler, RewardFn, RolloutCollector, default_reward_fn, rollout_metrics
 
@@ -48,6 +49,34 @@ def _seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:  # pragma: no cover
         pass
+
+
+#: What a run writes into its run_dir: a fresh run in a used run_dir refuses, or moves them aside.
+_RUN_FILES = (CHECKPOINTS_DIRNAME, METRICS_FILE, TENSORBOARD_DIR, "eval")
+
+
+def _claim_run_dir(run_dir: Path, tc, dist, say) -> None:
+    """A fresh run (train.resume=false) never deletes, prunes or appends to an earlier run's files:
+    a run_dir holding checkpoints or metrics is refused unless train.overwrite moves them aside."""
+    if tc.resume:
+        return
+    checkpoints = list_checkpoints(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not checkpoints and not (metrics.is_file() and metrics.stat().st_size > 0):
+        return
+    if not tc.overwrite:
+        raise ConfigError(
+            f"train.run_dir {run_dir} holds an earlier run ({len(checkpoints)} checkpoint(s) and its "
+            f"{METRICS_FILE}); set train.resume=true to continue it, train.overwrite=true to start over (its files "
+            f"are moved to {run_dir}/replaced-<time>/), or choose another train.run_dir")
+    if dist.is_main:
+        aside = run_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+        aside.mkdir()
+        for name in _RUN_FILES:
+            if (run_dir / name).exists():
+                os.rename(run_dir / name, aside / name)
+        say(f"train: train.overwrite: the earlier run's files are now in {aside}")
+    dist.barrier()
 
 
 def _checkpoint_to_resume(run_dir: Path, say) -> Path | None:
@@ -117,9 +146,10 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     dist = DataParallel.from_env(cfg.model.device, tc.compute.sharding)
     dist.check_divisible("train.prompts_per_step", tc.prompts_per_step)
     dist.check_divisible("train.mini_batch_size", tc.mini_batch_size)
-    _seed_everything(tc.seed)
     say = (lambda text: console.print(text, markup=False)) if console is not None and dist.is_main \
         else (lambda text: None)
+    _claim_run_dir(run_dir, tc, dist, say)
+    _seed_everything(tc.seed)
 
     # ---------------------------------------------------------------- data and models
     rows = training_questions(cfg)
@@ -158,9 +188,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         sampler.load_state_dict(state["sampler"])
         skipped_total = int(state.get("skipped_steps", 0))
         history = list(state.get("history", []))
-        if logger is not None:
-            logger.truncate_after(start + 1)  # drop what was logged after the checkpoint
         say(f"train: resumed from {latest} (step {start})")
+    if tc.resume and logger is not None:
+        logger.truncate_after(start + 1)  # drop what was logged after the checkpoint (all of it when none)
 
     # ---------------------------------------------------------------- rollout machinery
     # the generator samples from the trained weights themselves (vLLM: follows them, see below)
@@ -188,10 +218,11 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         return save_checkpoint(run_dir, step, policy=models.policy, tokenizer=tokenizer, critic=models.critic,
                                optimizers=learner.optimizers, schedulers=learner.schedulers, state=state,
                                keep_last=tc.keep_last, policy_state=policy_state, critic_state=critic_state,
-                               optimizer_states=optimizer_states)
+                               optimizer_states=optimizer_states, drop_newer=tc.resume)
 
     bar = _progress(tc, tc.steps, start) if dist.is_main else None
     last_ckpt: Path | None = None
+    skipped_in_a_row = 0  # optimizer steps skipped since the last one taken
     metrics: dict[str, float] = {}
     step = start
     try:
@@ -213,6 +244,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             up = learner.learn(batch, rollouts.scores.to(device), step)
             generator.weights_updated()  # an engine with its own copy (vLLM) reloads before its next rollout
             skipped_total += int(up.pop("train/skipped_updates"))
+            trailing = int(up.pop("train/trailing_skipped_updates"))
+            skipped_in_a_row = skipped_in_a_row + trailing if up["train/optimizer_steps"] == 0 else trailing
             metrics.update(up)
             t_end = time.perf_counter()
             # 7. metrics
@@ -238,6 +271,13 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             if bar is not None:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", em=f"{metrics['reward/em']:.3f}")
                 bar.update(1)
+            # diverged: stop after logging the step, before another checkpoint (the last one is kept)
+            if tc.optim.max_skipped_updates and skipped_in_a_row >= tc.optim.max_skipped_updates:
+                raise TrainingDivergedError(
+                    f"train: step {step}: the last {skipped_in_a_row} optimizer steps were all skipped (non-finite "
+                    f"loss or gradient; train.optim.max_skipped_updates={tc.optim.max_skipped_updates}): training has "
+                    f"diverged. The last checkpoint ({last_ckpt or 'none written by this run'}) is kept; try a "
+                    "lower train.lr, train.max_grad_norm, or train.precision=fp32, and resume or start over")
             # 8. evaluation and checkpoints (rank 0; the others wait)
             if tc.eval_every and step % tc.eval_every == 0:
                 with dist.gathered(models.policy_forward):
