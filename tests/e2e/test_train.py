@@ -306,6 +306,49 @@ def test_overwrite_moves_the_earlier_run_aside(world, tmp_path):
     assert result["step"] == 1
 
 
+def _cache_peaks(cfg, peaks):
+    """A generator factory (our engine) that records the KV cache's bytes after every step."""
+    from searchr1.rollout.backend import open_generator
+
+    def factory(model, tok):
+        gen = open_generator(cfg, model, tok, seed=0)
+        open_session = gen.session
+
+        def session(prompts, params):
+            s = open_session(prompts, params)
+            step = s.step
+
+            def recording_step():
+                out = step()
+                peaks.append(sum(t.numel() * t.element_size() for layer in s.cache.layers if layer.is_initialized
+                                 for t in (layer.keys, layer.values)))
+                return out
+
+            s.step = recording_step
+            return s
+
+        gen.session = session
+        return gen
+
+    return factory
+
+
+@pytest.mark.parametrize("budget_mib", [1, 0])
+def test_the_rollout_kv_cache_stays_within_its_budget(world, tmp_path, budget_mib):
+    # 16 episodes of up to ~40 tokens: 1 KiB a token (2 layers x K,V x 4 heads x 16 x fp32), 256 tokens a
+    # slot; all 16 at once would take 4 MiB, a 1 MiB budget allows 4 slots
+    cfg = make_cfg(world, tmp_path / "run", steps=2, sampling={"pool_memory_gb": budget_mib / 1024})
+    cfg.agent.max_response_tokens, cfg.agent.max_obs_tokens = 24, 8
+    peaks = []
+    result = train(cfg, generator_factory=_cache_peaks(cfg, peaks), reward_fn=share_of_a)
+    assert result["step"] == 2 and peaks
+    if budget_mib:
+        assert max(peaks) <= budget_mib << 20
+        assert max(peaks) == 4 * 256 * 1024  # the pool is 4, its cache full-width
+    else:
+        assert max(peaks) == 16 * 256 * 1024  # unbounded on CPU: every episode at once
+
+
 def test_periodic_eval_and_cli(world, tmp_path, capsys):
     from searchr1.cli import main
 

@@ -162,13 +162,16 @@ class RolloutCollector:
     """Plays and scores a step's episodes with `agent` (whose generator samples from the policy).
 
     `gathered` is the context in which the policy's weights are whole for generation (sharded
-    runs all-gather them once; `searchr1.train.distributed`)."""
+    runs all-gather them once; `searchr1.train.distributed`). `pool_for(trajectories)` gives the
+    episodes live at once (default: `tc.sampling.pool`; the trainer bounds it by a memory budget)."""
 
     def __init__(self, agent: Agent, tokenizer, rows: Sequence[dict], sampler: PromptSampler, tc, chat,
-                 reward_fn: RewardFn, max_response_tokens: int, dist, gathered: Callable) -> None:
+                 reward_fn: RewardFn, max_response_tokens: int, dist, gathered: Callable,
+                 pool_for: Callable[[list[Trajectory]], int] | None = None) -> None:
         self.agent, self.tokenizer, self.rows, self.sampler, self.tc = agent, tokenizer, rows, sampler, tc
         self.chat, self.reward_fn, self.max_response_tokens = chat, reward_fn, max_response_tokens
         self.dist, self.gathered = dist, gathered
+        self.pool_for = pool_for or (lambda trajs: tc.sampling.pool or len(trajs))
 
     def score(self, trajs: Sequence[Trajectory]) -> torch.Tensor:
         scores = score_trajectories(trajs, self.reward_fn)
@@ -190,7 +193,7 @@ class RolloutCollector:
 
         def play(episodes: list[Trajectory], seed: int) -> RolloutStats:
             params = SamplingParams(temperature=tc.sampling.temperature, top_p=tc.sampling.top_p, seed=seed)
-            return self.agent.run(episodes, params, pool=tc.sampling.pool or None)
+            return self.agent.run(episodes, params, pool=self.pool_for(episodes))
 
         with self.gathered():
             stats = play(trajs, seed)

@@ -173,7 +173,10 @@ class SamplingConfig:
                                     "training forward, so ratios compare like with like)")
     top_p: float = param(1.0, "rollout nucleus sampling mass")
     pool: int = param(0, "episodes live at once in a step's rollouts (continuous batching: when one ends the "
-                         "next starts); 0 = all of the step's episodes at once")
+                         "next starts); 0 = all of the step's episodes at once. Lowered to fit pool_memory_gb")
+    pool_memory_gb: float = param(0.0, "GiB the KV cache of our engine's rollouts may take (rollout.backend=engine): "
+                                       "the pool is lowered until slots x longest row fits. 0 = auto: 90% of the "
+                                       "GPU memory free at rollout time on CUDA, unbounded on CPU")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -182,6 +185,8 @@ class SamplingConfig:
             raise ValueError("top_p must be in (0, 1]")
         if self.pool < 0:
             raise ValueError("pool must be >= 0 (0 = all episodes at once)")
+        if self.pool_memory_gb < 0:
+            raise ValueError("pool_memory_gb must be >= 0 (0 = auto)")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoi
                                        save_checkpoint, verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
+from searchr1.train.memory import check_training_fits, kv_bytes_per_token, pool_for_budget, rollout_budget
 from searchr1.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
 from searchr1.train.rollouts import PromptSampler, RewardFn, RolloutCollector, default_reward_fn, rollout_metrics
@@ -169,6 +170,13 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     if latest is not None:
         load_weights(latest, policy=models.policy, critic=models.critic, verify=False)
 
+    # ---------------------------------------------------------------- the state fits, before any step
+    on = next(models.policy.parameters()).device
+    vllm_share = 0
+    if cfg.rollout.backend == "vllm" and on.type == "cuda" and not cfg.rollout.vllm.sleep:
+        vllm_share = int(cfg.rollout.vllm.gpu_memory_utilization * torch.cuda.mem_get_info(on)[1])
+    check_training_fits(models, on, dist.world, dist.sharding, reserved=vllm_share)
+
     # ---------------------------------------------------------------- data parallelism, the learner
     models.distribute(dist)
     if dist.distributed:
@@ -201,11 +209,23 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
+    device = next(models.policy.parameters()).device
+    # The weights' dtype, not autocast's: the cache takes the dtype of its first write, and rotary
+    # embeddings under autocast promote the keys (issue 24 item 10): never more than this.
+    kv_per_token = kv_bytes_per_token(causal_lm(models.policy).config, next(models.policy.parameters()).dtype)
+
+    def pool_for(trajs) -> int:
+        """Our engine's pool, bounded by the KV budget (vLLM sizes its own cache)."""
+        if cfg.rollout.backend != "engine":
+            return tc.sampling.pool or len(trajs)
+        longest = max(len(t.prompt_ids) for t in trajs) + cfg.agent.max_response_tokens + cfg.agent.max_obs_tokens
+        return pool_for_budget(len(trajs), tc.sampling.pool, rollout_budget(tc.sampling.pool_memory_gb, device), longest,
+                               kv_per_token)
+
     collector = RolloutCollector(
         Agent(generator, retriever, cfg.agent), tokenizer, rows, sampler, tc, cfg.model.use_chat_template,
         reward_fn or default_reward_fn(tc.format_reward), cfg.agent.max_response_tokens, dist,
-        gathered=lambda: _generating(models, dist))
-    device = next(models.policy.parameters()).device
+        gathered=lambda: _generating(models, dist), pool_for=pool_for)
 
     def save(step: int) -> Path | None:
         """Every rank gathers its shards (sharded runs); rank 0 writes."""
