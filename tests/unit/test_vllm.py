@@ -158,3 +158,33 @@ def test_cpu_bind_syntax():
     assert cpu_bind([0, 1]) == "0-1"
     assert cpu_bind([5, 0, 1, 2]) == "0-2,5"
     assert cpu_bind([3]) == "3"
+
+
+def test_weights_travel_in_the_engines_dtype():
+    import torch
+
+    from searchr1.rollout.vllm import engine_weights
+
+    named = [("w", torch.ones(2, 2)), ("positions", torch.arange(3))]
+    out = engine_weights(named, torch.bfloat16)
+    assert out["w"].dtype == torch.bfloat16 and out["positions"].dtype == torch.int64
+    assert sum(t.numel() * t.element_size() for t in out.values()) == 8 + 24
+
+
+def test_weights_go_to_a_temporary_directory_when_dev_shm_is_small(tmp_path, monkeypatch):
+    import shutil as _shutil
+    import tempfile
+
+    import searchr1.rollout.vllm as v
+
+    shm, disk = tmp_path / "shm", tmp_path / "disk"
+    shm.mkdir(), disk.mkdir()
+    real = _shutil.disk_usage
+    monkeypatch.setattr(v.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=64 << 20 if str(p) == str(shm) else 1 << 40))
+    monkeypatch.setattr(tempfile, "tempdir", str(disk))
+    assert v.weights_folder(1 << 20, (str(shm), None)).parent == shm  # small weights: RAM
+    assert v.weights_folder(100 << 20, (str(shm), None)).parent == disk  # Docker's 64 MB /dev/shm: the disk
+    monkeypatch.setattr(v.shutil, "disk_usage", lambda p: real(p)._replace(free=0))
+    with pytest.raises(SearchR1Error, match="no room for the policy's weights"):
+        v.weights_folder(1 << 20, (str(shm), None))

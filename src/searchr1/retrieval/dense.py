@@ -34,9 +34,10 @@ EMBEDDINGS_FILE = "embeddings.f16.npy"
 
 
 def mean_pool(hidden, mask):
-    """Average of token states over non-padding positions. hidden [B, T, H], mask [B, T] -> [B, H]."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    """Average of token states over non-padding positions, in fp32 (an fp16 sum over a long passage
+    overflows or loses the small components). hidden [B, T, H], mask [B, T] -> float32 [B, H]."""
+    m = mask.unsqueeze(-1).float()
+    return (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
 class Encoder:
@@ -83,10 +84,10 @@ class Encoder:
                 if self.cfg.pooling == "mean":
                     emb = mean_pool(hidden, batch["attention_mask"])
                 else:
-                    emb = hidden[:, 0]
+                    emb = hidden[:, 0].float()
                 if self.cfg.normalize:
-                    emb = torch.nn.functional.normalize(emb.float(), dim=-1)
-                out[rows] = emb.float().cpu().numpy()
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                out[rows] = emb.cpu().numpy()
         return out
 
 

@@ -22,7 +22,8 @@ it after each update) makes the next session first copy the policy's current wei
 (`checkpoint_weights`: LoRA merged) through vLLM's `reload_weights` (`reload_in_worker`), and reset
 the prefix cache, whose blocks were computed by the old weights. In process (CUDA by default,
 `rollout.vllm.in_process=auto`) the tensors go in directly, an in-place copy on the device, as TRL's colocate mode does; across
-processes they travel as a safetensors file in /dev/shm, read by the engine's own loader.
+processes they travel as a safetensors file in the engine's dtype, in /dev/shm when it has room (else
+the temporary directory), read by the engine's own loader.
 
 vLLM is an optional extra, imported when this backend is built.
 """
@@ -36,6 +37,8 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import torch
 
 from searchr1.errors import MissingDependencyError, SearchR1Error
 from searchr1.rollout.generator import Sample, SamplingParams, SingleTurn, SteppedSession
@@ -123,6 +126,29 @@ def cpu_bind(cores: Sequence[int]) -> str:
 
 def _in_process(choice: str, device: str) -> bool:
     return choice == "yes" or (choice == "auto" and device.startswith("cuda"))
+
+
+def engine_weights(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights on the CPU in the engine's dtype (floating-point ones): a bf16 engine reads half
+    of what fp32 master weights would write."""
+    return {name: (t.to("cpu", dtype=dtype) if t.is_floating_point() else t.to("cpu")).contiguous()
+            for name, t in named}
+
+
+#: Where weights for an engine in its own process are written: RAM first (/dev/shm), else the disk.
+WEIGHTS_DIRS = ("/dev/shm", None)
+
+
+def weights_folder(nbytes: int, candidates: Sequence[str | None] = WEIGHTS_DIRS) -> Path:
+    """A fresh folder for `nbytes` of weights in the first of `candidates` with room (None = the
+    temporary directory): Docker's default /dev/shm holds 64 MB, far less than a model."""
+    for base in candidates:
+        where = tempfile.gettempdir() if base is None else base
+        if Path(where).is_dir() and shutil.disk_usage(where).free > nbytes * 1.05:
+            return Path(tempfile.mkdtemp(prefix="searchr1-weights-", dir=where))
+    raise SearchR1Error(f"no room for the policy's weights ({nbytes / 2**30:.2f} GiB) in "
+                        f"{', '.join(str(c or tempfile.gettempdir()) for c in candidates)}: the vLLM engine in its "
+                        "own process reads them from a file; free space or set rollout.vllm.in_process=yes")
 
 
 class VLLMGenerator(SingleTurn):
@@ -218,11 +244,11 @@ class VLLMGenerator(SingleTurn):
     def _reload_from_file(self) -> None:
         from safetensors.torch import save_file
 
-        base = "/dev/shm" if Path("/dev/shm").is_dir() else None
-        folder = Path(tempfile.mkdtemp(prefix="searchr1-weights-", dir=base))
+        weights = engine_weights(checkpoint_weights(self.source), self.engine.model_config.dtype)
+        folder = weights_folder(sum(t.numel() * t.element_size() for t in weights.values()))
         try:
-            save_file({name: t.to("cpu").contiguous() for name, t in checkpoint_weights(self.source)},
-                      str(folder / "model.safetensors"))
+            save_file(weights, str(folder / "model.safetensors"))
+            del weights
             self.llm.collective_rpc(reload_in_worker, kwargs={"weights_path": str(folder)})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
