@@ -24,6 +24,7 @@ from searchr1.train.checkpoint import (
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_trainer_state,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -511,3 +512,28 @@ def test_tensor_bytes_counts_nested_states():
 
     opt_state = {"state": {0: {"exp_avg": torch.zeros(10), "step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1}]}
     assert tensor_bytes([{"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, opt_state]) == 12 + 40 + 4
+
+
+def test_each_rank_restores_its_own_rng_state(tmp_path, caplog):
+    from searchr1.train.checkpoint import rng_state
+
+    policy = nn.Linear(4, 1)
+    opt = torch.optim.AdamW(policy.parameters())
+    states = []
+    for seed in (1, 2):  # what two ranks' generators hold at the save
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    torch.manual_seed(1)
+    path = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={}, rng_by_rank=states)
+    draws = {}
+    for rank in (0, 1):
+        torch.manual_seed(99)
+        load_trainer_state(path, optimizers={"policy": opt}, rank=rank)
+        draws[rank] = torch.rand(3)
+    assert torch.equal(draws[0], (torch.manual_seed(1), torch.rand(3))[1])
+    assert torch.equal(draws[1], (torch.manual_seed(2), torch.rand(3))[1])
+    # a checkpoint saved by one process: a second rank takes rank 0's, and says so
+    single = save_checkpoint(tmp_path, 2, policy=policy, optimizers={"policy": opt}, state={})
+    with caplog.at_level(logging.WARNING):
+        load_trainer_state(single, optimizers={"policy": opt}, rank=1)
+    assert "no RNG state for rank 1" in caplog.text

@@ -97,3 +97,89 @@ def test_optimizer_state_keys_round_trip_between_positions_and_names():
     assert back["param_groups"] == positional["param_groups"] and back["state"].keys() == positional["state"].keys()
     with pytest.raises(KeyError, match="'1.weight', which this model does not train"):
         keyed_by_position(named, ["0.weight", "1.bias"])
+
+
+def test_the_collective_timeout_reaches_the_process_group(monkeypatch):
+    import accelerate
+
+    import searchr1.train.distributed as d
+
+    made = {}
+
+    class FakeAccelerator:
+        process_index, num_processes, device = 0, 2, torch.device("cpu")
+
+        def __init__(self, cpu, kwargs_handlers):
+            made["timeout"] = kwargs_handlers[0].timeout
+
+    monkeypatch.setattr(d, "launched_world_size", lambda: 2)
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    DataParallel.from_env("cpu", "none", timeout_minutes=7.5)
+    assert made["timeout"].total_seconds() == 450
+
+
+_RESUME_RANK = """
+import json, os, sys
+from pathlib import Path
+from types import SimpleNamespace
+import torch
+import torch.distributed
+import searchr1.train.checkpoint as ck
+import searchr1.train.trainer as trainer
+from searchr1.errors import CheckpointError
+from searchr1.train.distributed import DataParallel
+
+rank, run_dir, out = int(os.environ["RANK"]), Path(sys.argv[1]), Path(sys.argv[2])
+torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+dist = DataParallel(SimpleNamespace(process_index=rank, num_processes=2, device=torch.device("cpu")))
+hashed = []
+real_verify = ck.verify_checkpoint
+def counting(path, deep=True):
+    hashed.append(Path(path).name)
+    return real_verify(path, deep)
+ck.verify_checkpoint = trainer.verify_checkpoint = counting
+try:
+    found = {"path": str(trainer._checkpoint_to_resume(run_dir, dist, lambda text: None))}
+except CheckpointError as e:
+    found = {"error": str(e)}
+found["hashed"] = hashed
+found["sent"] = dist.broadcast_object({"rank": rank})
+out.with_suffix(f".{rank}.json").write_text(json.dumps(found))
+torch.distributed.destroy_process_group()
+"""
+
+
+def _two_ranks(tmp_path, run_dir):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RESUME_RANK, str(run_dir), str(tmp_path / "out")],
+                              env={**env, "RANK": str(r)}) for r in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    return [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_resume_verifies_once_on_rank_0_and_broadcasts(tmp_path):
+    from searchr1.train.checkpoint import save_checkpoint
+
+    policy = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(policy.parameters())
+    good = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={})
+    bad = save_checkpoint(tmp_path, 2, policy=policy, optimizers={"policy": opt}, state={})
+    (bad / "trainer_state.pt").write_bytes(b"x" * (bad / "trainer_state.pt").stat().st_size)  # same size, corrupted
+    zero, one = _two_ranks(tmp_path, tmp_path)
+    assert zero["path"] == one["path"] == str(good)
+    assert zero["hashed"] == ["step-000002", "step-000001"] and one["hashed"] == []  # rank 1 hashed nothing
+    assert zero["sent"] == one["sent"] == {"rank": 0}
+    # none verifies: the same clear error on both ranks (none waits for the other)
+    (good / "trainer_state.pt").write_bytes(b"x" * (good / "trainer_state.pt").stat().st_size)
+    zero, one = _two_ranks(tmp_path, tmp_path)
+    assert zero["error"] == one["error"] and "cannot resume: no checkpoint" in one["error"]

@@ -109,6 +109,7 @@ def save_checkpoint(
     critic_state: Mapping[str, torch.Tensor] | None = None,
     optimizer_states: Mapping[str, Any] | None = None,
     drop_newer: bool = False,
+    rng_by_rank: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically and return its final path.
 
@@ -124,7 +125,8 @@ def save_checkpoint(
 
     ``policy_state`` / ``critic_state`` / ``optimizer_states`` replace the modules' and optimizers'
     own state dicts: a sharded run passes the whole tensors it gathered (`DataParallel.full_state_dict`),
-    so the files are the same as an unsharded run's.
+    so the files are the same as an unsharded run's. ``rng_by_rank``: every process's `rng_state()`,
+    in rank order (multi-process runs: each rank samples with its own CUDA and CPU generators).
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -150,9 +152,11 @@ def save_checkpoint(
         "optimizers": (dict(optimizer_states) if optimizer_states is not None
                        else {name: opt.state_dict() for name, opt in optimizers.items()}),
         "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
-        "rng": _get_rng_state(),
+        "rng": rng_state(),
         "state": _to_safe(dict(state), "state"),
     }
+    if rng_by_rank is not None:
+        trainer_state["rng_by_rank"] = list(rng_by_rank)
     try:
         _save_module(policy, tmp / "policy", "policy", policy_state)
         if tokenizer is not None:
@@ -242,7 +246,8 @@ def _to_safe(obj: Any, where: str) -> Any:
         "values, tensors, or dicts/lists of them")
 
 
-def _get_rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's Python, numpy, torch and CUDA (every visible device) RNG states."""
     np_state = np.random.get_state(legacy=False)
     rng: dict[str, Any] = {
         "python": random.getstate(),
@@ -493,12 +498,14 @@ def load_trainer_state(
     map_location: Any = "cpu",
     verify: bool = True,
     load_optimizer: Callable[[str, torch.optim.Optimizer, dict], None] | None = None,
+    rank: int = 0,
 ) -> dict[str, Any]:
     """Restore optimizers and schedulers (built the same way as when saving, with the same names),
     then (``restore_rng``) the Python, numpy, torch and CUDA RNG states, so that training continues
     bit-for-bit as if never interrupted; return the trainer's ``state`` dict as saved.
     ``load_optimizer(name, optimizer, saved_state)`` replaces ``optimizer.load_state_dict`` (sharded
-    runs: `DataParallel.optimizer_loader`)."""
+    runs: `DataParallel.optimizer_loader`). ``rank``: whose RNG states to restore when every rank's
+    were saved (``rng_by_rank``)."""
     path = Path(path)
     verify_checkpoint(path, deep=verify)
     try:
@@ -521,7 +528,15 @@ def load_trainer_state(
     for name, sch in schedulers.items():
         sch.load_state_dict(ts["schedulers"][name])
     if restore_rng:
-        _set_rng_state(ts["rng"])
+        by_rank = ts.get("rng_by_rank") or []
+        if rank < len(by_rank):
+            _set_rng_state(by_rank[rank])
+        else:
+            if rank > 0:
+                log.warning("checkpoint %s holds no RNG state for rank %d (saved by %d process(es)): it takes "
+                            "rank 0's (sampling will differ from an uninterrupted run)", path, rank,
+                            max(len(by_rank), 1))
+            _set_rng_state(ts["rng"])
     return ts["state"]
 
 

@@ -48,6 +48,7 @@ import contextlib
 import datetime
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,7 +161,7 @@ class DataParallel:
         self.sharding = sharding if self.world > 1 else "none"
 
     @classmethod
-    def from_env(cls, device: str = "auto", sharding: str = "auto", timeout_minutes: int = 120) -> "DataParallel":
+    def from_env(cls, device: str = "auto", sharding: str = "auto", timeout_minutes: float = 120) -> "DataParallel":
         stage = resolve_sharding(sharding, os.environ)
         if launched_world_size() <= 1:
             return cls()
@@ -168,7 +169,8 @@ class DataParallel:
         from accelerate.utils import InitProcessGroupKwargs
 
         cpu = device == "cpu" or not torch.cuda.is_available()
-        # The long timeout covers rank 0's validation while the other ranks wait at a barrier.
+        # The timeout must cover rank 0's evaluation while the other ranks wait at a barrier
+        # (train.collective_timeout_minutes).
         kwargs = [InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=timeout_minutes))]
         return cls(Accelerator(cpu=cpu, kwargs_handlers=kwargs), stage)
 
@@ -391,6 +393,14 @@ class DataParallel:
             for k, v in part_peaks.items():
                 highest[k] = max(float(v), highest.get(k, float(v)))
         return {**{k: total[k] / weight[k] for k in total if weight[k] > 0}, **highest}
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` (picklable) on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         if self.distributed:

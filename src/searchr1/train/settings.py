@@ -248,10 +248,15 @@ class ComputeConfig:
                                            "of a mini-batch), so that a pass holds little padding; the loss and "
                                            "gradients are the same (the accumulation is weighted); false = the "
                                            "shuffled order")
+    collective_timeout_minutes: float = param(120.0, "under torchrun / accelerate launch: how long a process waits "
+                                                     "in a collective for the others; it must cover rank 0's "
+                                                     "evaluation (eval_every), which the other ranks wait for")
 
     def __post_init__(self) -> None:
         if self.logits_chunk < 0:
             raise ValueError("logits_chunk must be >= 0")
+        if not self.collective_timeout_minutes > 0:
+            raise ValueError("collective_timeout_minutes must be > 0")
 
 
 @dataclass

@@ -31,8 +31,9 @@ from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent
 from searchr1.rollout.backend import open_generator
 from searchr1.train.batch import collate
-from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoint, list_checkpoints, load_trainer_state, load_weights,
-                                       save_checkpoint, verify_checkpoint)
+from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoint, list_checkpoints,
+                                       load_trainer_state, load_weights, rng_state, save_checkpoint,
+                                       verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
 from searchr1.train.memory import check_training_fits, kv_bytes_per_token, pool_for_budget, rollout_budget
@@ -80,8 +81,23 @@ def _claim_run_dir(run_dir: Path, tc, dist, say) -> None:
     dist.barrier()
 
 
-def _checkpoint_to_resume(run_dir: Path, say) -> Path | None:
-    """The newest checkpoint of run_dir that verifies; a clear error when some exist and none does."""
+def _checkpoint_to_resume(run_dir: Path, dist, say) -> Path | None:
+    """The newest checkpoint of run_dir that verifies, found by rank 0 (hashing it once) and sent to
+    the others; a clear error on every rank when some exist and none does."""
+    found = None
+    if dist.is_main:
+        try:
+            latest = _verified_latest(run_dir, say)
+            found = ("ok", None if latest is None else str(latest))
+        except CheckpointError as e:
+            found = ("error", str(e))
+    kind, value = dist.broadcast_object(found)
+    if kind == "error":
+        raise CheckpointError(value)
+    return None if value is None else Path(value)
+
+
+def _verified_latest(run_dir: Path, say) -> Path | None:
     latest = find_latest_checkpoint(run_dir)
     saved = list_checkpoints(run_dir)
     if latest is None and saved:
@@ -144,7 +160,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    dist = DataParallel.from_env(cfg.model.device, tc.compute.sharding)
+    dist = DataParallel.from_env(cfg.model.device, tc.compute.sharding, tc.compute.collective_timeout_minutes)
     dist.check_divisible("train.prompts_per_step", tc.prompts_per_step)
     dist.check_divisible("train.mini_batch_size", tc.mini_batch_size)
     say = (lambda text: console.print(text, markup=False)) if console is not None and dist.is_main \
@@ -166,7 +182,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     # ---------------------------------------------------------------- resume: weights, before sharding
-    latest = _checkpoint_to_resume(run_dir, say) if tc.resume else None
+    latest = _checkpoint_to_resume(run_dir, dist, say) if tc.resume else None
     if latest is not None:
         load_weights(latest, policy=models.policy, critic=models.critic, verify=False)
 
@@ -191,7 +207,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
               if dist.is_main else None)
     if latest is not None:
         state = load_trainer_state(latest, optimizers=learner.optimizers, schedulers=learner.schedulers,
-                                   restore_rng=True, load_optimizer=dist.optimizer_loader(optimized))
+                                   restore_rng=True, load_optimizer=dist.optimizer_loader(optimized),
+                                   verify=False, rank=dist.rank)  # verified by rank 0 above
         start = int(state["step"])
         sampler.load_state_dict(state["sampler"])
         skipped_total = int(state.get("skipped_steps", 0))
@@ -231,6 +248,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         """Every rank gathers its shards (sharded runs); rank 0 writes."""
         policy_state, critic_state = dist.full_state_dict(models.policy), dist.full_state_dict(models.critic)
         optimizer_states = dist.optimizer_states(learner.optimizers, optimized)
+        rngs = dist.gather_objects([rng_state()]) if dist.distributed else None  # each rank samples on its own
         if not dist.is_main:
             return None
         state = {"step": step, "sampler": sampler.state_dict(), "skipped_steps": skipped_total,
@@ -238,7 +256,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         return save_checkpoint(run_dir, step, policy=models.policy, tokenizer=tokenizer, critic=models.critic,
                                optimizers=learner.optimizers, schedulers=learner.schedulers, state=state,
                                keep_last=tc.keep_last, policy_state=policy_state, critic_state=critic_state,
-                               optimizer_states=optimizer_states, drop_newer=tc.resume)
+                               optimizer_states=optimizer_states, drop_newer=tc.resume, rng_by_rank=rngs)
 
     bar = _progress(tc, tc.steps, start) if dist.is_main else None
     last_ckpt: Path | None = None
