@@ -207,6 +207,31 @@ def test_resume_continues_exactly(world, tmp_path, algorithm):
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [1, 2, 3, 4]
 
 
+def test_resume_is_exact_with_a_generator_that_reseeds_the_global_rngs(world, tmp_path):
+    # vLLM's engine reseeds Python's, numpy's and torch's global generators when it starts
+    import random
+
+    from searchr1.rollout.backend import open_generator
+
+    def reseeding(cfg):
+        def factory(model, tok):
+            random.seed(12345), torch.manual_seed(12345)
+            return open_generator(cfg, model, tok, seed=0)
+        return factory
+
+    def noisy_reward(traj):  # draws from the global generator the checkpoint restores
+        return share_of_a(traj) + random.random()
+
+    kw = {"steps": 4, "save_every": 2}
+    full_cfg = make_cfg(world, tmp_path / "full", **kw)
+    full = train(full_cfg, generator_factory=reseeding(full_cfg), reward_fn=noisy_reward)
+    split_cfg = make_cfg(world, tmp_path / "split", **{**kw, "steps": 2})
+    train(split_cfg, generator_factory=reseeding(split_cfg), reward_fn=noisy_reward)
+    resumed_cfg = make_cfg(world, tmp_path / "split", **{**kw, "resume": True})
+    resumed = train(resumed_cfg, generator_factory=reseeding(resumed_cfg), reward_fn=noisy_reward)
+    assert _rewards(resumed) == _rewards(full)
+
+
 def test_corrupted_checkpoint_gives_a_clear_error(world, tmp_path):
     train(make_cfg(world, tmp_path / "run", steps=2), reward_fn=share_of_a)
     weights = next((tmp_path / "run" / "checkpoints" / "step-000002" / "policy").glob("*.safetensors"))

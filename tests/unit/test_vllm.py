@@ -188,3 +188,30 @@ def test_weights_go_to_a_temporary_directory_when_dev_shm_is_small(tmp_path, mon
     monkeypatch.setattr(v.shutil, "disk_usage", lambda p: real(p)._replace(free=0))
     with pytest.raises(SearchR1Error, match="no room for the policy's weights"):
         v.weights_folder(1 << 20, (str(shm), None))
+
+
+def test_a_sleeping_engine_wakes_its_weights_reloads_then_its_kv_cache(monkeypatch):
+    import torch
+
+    from searchr1.rollout.vllm import VLLMGenerator
+
+    calls = []
+
+    class FakeLLM:
+        def wake_up(self, tags=None):
+            calls.append(("wake_up", tuple(tags or ())))
+
+        def collective_rpc(self, fn, kwargs):
+            calls.append(("reload", sorted(kwargs)))
+
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    gen = object.__new__(VLLMGenerator)
+    gen.llm, gen.sleeping, gen._stale, gen.in_process = FakeLLM(), True, True, True
+    gen.source, gen.weight_sync_seconds = torch.nn.Linear(2, 2), 0.0
+    gen._wake_up()
+    assert calls == [("empty_cache",), ("wake_up", ("weights",)), ("reload", ["weights"]), ("reset_prefix_cache",),
+                     ("wake_up", ("kv_cache",))]
+    assert not gen.sleeping and not gen._stale

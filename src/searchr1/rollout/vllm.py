@@ -253,13 +253,22 @@ class VLLMGenerator(SingleTurn):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def _wake_up(self) -> None:
+        """Out of sleep mode with the least memory at once: torch's cached blocks go back to the
+        device first, then the weights wake alone (and take the trainer's new ones), then the KV cache."""
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=["weights"])
+        if self._stale:
+            self.load_weights()
+        self.llm.wake_up(tags=["kv_cache"])
+        self.sleeping = False
+
     # ------------------------------------------------------------------------- sessions
 
     def session(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> "VLLMSession":
         if self.sleeping:
-            self.llm.wake_up()
-            self.sleeping = False
-        if self._stale:
+            self._wake_up()
+        elif self._stale:
             self.load_weights()
         if self.engine.has_unfinished_requests():
             raise SearchR1Error("the vLLM engine still has requests of another session; close it first")

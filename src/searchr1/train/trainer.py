@@ -201,28 +201,38 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     learner = Learner(models, tc, dist)
     optimized = models.optimized_modules()
 
-    # ---------------------------------------------------------------- resume: optimizer, data position, RNG
-    start, skipped_total, history = 0, 0, []
-    logger = (MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
-              if dist.is_main else None)
-    if latest is not None:
-        state = load_trainer_state(latest, optimizers=learner.optimizers, schedulers=learner.schedulers,
-                                   restore_rng=True, load_optimizer=dist.optimizer_loader(optimized),
-                                   verify=False, rank=dist.rank)  # verified by rank 0 above
-        start = int(state["step"])
-        sampler.load_state_dict(state["sampler"])
-        skipped_total = int(state.get("skipped_steps", 0))
-        history = list(state.get("history", []))
-        say(f"train: resumed from {latest} (step {start})")
-    if tc.resume and logger is not None:
-        logger.truncate_after(start + 1)  # drop what was logged after the checkpoint (all of it when none)
-
-    # ---------------------------------------------------------------- rollout machinery
-    # the generator samples from the trained weights themselves (vLLM: follows them, see below)
+    # ---------------------------------------------------------------- the generator, then resume's RNG
+    # The generator samples from the trained weights themselves (vLLM: follows them, see below). It
+    # is built before the checkpoint's RNG state is restored: vLLM's engine reseeds the global
+    # generators when it starts, which would otherwise undo the restore (resume no longer exact).
     factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
     generator = factory(causal_lm(models.policy), tokenizer)
     # our engine runs the policy module itself, under models.compute() (`_generating`): its log-probs are the old ones
     learner.sampler_is_policy = getattr(generator, "model", None) is causal_lm(models.policy)
+    start, skipped_total, history = 0, 0, []
+    logger = None
+    try:
+        logger = (MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb, config=dataclasses.asdict(cfg))
+                  if dist.is_main else None)
+        if latest is not None:
+            state = load_trainer_state(latest, optimizers=learner.optimizers, schedulers=learner.schedulers,
+                                       restore_rng=True, load_optimizer=dist.optimizer_loader(optimized),
+                                       verify=False, rank=dist.rank)  # verified by rank 0 above
+            start = int(state["step"])
+            sampler.load_state_dict(state["sampler"])
+            skipped_total = int(state.get("skipped_steps", 0))
+            history = list(state.get("history", []))
+            say(f"train: resumed from {latest} (step {start})")
+        if tc.resume and logger is not None:
+            logger.truncate_after(start + 1)  # drop what was logged after the checkpoint (all of it when none)
+    except BaseException:
+        if logger is not None:
+            logger.close()
+        if generator_factory is None:
+            generator.close()
+        raise
+
+    # ---------------------------------------------------------------- rollout machinery
     own_retriever = retriever is None and cfg.agent.max_turns > 0
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
