@@ -13,8 +13,9 @@ Layout of one checkpoint, ``{run_dir}/checkpoints/step-{step:06d}/``::
 
 A checkpoint is written into ``checkpoints/.tmp-step-{step:06d}-{pid}``, every file is fsynced, the
 MANIFEST is written, and only then is the directory renamed into place (``atomic.swap_in``: one
-atomic exchange when the step already exists) and the parent directory fsynced. A process killed at any moment therefore leaves the earlier checkpoints
-intact and at most a stray temp directory, which the next save removes once its writer is dead.
+atomic exchange when the step already exists) and the parent directory fsynced. A process killed at
+any moment therefore leaves the earlier checkpoints intact and at most a stray temp directory, which
+the next save removes once its writer is dead (or a step set aside mid-swap, which it renames back).
 ``checkpoints/latest`` names the newest step directory (for people and outside tools; the loader
 itself scans and verifies, it does not trust that file).
 

@@ -53,10 +53,11 @@ def pool_for_budget(episodes: int, wanted: int, budget: int | None, max_tokens: 
     slots = first_slots  # the cache's slot counts are first_slots x 2^k: take the largest that fits
     while slots * 2 * capacity * bytes_per_token <= budget:
         slots *= 2
-    if slots * capacity * bytes_per_token > budget:
+    smallest = slots * capacity * bytes_per_token
+    if smallest > budget:
         raise ConfigError(
             f"the rollout KV cache does not fit its budget: its smallest size ({first_slots} rows of "
-            f"{capacity} tokens, {bytes_per_token} bytes a token) is {cache_bytes(1, max_tokens, bytes_per_token) / GiB:.2f} "
+            f"{capacity} tokens, {bytes_per_token} bytes a token) is {smallest / GiB:.2f} "
             f"GiB, the budget {budget / GiB:.2f} GiB; raise train.sampling.pool_memory_gb, lower "
             "agent.max_response_tokens, or use rollout.backend=vllm")
     return min(pool, slots)
