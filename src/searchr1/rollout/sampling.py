@@ -40,7 +40,7 @@ def _check_finite(logprobs: torch.Tensor) -> None:
     raise NonFiniteLogitsError(
         f"the model's next-token logits are NaN or infinite in batch row(s) {rows[:10]}"
         f"{' ...' if len(rows) > 10 else ''} of {len(logprobs)}: the weights have diverged (a trained policy: "
-        "lower train.lr, or train.precision=fp32) or the precision overflows (model.dtype=float32)")
+        "lower train.optim.lr, or train.compute.precision=fp32) or the precision overflows (model.dtype=float32)")
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,

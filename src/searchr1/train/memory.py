@@ -137,7 +137,7 @@ def check_training_fits(models, device: torch.device, world: int = 1, sharding: 
         raise ConfigError(
             f"the training state does not fit {device}: {parts} per process{vllm}; the gradients and "
             f"optimizer state still to allocate need {to_allocate / GiB:.2f} GiB, {available / GiB:.2f} GiB are "
-            "available. Options: LoRA (train.lora_r=16), sharding over several GPUs (torchrun with "
-            "train.sharding=zero2 or zero3), rollout.vllm.sleep=true or a lower rollout.vllm.gpu_memory_utilization, "
-            "train.precision=bf16, or a smaller model")
+            "available. Options: LoRA (train.lora.r=16), sharding over several GPUs (torchrun with "
+            "train.compute.sharding=zero2 or zero3), rollout.vllm.sleep=true or a lower "
+            "rollout.vllm.gpu_memory_utilization, train.compute.precision=bf16, or a smaller model")
     return state

@@ -246,8 +246,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         if cfg.rollout.backend != "engine":
             return tc.sampling.pool or len(trajs)
         longest = max(len(t.prompt_ids) for t in trajs) + cfg.agent.max_response_tokens + cfg.agent.max_obs_tokens
-        return pool_for_budget(len(trajs), tc.sampling.pool, rollout_budget(tc.sampling.pool_memory_gb, device), longest,
-                               kv_per_token)
+        budget = rollout_budget(tc.sampling.pool_memory_gb, device)
+        return pool_for_budget(len(trajs), tc.sampling.pool, budget, longest, kv_per_token)
 
     collector = RolloutCollector(
         Agent(generator, retriever, cfg.agent), tokenizer, rows, sampler, tc, cfg.model.use_chat_template,
@@ -323,9 +323,10 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             if tc.optim.max_skipped_updates and skipped_in_a_row >= tc.optim.max_skipped_updates:
                 raise TrainingDivergedError(
                     f"train: step {step}: the last {skipped_in_a_row} optimizer steps were all skipped (non-finite "
-                    f"loss or gradient; train.optim.max_skipped_updates={tc.optim.max_skipped_updates}): training has "
-                    f"diverged. The last checkpoint ({last_ckpt or 'none written by this run'}) is kept; try a "
-                    "lower train.lr, train.max_grad_norm, or train.precision=fp32, and resume or start over")
+                    f"loss or gradient; train.optim.max_skipped_updates={tc.optim.max_skipped_updates}): training "
+                    f"has diverged. The last checkpoint ({last_ckpt or 'none written by this run'}) is kept; try a "
+                    "lower train.optim.lr or train.optim.max_grad_norm, or train.compute.precision=fp32, and resume "
+                    "or start over")
             # 8. evaluation and checkpoints (rank 0; the others wait)
             if tc.eval_every and step % tc.eval_every == 0:
                 with dist.gathered(models.policy_forward):
