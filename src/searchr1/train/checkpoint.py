@@ -510,7 +510,8 @@ def load_trainer_state(
     path = Path(path)
     verify_checkpoint(path, deep=verify)
     try:
-        ts = torch.load(path / TRAINER_STATE_NAME, map_location=map_location, weights_only=True)
+        # memory-mapped: a tensor is read when used (sharded runs: only rank 0 reads the optimizer state)
+        ts = torch.load(path / TRAINER_STATE_NAME, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE_NAME} is unreadable ({type(e).__name__}: {e})") \
             from e

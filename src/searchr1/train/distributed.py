@@ -350,9 +350,11 @@ class DataParallel:
             if self.sharded:
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-                # every rank read the whole state from the checkpoint: each keeps its shards of it
-                set_optimizer_state_dict(modules[name], opt, optim_state_dict=keyed_by_name(state, names),
-                                         options=StateDictOptions(full_state_dict=True))
+                # rank 0's whole state is broadcast tensor by tensor and each rank keeps its shards: the
+                # others never materialise it (their `state` is memory-mapped and left untouched)
+                set_optimizer_state_dict(modules[name], opt,
+                                         optim_state_dict=keyed_by_name(state, names) if self.is_main else {},
+                                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
             else:
                 opt.load_state_dict(keyed_by_position(state, names))
 
