@@ -358,20 +358,22 @@ def _cache_peaks(cfg, peaks):
     return factory
 
 
-@pytest.mark.parametrize("budget_mib", [1, 0])
-def test_the_rollout_kv_cache_stays_within_its_budget(world, tmp_path, budget_mib):
-    # 16 episodes of up to ~40 tokens: 1 KiB a token (2 layers x K,V x 4 heads x 16 x fp32), 256 tokens a
-    # slot; all 16 at once would take 4 MiB, a 1 MiB budget allows 4 slots
-    cfg = make_cfg(world, tmp_path / "run", steps=2, sampling={"pool_memory_gb": budget_mib / 1024})
+@pytest.mark.parametrize("precision, budget_mib, peak", [
+    ("fp32", 1, 4 * 256 * 1024),  # the pool is lowered to 4, its cache full-width
+    ("fp32", 0, 16 * 256 * 1024),  # unbounded on CPU: every episode at once
+    ("bf16-mixed", 1, 8 * 256 * 512),  # the cache holds bf16: twice the rows
+])
+def test_the_rollout_kv_cache_stays_within_its_budget(world, tmp_path, precision, budget_mib, peak):
+    # 16 episodes of up to ~40 tokens: 1 KiB a token in fp32 (2 layers x K,V x 4 heads x 16 x 4 bytes),
+    # 256 tokens a slot; all 16 at once take 4 MiB
+    cfg = make_cfg(world, tmp_path / "run", steps=2, sampling={"pool_memory_gb": budget_mib / 1024},
+                   compute={"precision": precision})
     cfg.agent.max_response_tokens, cfg.agent.max_obs_tokens = 24, 8
     peaks = []
     result = train(cfg, generator_factory=_cache_peaks(cfg, peaks), reward_fn=share_of_a)
-    assert result["step"] == 2 and peaks
+    assert result["step"] == 2 and max(peaks) == peak
     if budget_mib:
         assert max(peaks) <= budget_mib << 20
-        assert max(peaks) == 4 * 256 * 1024  # the pool is 4, its cache full-width
-    else:
-        assert max(peaks) == 16 * 256 * 1024  # unbounded on CPU: every episode at once
 
 
 def test_periodic_eval_and_cli(world, tmp_path, capsys):

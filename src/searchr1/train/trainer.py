@@ -237,9 +237,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     if own_retriever:
         retriever = open_retriever(cfg.retriever)
     device = next(models.policy.parameters()).device
-    # The weights' dtype, not autocast's: the cache takes the dtype of its first write, and rotary
-    # embeddings under autocast promote the keys (issue 24 item 10): never more than this.
-    kv_per_token = kv_bytes_per_token(causal_lm(models.policy).config, next(models.policy.parameters()).dtype)
+    # the slot cache holds the compute dtype: autocast's under mixed precision, else the weights'
+    kv_per_token = kv_bytes_per_token(causal_lm(models.policy).config,
+                                      models.autocast_dtype or next(models.policy.parameters()).dtype)
 
     def pool_for(trajs) -> int:
         """Our engine's pool, bounded by the KV budget (vLLM sizes its own cache)."""
