@@ -340,7 +340,7 @@ def test_every_bundled_preset_loads(name):
 def test_preset_values_apply_and_overrides_win():
     cfg = load_config(Config, "wiki18-bm25", ["server.port=9001"])
     assert cfg.retriever.index == "runs/wiki18-bm25"
-    assert cfg.server.host == "0.0.0.0"
+    assert cfg.server.host == "127.0.0.1"
     assert cfg.server.port == 9001
 
 
@@ -365,7 +365,7 @@ def test_extends_a_bundled_preset_by_name(tmp_path):
     cfg = load_config(Config, child)
     assert cfg.retriever.index == "runs/wiki18-bm25"
     assert cfg.server.port == 4321
-    assert cfg.server.host == "0.0.0.0"
+    assert cfg.server.host == "127.0.0.1"
 
 
 def test_extends_relative_path_is_resolved_beside_the_extending_file(tmp_path, monkeypatch):

@@ -224,6 +224,7 @@ def agent_loop_config(cfg, url: str) -> list[dict]:
         "timeout_s": cfg.retriever.timeout_s,
         "retrieval_attempts": a.retrieval_attempts,
         "retrieval_backoff_s": a.retrieval_backoff_s,
+        "retrieval_token_env": cfg.retriever.token,
     }]
 
 
@@ -260,6 +261,8 @@ def tool_config(cfg, url: str) -> dict:
             "backoff": cfg.agent.retrieval_backoff_s,
             "rate_limit": 120,
             "num_workers": 120,
+            "token_env": cfg.retriever.token,
+            "max_consecutive_failures": cfg.agent.retrieval_attempts,
         },
         "tool_schema": TOOL_SCHEMA,
     }]}
@@ -268,14 +271,16 @@ def tool_config(cfg, url: str) -> dict:
 # ----------------------------------------------------------------------------- scripts and docs
 
 
-def train_script(plan: Plan, opts: ExportOptions, url: str, version: str) -> str:
+def train_script(plan: Plan, opts: ExportOptions, url: str, version: str, token_env: str = "") -> str:
     args = " \\\n    ".join(o.shell_arg() for o in plan.overrides)
+    # the token is read from the environment on the machine that runs the check, never written here
+    auth = (f'; h = {{"Authorization": "Bearer " + os.environ["{token_env}"]}}' if token_env else "; h = {}")
     source = opts.config_name or "the default config"
     return f"""#!/usr/bin/env bash
 # Search-R1 training on veRL, written by `searchr1 export verl` (searchr1 {version}) from {source}.
 # Needs GPUs (the paper used 8 x H100 for Qwen2.5-3B), veRL {VERL_VERSION} with {opts.rollout},
 # searchr1 installed on every node (for the reward and the {AGENT_NAMES[opts.agent]} loop), a Ray cluster
-# when NNODES > 1, and the retrieval server running at {url} (see serve_retriever.sh).
+# when NNODES > 1, and the retrieval server running at {url} (see serve_retriever.sh){f"; the server's bearer token in ${token_env}" if token_env else ""}.
 # Extra arguments are passed on to veRL as overrides, e.g. trainer.total_training_steps=10.
 # Environment: NNODES, GPUS_PER_NODE, PYTHON (default python3), SKIP_RETRIEVER_CHECK=1.
 set -euo pipefail
@@ -285,7 +290,7 @@ NNODES="${{NNODES:-{opts.nnodes}}}"
 GPUS_PER_NODE="${{GPUS_PER_NODE:-{opts.gpus_per_node}}}"
 PYTHON="${{PYTHON:-python3}}"
 
-if [ "${{SKIP_RETRIEVER_CHECK:-0}}" != "1" ] && ! "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' "$RETRIEVER_URL/health" >/dev/null 2>&1; then
+if [ "${{SKIP_RETRIEVER_CHECK:-0}}" != "1" ] && ! "$PYTHON" -c 'import os, sys, urllib.request{auth}; urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=h), timeout=10)' "$RETRIEVER_URL/health" >/dev/null 2>&1; then
     echo "train.sh: no retrieval server answers at $RETRIEVER_URL/health; start one (bash $HERE/serve_retriever.sh)" >&2
     echo "          on a machine every rollout worker can reach, or re-export with --retriever-url." >&2
     exit 1
@@ -301,6 +306,7 @@ def serve_script(cfg, url: str, version: str) -> str:
     from urllib.parse import urlsplit
 
     port = urlsplit(url).port or 8000
+    token = cfg.retriever.token
     index = cfg.retriever.index
     index_line = (f'INDEX="${{INDEX:-{index}}}"' if index
                   else 'INDEX="${INDEX:?set INDEX to the index directory (searchr1 index build ...)}"')
@@ -308,10 +314,13 @@ def serve_script(cfg, url: str, version: str) -> str:
 # The retrieval server the rollouts search, written by `searchr1 export verl` (searchr1 {version}).
 # Run it on one machine that every rollout worker reaches at {url}; BM25 runs on CPU, a dense
 # index (e5 + faiss) wants a GPU or many cores. One server batches the searches of all rollouts.
+# It binds 127.0.0.1 unless HOST says otherwise: HOST=0.0.0.0 serves other machines, which then
+# should need a bearer token (server.token=VARIABLE, the token in that environment variable).
 # Extra arguments are config overrides, e.g. retriever.method=dense server.max_batch_queries=512.
 set -euo pipefail
 {index_line}
-exec searchr1 serve retriever.index="$INDEX" retriever.topk={cfg.retriever.topk} server.host=0.0.0.0 server.port={port} "$@"
+HOST="${{HOST:-127.0.0.1}}"
+exec searchr1 serve retriever.index="$INDEX" retriever.topk={cfg.retriever.topk} server.host="$HOST" server.port={port} {f"server.token={token} " if token else ""}"$@"
 """
 
 
@@ -427,7 +436,7 @@ def export_verl(cfg, opts: ExportOptions | None = None, **kwargs: Any) -> dict:
     texts = {
         "agent_loop.yaml": _yaml(agent_loop_config(cfg, url)),
         "tool_config.yaml": _yaml(tool_config(cfg, url)),
-        "train.sh": train_script(plan, opts, url, __version__),
+        "train.sh": train_script(plan, opts, url, __version__, cfg.retriever.token),
         "serve_retriever.sh": serve_script(cfg, url, __version__),
         "README.md": readme(opts, url, summary, plan, __version__),
         "export.json": json.dumps({

@@ -36,6 +36,7 @@ from verl.utils.profiler import simple_timer
 
 from searchr1.export.episode import run_episode
 from searchr1.retrieval.client import HttpRetriever
+from searchr1.retrieval.settings import read_token
 from searchr1.rollout.agent import search_with_retries
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.step import EpisodeStep, encode_prompt
@@ -43,15 +44,16 @@ from searchr1.rollout.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
-#: One HTTP client per (url, timeout) per process: agent loops are created per sample.
-_CLIENTS: dict[tuple[str, float], HttpRetriever] = {}
+#: One HTTP client per settings per process: agent loops are created per sample.
+_CLIENTS: dict[tuple, HttpRetriever] = {}
 
 
-def _client(url: str, timeout_s: float) -> HttpRetriever:
-    key = (url, timeout_s)
+def _client(url: str, timeout_s: float, attempts: int, backoff_s: float, token_env: str) -> HttpRetriever:
+    key = (url, timeout_s, attempts, backoff_s, token_env)
     if key not in _CLIENTS:
-        # retries happen in search_with_retries (with our agent's attempts/backoff semantics)
-        _CLIENTS[key] = HttpRetriever(url, timeout_s=timeout_s, retries=0)
+        # the client's retries are the only ones (search_with_retries calls an HttpRetriever once)
+        _CLIENTS[key] = HttpRetriever(url, timeout_s=timeout_s, retries=attempts - 1, backoff_s=backoff_s,
+                                      token=read_token(token_env, "retrieval_token_env"), learn_limits=True)
     return _CLIENTS[key]
 
 
@@ -77,8 +79,8 @@ class SearchR1AgentLoop(AgentLoopBase):
     def __init__(self, *args: Any, retrieval_url: str = "http://127.0.0.1:8000", topk: int = 3,
                  max_turns: int = 4, max_turn_tokens: int = 500, max_obs_tokens: int = 500,
                  chat: str = "raw", timeout_s: float = 30.0, retrieval_attempts: int = 3,
-                 retrieval_backoff_s: float = 0.5, name: str | None = None, tools: Any = None,
-                 **kwargs: Any) -> None:
+                 retrieval_backoff_s: float = 0.5, retrieval_token_env: str = "", name: str | None = None,
+                 tools: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if chat not in ("raw", "template"):
             raise ValueError(f"searchr1_agent: chat must be 'raw' or 'template', got {chat!r}")
@@ -88,6 +90,7 @@ class SearchR1AgentLoop(AgentLoopBase):
         self.timeout_s = float(timeout_s)
         self.retrieval_attempts = int(retrieval_attempts)
         self.retrieval_backoff_s = float(retrieval_backoff_s)
+        self.retrieval_token_env = str(retrieval_token_env)
         self.response_length = int(self.rollout_config.response_length)
         self.step = EpisodeStep(self.tokenizer, AgentConfig(
             max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens), max_obs_tokens=int(max_obs_tokens),
@@ -105,7 +108,8 @@ class SearchR1AgentLoop(AgentLoopBase):
         metrics: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         want_logprobs = bool(sampling_params.get("logprobs"))
-        retriever = _client(self.retrieval_url, self.timeout_s)
+        retriever = _client(self.retrieval_url, self.timeout_s, self.retrieval_attempts, self.retrieval_backoff_s,
+                            self.retrieval_token_env)
 
         async def generate(context: list[int], max_tokens: int):
             with simple_timer("generate_sequences", metrics):

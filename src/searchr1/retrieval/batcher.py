@@ -6,6 +6,11 @@ queue: whatever arrived while the previous batch was being searched becomes the 
 low load a request is searched immediately (no added latency); under high load batches grow by
 themselves, up to `max_batch_queries`. While requests are arriving concurrently, a non-full batch
 is additionally held open for up to `max_wait_ms` to collect the clients that are about to send.
+
+The queue is bounded: past `max_queue_queries` waiting queries a request is refused at once
+(`QueueFull`, HTTP 503 with Retry-After), so retries from clients that time out cannot pile up.
+A request that waited longer than `max_age_s` is dropped unsearched (`QueueTimeout`): its client
+has given up, and searching it would only delay the requests behind it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ from searchr1.retrieval.base import Hit
 SearchFn = Callable[[Sequence[str], int], list[list[Hit]]]
 
 
+class QueueFull(Exception):
+    """More queries wait than the batcher's bound: the request is refused, to be retried later."""
+
+
+class QueueTimeout(Exception):
+    """The request waited in the queue longer than its client waits for an answer."""
+
+
 @dataclass
 class _Pending:
     queries: list[str]
     k: int
     future: asyncio.Future
+    queued_at: float
 
 
 @dataclass
@@ -37,6 +51,9 @@ class BatchStats:
     largest_batch: int = 0
     failed_requests: int = 0
     busy_seconds: float = 0.0
+    rejected_full: int = 0  # requests refused because the queue was full
+    dropped_stale: int = 0  # requests dropped after waiting longer than max_age_s
+    max_queued_queries: int = 0  # the deepest the queue has been, in queries
 
     def as_dict(self) -> dict:
         mean = self.queries / self.search_calls if self.search_calls else 0.0
@@ -49,14 +66,21 @@ class BatchStats:
             "largest_batch": self.largest_batch,
             "failed_requests": self.failed_requests,
             "busy_seconds": round(self.busy_seconds, 3),
+            "rejected_full": self.rejected_full,
+            "dropped_stale": self.dropped_stale,
+            "max_queued_queries": self.max_queued_queries,
         }
 
 
 class MicroBatcher:
-    def __init__(self, search: SearchFn, max_batch_queries: int = 256, max_wait_ms: float = 0.0):
+    def __init__(self, search: SearchFn, max_batch_queries: int = 256, max_wait_ms: float = 0.0,
+                 max_queue_queries: int | None = None, max_age_s: float | None = None):
         self._search = search
         self.max_batch_queries = max_batch_queries
         self.max_wait = max_wait_ms / 1000.0
+        self.max_queue_queries = max_queue_queries
+        self.max_age_s = max_age_s
+        self.queued_queries = 0  # queries waiting, not yet taken into a batch
         self.stats = BatchStats()
         self._last_requests = 0
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -68,6 +92,11 @@ class MicroBatcher:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="searchr1-batcher")
+
+    @property
+    def alive(self) -> bool:
+        """The batching task is running (False before start, and after it died or was stopped)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -81,14 +110,37 @@ class MicroBatcher:
     async def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
+        if not self.alive:
+            raise RuntimeError("the batching task has stopped")
+        n = len(queries)
+        # An empty queue takes any request, so one larger than the bound is not refused forever.
+        if self.max_queue_queries is not None and self.queued_queries and \
+                self.queued_queries + n > self.max_queue_queries:
+            self.stats.rejected_full += 1
+            raise QueueFull(f"{self.queued_queries} queries are waiting (server.max_queue_queries="
+                            f"{self.max_queue_queries})")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(queries), k, future))
+        self.queued_queries += n
+        self.stats.max_queued_queries = max(self.stats.max_queued_queries, self.queued_queries)
+        self._queue.put_nowait(_Pending(list(queries), k, future, time.monotonic()))
         return await future
+
+    def _take(self, item: _Pending) -> _Pending:
+        self.queued_queries -= len(item.queries)
+        return item
+
+    def _stale(self, p: _Pending, now: float) -> bool:
+        if self.max_age_s is None or now - p.queued_at <= self.max_age_s:
+            return False
+        self.stats.dropped_stale += 1
+        if not p.future.done():
+            p.future.set_exception(QueueTimeout(f"waited more than {self.max_age_s:g} s in the queue"))
+        return True
 
     async def _collect(self) -> list[_Pending]:
         assert self._queue is not None
         held, self._held = self._held, None
-        batch = [held if held is not None else await self._queue.get()]
+        batch = [held if held is not None else self._take(await self._queue.get())]
         n = len(batch[0].queries)
         # Wait for stragglers only under concurrent load (the last batch merged several requests):
         # when a batch completes, its clients' next requests arrive over the following
@@ -98,13 +150,13 @@ class MicroBatcher:
         deadline = time.monotonic() + wait
         while n < self.max_batch_queries:
             try:
-                item = self._queue.get_nowait()
+                item = self._take(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    item = self._take(await asyncio.wait_for(self._queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
             if n + len(item.queries) > self.max_batch_queries:
@@ -118,7 +170,10 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [p for p in await self._collect() if not p.future.done()]  # drop disconnected
+            collected = await self._collect()
+            now = time.monotonic()
+            # drop requests whose client disconnected or has given up waiting
+            batch = [p for p in collected if not p.future.done() and not self._stale(p, now)]
             if not batch:
                 continue
             self.stats.batches += 1

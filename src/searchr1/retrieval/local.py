@@ -124,7 +124,7 @@ def open_retriever(cfg: RetrieverConfig) -> Retriever:
     if cfg.url:
         from searchr1.retrieval.client import HttpRetriever
 
-        retriever = HttpRetriever(cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s)
+        retriever = HttpRetriever.from_config(cfg)
         namespace = f"url:{cfg.url}"
     elif cfg.index:
         retriever = open_index(cfg)

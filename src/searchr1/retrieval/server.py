@@ -5,10 +5,15 @@
        (with return_scores false, each hit is the bare document, as in Search-R1)
   GET  /health    -> status, index facts, limits, batching statistics
 
-Bad input is answered with a 4xx JSON body {"detail": ...} and never stops the server.
+Bad input is answered with a 4xx JSON body {"detail": ...} and never stops the server. Error
+replies say what was wrong with the request, never an exception's text or a path (those go to the
+server's log). With `server.token`, every request needs `Authorization: Bearer <token>` (else 401).
+A full queue answers 503 with Retry-After; /health answers 503 once the batching task has died.
 """
 
+import hmac
 import json
+import logging
 import socket
 import sys
 import threading
@@ -20,16 +25,19 @@ from starlette.exceptions import HTTPException as _HTTPException
 
 from searchr1 import __version__
 from searchr1.retrieval.base import Hit, Retriever
-from searchr1.retrieval.batcher import MicroBatcher
-from searchr1.retrieval.settings import ServerConfig
+from searchr1.retrieval.batcher import MicroBatcher, QueueFull, QueueTimeout
+from searchr1.retrieval.settings import ServerConfig, read_token
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 1  # what a client refused by a full queue is told to wait
 
 
-def _json(payload: Any, status: int = 200):
+def _json(payload: Any, status: int = 200, headers: dict | None = None):
     from starlette.responses import Response
 
     # Bypasses FastAPI's recursive jsonable_encoder: the payload is plain lists and dicts already.
     return Response(json.dumps(payload, ensure_ascii=False).encode("utf-8"), status_code=status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def _document(hit: Hit) -> dict:
@@ -91,17 +99,39 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
+class BearerTokenMiddleware:
+    """Answer 401 to any request without `Authorization: Bearer <token>` (compared in constant time)."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            sent = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(sent, self.expected):
+                body = json.dumps({"detail": "missing or wrong bearer token (server.token)"}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, info: dict | None = None):
-    """The FastAPI app around any `Retriever`."""
+    """The FastAPI app around any `Retriever`. A `server.token` variable that is not set is a ConfigError."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from pydantic import BaseModel
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    batcher = MicroBatcher(retriever.search, cfg.max_batch_queries, cfg.max_wait_ms) if cfg.batching else None
+    token = read_token(cfg.token, "server.token")
+    batcher = MicroBatcher(retriever.search, cfg.max_batch_queries, cfg.max_wait_ms, cfg.max_queue_queries,
+                           cfg.queue_timeout_s) if cfg.batching else None
     started_at = time.time()
-    counters = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0}
+    counters = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0, "busy_503": 0}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -113,6 +143,8 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
 
     app = FastAPI(title="searchr1 retrieval server", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    if token:
+        app.add_middleware(BearerTokenMiddleware, token=token)  # added last: runs first
 
     class RetrieveRequest(BaseModel):
         queries: list[str]
@@ -134,7 +166,9 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
         counters["errors_5xx"] += 1
-        return _json({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, 500)
+        # The reply names no exception text or path; the server's log has them.
+        log.error("retrieval failed: %s: %s", type(exc).__name__, exc)
+        return _json({"detail": "retrieval failed: internal error (see the server's log)"}, 500)
 
     def check_limits(req: RetrieveRequest) -> int:
         if not req.queries:
@@ -145,6 +179,9 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
         k = default_topk if req.topk is None else req.topk
         if not 1 <= k <= cfg.max_topk:
             raise HTTPException(422, f"topk must be between 1 and {cfg.max_topk} (server.max_topk), got {k}")
+        if len(req.queries) * k > cfg.max_result_hits:
+            raise HTTPException(413, f"{len(req.queries)} queries x topk {k} = {len(req.queries) * k} passages in one "
+                                     f"answer; the limit is {cfg.max_result_hits} (server.max_result_hits)")
         for i, q in enumerate(req.queries):
             if len(q) > cfg.max_query_chars:
                 raise HTTPException(422, f"queries[{i}] has {len(q)} characters; the limit is "
@@ -156,7 +193,11 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
         counters["requests"] += 1
         k = check_limits(req)
         if batcher is not None:
-            hits = await batcher.search(req.queries, k)
+            try:
+                hits = await batcher.search(req.queries, k)
+            except (QueueFull, QueueTimeout) as e:
+                counters["busy_503"] += 1
+                return _json({"detail": f"server busy: {e}"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         else:
             # Search-R1's behaviour: each request searched on its own, in a thread pool.
             hits = await run_in_threadpool(retriever.search, req.queries, k)
@@ -168,6 +209,9 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
 
     @app.get("/health")
     async def health():
+        if batcher is not None and not batcher.alive:
+            counters["errors_5xx"] += 1
+            return _json({"status": "error", "detail": "the batching task has stopped; restart the server"}, 503)
         body = {
             "status": "ok",
             "version": __version__,
@@ -178,7 +222,11 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
                 "max_topk": cfg.max_topk,
                 "max_query_chars": cfg.max_query_chars,
                 "max_body_bytes": cfg.max_body_bytes,
+                "max_result_hits": cfg.max_result_hits,
+                "max_queue_queries": cfg.max_queue_queries,
+                "queue_timeout_s": cfg.queue_timeout_s,
             },
+            "queued_queries": batcher.queued_queries if batcher is not None else 0,
             "http": dict(counters),
             "batching": batcher.stats.as_dict() if batcher is not None else None,
             **(info or {}),

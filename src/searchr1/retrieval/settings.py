@@ -234,6 +234,14 @@ class RetrieverConfig:
     timeout_s: float = param(30.0, "HTTP client: seconds per request")
     retries: int = param(3, "HTTP client: retries after a failed attempt (connection errors, 5xx, 429)")
     backoff_s: float = param(0.5, "HTTP client: first retry delay, doubled each retry")
+    wait_deadline_s: float = param(
+        600.0, "training: when the server stays unreachable after the client's retries, checkpoint the last "
+               "completed step and wait this long (polling /health with backoff) before stopping the run"
+    )
+    token: str = param(
+        "", "HTTP client: name of the environment variable holding the server's bearer token (server.token); "
+            "'' sends none"
+    )
     web: WebConfig = param(WebConfig, "web search APIs (retriever.method=serpapi, serper, brave or tavily)")
     simulated: SimulatedConfig = param(SimulatedConfig, "retriever.method=simulated: documents written by a model "
                                                         "(ZeroSearch)")
@@ -242,13 +250,13 @@ class RetrieverConfig:
     def __post_init__(self) -> None:
         if self.topk < 1 or self.rrf_k < 0 or self.fusion_depth < 1 or self.rerank_depth < 1:
             raise ValueError("topk, fusion_depth, rerank_depth must be >= 1 and rrf_k >= 0")
-        if self.retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ValueError("retries >= 0, timeout_s > 0 and backoff_s >= 0 are required")
+        if self.retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0 or self.wait_deadline_s < 0:
+            raise ValueError("retries >= 0, timeout_s > 0, backoff_s >= 0 and wait_deadline_s >= 0 are required")
 
 
 @dataclass
 class ServerConfig:
-    host: str = param("127.0.0.1", "interface to bind; 0.0.0.0 serves other machines")
+    host: str = param("127.0.0.1", "interface to bind; another address serves other machines (set server.token then)")
     port: int = param(8000, "TCP port")
     batching: bool = param(True, "merge concurrent requests into one search call (dynamic micro-batching)")
     max_batch_queries: int = param(256, "most queries merged into one search call")
@@ -259,12 +267,40 @@ class ServerConfig:
     max_topk: int = param(100, "larger topk gets HTTP 422")
     max_query_chars: int = param(4096, "longer queries get HTTP 422")
     max_body_bytes: int = param(8 << 20, "larger request bodies get HTTP 413")
+    max_result_hits: int = param(20_000, "most passages in one answer (queries x topk); larger requests get HTTP 413")
+    max_queue_queries: int = param(
+        8192, "most queries waiting for the batcher; further requests get HTTP 503 with Retry-After"
+    )
+    queue_timeout_s: float = param(
+        30.0, "a request still queued after this long is dropped with HTTP 503 (its client has given up: "
+              "keep it at the clients' retriever.timeout_s)"
+    )
+    token: str = param(
+        "", "name of the environment variable holding a bearer token that every request must carry "
+            "(Authorization: Bearer ...); '' serves without one"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = param("warning", "uvicorn log level")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if min(self.max_batch_queries, self.max_queries_per_request, self.max_topk, self.max_query_chars) < 1:
+        if min(self.max_batch_queries, self.max_queries_per_request, self.max_topk, self.max_query_chars,
+               self.max_result_hits, self.max_queue_queries) < 1 or self.queue_timeout_s <= 0:
             raise ValueError("server limits must be positive")
         if self.max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+
+
+def read_token(variable: str, key: str) -> str:
+    """The bearer token held by environment variable `variable` ('' when `variable` is ''); `key` names
+    the setting in the error. The token itself never appears in a config file, a message or a log."""
+    import os
+
+    from searchr1.errors import ConfigError
+
+    if not variable:
+        return ""
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise ConfigError(f"{key}={variable} names an environment variable that is not set (or is empty)")
+    return token

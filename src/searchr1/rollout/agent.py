@@ -14,7 +14,9 @@ alone (the searches that ended in the same step go to the retriever in one batch
 its next turn, or, when the episode is over, starts the next waiting episode in its place.
 
 A retrieval failure is retried, then raised: an episode never silently continues with empty
-information.
+information. An HTTP retriever retries by itself (`HttpRetriever`: backoff, Retry-After), so it is
+called once here: retry loops do not nest. A training run that gets `RetrieverUnavailableError`
+checkpoints and waits for the server (`searchr1.train.trainer`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from searchr1.errors import RetrieverError, RetrieverRequestError
+from searchr1.errors import RetrieverError, RetrieverRequestError, RetrieverUnavailableError
 from searchr1.protocol import STOP_STRINGS
 from searchr1.retrieval.base import Hit, Retriever
+from searchr1.retrieval.client import HttpRetriever
 from searchr1.rollout.generator import Generator, Sample, SamplingParams
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.step import EpisodeStep, encode_prompt
@@ -47,6 +50,7 @@ class RolloutStats:
     searches: int = 0
     generated_tokens: int = 0  # mask-1 tokens
     injected_tokens: int = 0  # mask-0 tokens
+    queries_cut: int = 0  # over-long queries the HTTP retriever cut to the server's limit
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -61,7 +65,11 @@ def new_trajectory(tokenizer, prompt_text: str, question: str = "", golden_answe
 
 def search_with_retries(retriever: Retriever, queries: list[str], k: int, attempts: int,
                         backoff_s: float) -> list[list[Hit]]:
-    """`retriever.search`, retried on failure with exponential backoff; raises RetrieverError."""
+    """`retriever.search`, retried on failure with exponential backoff; raises RetrieverError.
+
+    An `HttpRetriever` has its own retry policy and is tried once."""
+    if isinstance(retriever, HttpRetriever):
+        attempts = 1
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -76,6 +84,8 @@ def search_with_retries(retriever: Retriever, queries: list[str], k: int, attemp
         if len(results) != len(queries):
             raise RetrieverError(f"retriever returned {len(results)} result lists for {len(queries)} queries")
         return results
+    if isinstance(last, RetrieverUnavailableError):  # the trainer waits for an unreachable server
+        raise RetrieverUnavailableError(f"retrieval failed after {attempts} attempts: {last}") from last
     raise RetrieverError(f"retrieval failed after {attempts} attempts: {type(last).__name__}: {last}") from last
 
 
@@ -174,8 +184,10 @@ class Agent:
     def _search(self, queries: list[str], stats: RolloutStats) -> list[list[Hit]]:
         cfg = self.cfg
         t0 = time.perf_counter()
+        cut_before = getattr(self.retriever, "queries_cut", 0)
         results = search_with_retries(self.retriever, queries, cfg.topk, cfg.retrieval_attempts,
                                       cfg.retrieval_backoff_s)
+        stats.queries_cut += getattr(self.retriever, "queries_cut", 0) - cut_before
         stats.retrieve_seconds += time.perf_counter() - t0
         stats.retrieval_calls += 1
         stats.searches += len(queries)

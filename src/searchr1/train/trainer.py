@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from searchr1.data.questions import held_out_questions, training_questions
-from searchr1.errors import CheckpointError, ConfigError, TrainingDivergedError
+from searchr1.errors import CheckpointError, ConfigError, RetrieverUnavailableError, TrainingDivergedError
 from searchr1.eval.harness import evaluate
 from searchr1.modelhub import load_causal_lm, pick_device
 from searchr1.retrieval.local import open_retriever
@@ -268,6 +268,36 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                                keep_last=tc.keep_last, policy_state=policy_state, critic_state=critic_state,
                                optimizer_states=optimizer_states, drop_newer=tc.resume, rng_by_rank=rngs)
 
+    saved_step = start  # the newest step on disk (resume: the checkpoint resumed from)
+
+    def collect(step: int):
+        """The step's rollouts. A retriever still unreachable after the client's retries raises
+        RetrieverUnavailableError: the step's prompts are put back, the last completed step is
+        checkpointed, and the step is played again once the server answers (its sampling is seeded
+        by the step, so it draws the same), so no step is lost or repeated. Past
+        `retriever.wait_deadline_s` the error ends the run."""
+        nonlocal last_ckpt, saved_step
+        deadline = None  # of this step's outage: a server whose /health answers but whose searches fail counts too
+        while True:
+            sampler_state = sampler.state_dict()
+            try:
+                return collector.collect(step)
+            except RetrieverUnavailableError as e:
+                if not hasattr(retriever, "wait_until_healthy"):
+                    raise
+                sampler.load_state_dict(sampler_state)
+                # a sharded save is a collective: only a single process saves while the others run on
+                if step - 1 > saved_step and not dist.distributed:
+                    last_ckpt, saved_step = save(step - 1), step - 1
+                deadline = deadline or time.monotonic() + cfg.retriever.wait_deadline_s
+                if time.monotonic() >= deadline:
+                    raise RetrieverUnavailableError(
+                        f"{e}; still failing after retriever.wait_deadline_s={cfg.retriever.wait_deadline_s:g} s. "
+                        f"The checkpoint of step {saved_step} is kept: resume with train.resume=true") from None
+                say(f"train: step {step}: {e}; the checkpoint of step {saved_step} is kept; waiting up to "
+                    f"{cfg.retriever.wait_deadline_s:g} s (retriever.wait_deadline_s) for the retriever")
+                retriever.wait_until_healthy(max(deadline - time.monotonic(), 0.0), cfg.retriever.backoff_s or 1.0)
+
     bar = _progress(tc, tc.steps, start) if dist.is_main else None
     last_ckpt: Path | None = None
     skipped_in_a_row = 0  # optimizer steps skipped since the last one taken
@@ -281,7 +311,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             if (set_step := getattr(retriever, "set_step", None)) is not None:
                 set_step(step, tc.steps)
             # 1-3. questions -> episodes played by the policy -> rewards
-            rollouts = collector.collect(step)
+            rollouts = collect(step)
             trajs, rollout = rollouts.trajectories, rollouts.stats
             # 4. tensors; DAPO's overlong filtering keeps truncated responses out of the loss
             batch = collate(trajs, pad_id, tc.loss.mask_retrieved, trees=tc.rollout_tree > 0).to(device)
@@ -303,6 +333,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                 "time/rollout_s": rollout.seconds,
                 "time/generate_s": rollout.generate_seconds,
                 "time/retrieval_s": rollout.retrieve_seconds,
+                "rollout/queries_cut": float(rollout.queries_cut),
                 "time/weight_sync_s": generator.weight_sync_seconds - sync_seconds,
                 "time/step_s": t_end - t_step,
                 "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t_end - t_step, 1e-9),
@@ -340,7 +371,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                         metrics.update(eval_metrics)
                     dist.barrier()
             if step == tc.steps or (tc.save_every and step % tc.save_every == 0):
-                last_ckpt = save(step)
+                last_ckpt, saved_step = save(step), step
                 dist.barrier()
     finally:
         if bar is not None:
