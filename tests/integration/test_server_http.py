@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -229,3 +230,107 @@ def test_server_logged_no_traceback(server):
     assert server.proc.poll() is None
     assert not [line for line in server.output if "Traceback" in line or "Exception" in line]
     assert requests.get(server.url + "/health", timeout=30).json()["http"]["errors_5xx"] == 0
+
+
+# ----------------------------------------------------------------------------- guards (issue 24), in process
+
+
+import httpx  # noqa: E402
+
+from searchr1.errors import ConfigError  # noqa: E402
+from searchr1.retrieval.base import Hit  # noqa: E402
+from searchr1.retrieval.client import HttpRetriever  # noqa: E402
+from searchr1.retrieval.server import BackgroundServer  # noqa: E402
+from searchr1.retrieval.settings import ServerConfig  # noqa: E402
+
+
+class Fatal(BaseException):
+    """Escapes the batcher's error handling: its task dies."""
+
+
+class Backend:
+    """Answers one hit per query; blocks while `gate` is closed; 'die' kills the batching task and
+    'leak' fails with a message holding a path."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def search(self, queries, k):
+        self.started.set()
+        assert self.gate.wait(10)
+        if "die" in queries:
+            raise Fatal()
+        if "leak" in queries:
+            raise RuntimeError("cannot open /srv/secret/index.faiss")
+        return [[Hit(q, q, q, 1.0)] * k for q in queries]
+
+
+def post(url, queries, topk=1, **kw):
+    return httpx.post(url + "/retrieve", json={"queries": queries, "topk": topk}, timeout=10, **kw)
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_the_server_serves_on():
+    backend = Backend()
+    backend.gate.clear()
+    with BackgroundServer(backend, ServerConfig(port=0, max_queue_queries=2)) as url, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, url, ["a"])  # being searched: blocks on the gate
+        assert backend.started.wait(10)
+        queued = [pool.submit(post, url, [q]) for q in ("b", "c")]
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/health").json()["queued_queries"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = post(url, ["d"])
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "server.max_queue_queries" in refused.json()["detail"]
+        backend.gate.set()
+        assert [f.result().status_code for f in (first, *queued)] == [200, 200, 200]
+        assert post(url, ["e"]).status_code == 200
+        stats = httpx.get(url + "/health").json()["batching"]
+        assert (stats["rejected_full"], stats["max_queued_queries"]) == (1, 2)
+
+
+def test_health_fails_once_the_batching_task_died():
+    with BackgroundServer(Backend(), ServerConfig(port=0)) as url:
+        assert httpx.get(url + "/health").status_code == 200
+        assert post(url, ["die"]).status_code == 503
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503 and health.json()["status"] == "error"
+        assert post(url, ["a"]).status_code == 503  # nothing would answer it
+        with pytest.raises(Exception, match="not healthy"):
+            HttpRetriever(url).health()
+
+
+def test_answers_larger_than_max_result_hits_are_413():
+    with BackgroundServer(Backend(), ServerConfig(port=0, max_result_hits=10)) as url:
+        assert post(url, ["a", "b"], topk=5).status_code == 200
+        r = post(url, ["a", "b", "c"], topk=4)
+        assert r.status_code == 413 and "server.max_result_hits" in r.json()["detail"]
+
+
+def test_error_replies_do_not_echo_exception_text_or_paths():
+    with BackgroundServer(Backend(), ServerConfig(port=0)) as url:
+        r = post(url, ["leak"])
+        assert r.status_code == 500
+        assert "/srv" not in r.text and "RuntimeError" not in r.text and "secret" not in r.text
+
+
+def test_a_token_is_required_when_configured(monkeypatch):
+    monkeypatch.setenv("SEARCHR1_TEST_TOKEN", "tok-123")
+    with BackgroundServer(Backend(), ServerConfig(port=0, token="SEARCHR1_TEST_TOKEN")) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "tok-123"}):
+            r = post(url, ["a"], headers=headers)
+            assert r.status_code == 401 and "tok-123" not in r.text
+        assert httpx.get(url + "/health").status_code == 401
+        assert post(url, ["a"], headers={"Authorization": "Bearer tok-123"}).status_code == 200
+        with HttpRetriever(url, token="tok-123", learn_limits=True) as client:
+            assert client.search(["a"], 1)[0][0].doc_id == "a"
+            assert client.max_query_chars == 4096  # /health answered it
+
+
+def test_a_token_variable_that_is_not_set_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("SEARCHR1_UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="server.token=SEARCHR1_UNSET_TOKEN"):
+        BackgroundServer(Backend(), ServerConfig(port=0, token="SEARCHR1_UNSET_TOKEN"))

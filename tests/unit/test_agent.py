@@ -218,3 +218,19 @@ def test_pool_must_be_positive(tok):
     with pytest.raises(ValueError, match="pool must be >= 1"):
         Agent(EngineGenerator(ScriptedLM(tok, varied), tok), FakeRetriever(), AgentConfig()).run(
             [new_trajectory(tok, "Q1?")], GREEDY, pool=0)
+
+
+def test_an_http_retriever_is_called_once_its_own_retries_do_not_nest():
+    import httpx
+
+    from searchr1.retrieval.client import HttpRetriever
+    from searchr1.rollout.agent import search_with_retries
+
+    def refuse(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    client = HttpRetriever("http://retr.test:8000", retries=1, backoff_s=0)
+    client._client = httpx.Client(transport=httpx.MockTransport(refuse))
+    with pytest.raises(RetrieverUnavailableError, match="after 1 attempts"):
+        search_with_retries(client, ["q"], 1, attempts=3, backoff_s=0)
+    assert client.attempts == 2  # the client's 1 + 1 retries, not 3 x 2

@@ -191,3 +191,94 @@ def test_single_request_larger_than_max_batch_queries_is_searched_whole():
     result, _ = run(go, fake, max_batch_queries=4)
     assert len(result) == 6
     assert [len(q) for q, _ in fake.calls] == [6]
+
+
+# ----------------------------------------------------------------------------- bounds (issue 24)
+
+
+class Gate:
+    """A search that blocks until released, so requests can be made to wait in the queue."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def __call__(self, queries, k):
+        self.calls.append(list(queries))
+        assert self.open.wait(10)
+        return [[Hit(q, q, "", 0.0)] for q in queries]
+
+
+def test_a_full_queue_refuses_at_once_and_the_batcher_serves_on():
+    from searchr1.retrieval.batcher import QueueFull
+
+    gate = Gate()
+
+    async def go(b):
+        first = asyncio.create_task(b.search(["a"], 1))  # taken into a batch: the search blocks
+        while not gate.calls:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.create_task(b.search([q], 1)) for q in ("b", "c")]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await b.search(["d"], 1)
+        depth = b.queued_queries
+        gate.open.set()
+        done = await asyncio.gather(first, *queued)
+        return depth, done, await b.search(["e"], 1)
+
+    (depth, done, after), batcher = run(go, gate, max_queue_queries=2)
+    assert depth == 2
+    assert [ids(r) for r in done] == [[["a"]], [["b"]], [["c"]]]
+    assert ids(after) == [["e"]]
+    assert (batcher.stats.rejected_full, batcher.stats.max_queued_queries) == (1, 2)
+
+
+def test_an_empty_queue_takes_a_request_larger_than_the_bound():
+    async def go(b):
+        return await b.search(["a", "b", "c"], 1)
+
+    rows, _ = run(go, FakeSearch(0), max_queue_queries=2)
+    assert len(rows) == 3
+
+
+def test_requests_older_than_max_age_are_dropped_unsearched():
+    from searchr1.retrieval.batcher import QueueTimeout
+
+    gate = Gate()
+
+    async def go(b):
+        first = asyncio.create_task(b.search(["a"], 1))
+        while not gate.calls:
+            await asyncio.sleep(0.001)
+        late = asyncio.create_task(b.search(["stale"], 1))
+        await asyncio.sleep(0.15)  # longer than max_age_s: its client has given up
+        gate.open.set()
+        await first
+        with pytest.raises(QueueTimeout):
+            await late
+
+    _, batcher = run(go, gate, max_age_s=0.05)
+    assert gate.calls == [["a"]]
+    assert batcher.stats.dropped_stale == 1
+
+
+class Fatal(BaseException):
+    """Not an Exception: the batcher's error handling does not catch it, and its task dies."""
+
+
+def test_a_dead_batching_task_is_reported_and_fails_waiting_requests():
+    from searchr1.retrieval.batcher import BatcherStopped
+
+    def fatal(queries, k):
+        raise Fatal()
+
+    async def go(b):
+        assert b.alive
+        with pytest.raises(BatcherStopped):
+            await b.search(["a"], 1)
+        assert not b.alive
+        with pytest.raises(BatcherStopped):
+            await b.search(["b"], 1)
+
+    run(go, fatal)

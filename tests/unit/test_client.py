@@ -248,3 +248,98 @@ def test_health_ok_and_unavailable():
 
     with pytest.raises(RetrieverUnavailableError, match="http://retr.test:8000/health"):
         retriever(down).health()
+
+
+# ----------------------------------------------------------------------------- limits, Retry-After, waiting (issue 24)
+
+
+class LimitedServer(Server):
+    """A server with /health limits; rejects, as ours does, a query over `max_query_chars` with 422."""
+
+    def __init__(self, max_query_chars: int = 5, max_queries_per_request: int = 1024, health_status: int = 200):
+        super().__init__()
+        self.limit, self.max_queries, self.health_status = max_query_chars, max_queries_per_request, health_status
+        self.health_calls = 0
+
+    def __call__(self, request):
+        if request.url.path == "/health":
+            self.health_calls += 1
+            return httpx.Response(self.health_status, json={"status": "ok", "limits": {
+                "max_query_chars": self.limit, "max_queries_per_request": self.max_queries}})
+        body = json.loads(request.content)
+        if any(len(q) > self.limit for q in body["queries"]):
+            return httpx.Response(422, json={"detail": "query too long"})
+        return super().__call__(request)
+
+
+def test_without_learning_the_limits_an_over_long_query_is_rejected():
+    with pytest.raises(RetrieverRequestError, match="422"):
+        retriever(LimitedServer()).search(["much too long"], 1)
+
+
+def test_over_long_queries_are_cut_to_the_servers_limit_and_counted():
+    server = LimitedServer(max_query_chars=5)
+    r = retriever(server, learn_limits=True)
+    assert len(r.search(["short", "much too long", "abc"], 1)) == 3
+    assert server.requests[0]["queries"] == ["short", "much ", "abc"]
+    assert r.queries_cut == 1
+    r.search(["another long one"], 1)
+    assert (r.queries_cut, server.health_calls) == (2, 1)  # the limits are learned once
+
+
+def test_the_servers_request_size_limit_is_learned():
+    server = LimitedServer(max_queries_per_request=2)
+    r = retriever(server, learn_limits=True)
+    r.search(["a", "b", "c"], 1)
+    assert [b["queries"] for b in server.requests] == [["a", "b"], ["c"]]
+
+
+def test_a_server_without_health_has_no_limits_to_learn():
+    server = LimitedServer(health_status=404)
+    r = retriever(server, learn_limits=True)
+    with pytest.raises(RetrieverRequestError):
+        r.search(["much too long"], 1)
+    r.search(["ok"], 1)
+    assert server.health_calls == 1 and r.max_query_chars is None
+
+
+def test_retry_after_is_honoured(monkeypatch):
+    slept = []
+    monkeypatch.setattr("searchr1.retrieval.client.time.sleep", slept.append)
+    server = Server(httpx.Response(503, headers={"Retry-After": "2"}), "echo")
+    retriever(server, retries=1).search(["q"], 1)
+    assert slept == [2.0]
+
+
+def test_the_token_is_sent_as_a_bearer_header():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"result": [[doc(0)]]})
+
+    r = HttpRetriever(URL, token="tok", backoff_s=0)
+    r._client = httpx.Client(transport=httpx.MockTransport(handler), headers=r._client.headers)
+    r.search(["q"], 1)
+    assert seen == ["Bearer tok"]
+
+
+def test_wait_until_healthy_backs_off_until_the_server_answers():
+    answers = iter([False, False, True])
+
+    def handler(request):
+        if next(answers):
+            return httpx.Response(200, json={"status": "ok"})
+        raise httpx.ConnectError("refused", request=request)
+
+    slept = []
+    assert retriever(handler).wait_until_healthy(60, first_delay_s=1, sleep=slept.append) >= 0
+    assert slept == [1, 2]
+
+
+def test_wait_until_healthy_gives_up_at_the_deadline():
+    def down(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(RetrieverUnavailableError, match="wait_deadline_s"):
+        retriever(down).wait_until_healthy(0.05, first_delay_s=0.01)

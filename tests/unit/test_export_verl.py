@@ -580,3 +580,51 @@ def test_episode_settings_validate(tok):
         run_episode_sync(new_trajectory(tok, "Q?"), None, None,
                          EpisodeStep(tok, AgentConfig(response_prefix="<think>")))
     assert asyncio.iscoroutinefunction(__import__("searchr1.export.episode", fromlist=["run_episode"]).run_episode)
+
+
+# ----------------------------------------------------------------------------- retriever script and token (issue 24)
+
+
+def test_serve_script_binds_127_0_0_1_unless_told_and_passes_the_token_variable(tmp_path):
+    out, _ = export(tmp_path, "retriever.token=SEARCH_TOKEN", "retriever.index=/idx")
+    assert "0.0.0.0 " not in (out / "serve_retriever.sh").read_text().split("set -euo pipefail")[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "serve-argv.txt"
+    (bin_dir / "searchr1").write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {log}\n')
+    (bin_dir / "searchr1").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", str(out / "serve_retriever.sh")], env=env, check=True)
+    argv = log.read_text().splitlines()
+    assert "server.host=127.0.0.1" in argv and "server.token=SEARCH_TOKEN" in argv
+    subprocess.run(["bash", str(out / "serve_retriever.sh")], env={**env, "HOST": "0.0.0.0"}, check=True)
+    assert "server.host=0.0.0.0" in log.read_text().splitlines()
+
+
+def test_clients_of_the_export_send_the_token_from_the_environment(tmp_path):
+    out, _ = export(tmp_path, "retriever.token=SEARCH_TOKEN")
+    tool = yaml.safe_load((out / "tool_config.yaml").read_text())["tools"][0]["config"]
+    loop = yaml.safe_load((out / "agent_loop.yaml").read_text())[0]
+    assert tool["token_env"] == "SEARCH_TOKEN" and loop["retrieval_token_env"] == "SEARCH_TOKEN"
+
+
+def test_launch_scripts_health_check_sends_the_token(tmp_path, monkeypatch):
+    import sys
+
+    from searchr1.retrieval.server import BackgroundServer
+    from searchr1.retrieval.settings import ServerConfig
+
+    monkeypatch.setenv("SEARCH_TOKEN", "tok-456")
+    fake = tmp_path / "fakepython"  # runs the check with the real interpreter, records veRL's launch
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\n'
+                    f'echo launched > {tmp_path / "launched"}\n')
+    fake.chmod(0o755)
+    with BackgroundServer(FakeRetriever(), ServerConfig(port=0, token="SEARCH_TOKEN")) as url:
+        out, _ = export(tmp_path, "retriever.token=SEARCH_TOKEN", retriever_url=url)
+        assert "tok-456" not in "".join(p.read_text() for p in out.iterdir() if p.suffix in (".sh", ".yaml", ".json", ".md"))
+        env = {**os.environ, "PYTHON": str(fake)}
+        subprocess.run(["bash", str(out / "train.sh")], env=env, check=True, timeout=60)
+        assert (tmp_path / "launched").exists()
+        r = subprocess.run(["bash", str(out / "train.sh")], env={**env, "SEARCH_TOKEN": "wrong"},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "no retrieval server answers" in r.stderr

@@ -262,7 +262,6 @@ def tool_config(cfg, url: str) -> dict:
             "rate_limit": 120,
             "num_workers": 120,
             "token_env": cfg.retriever.token,
-            "max_consecutive_failures": cfg.agent.retrieval_attempts,
         },
         "tool_schema": TOOL_SCHEMA,
     }]}

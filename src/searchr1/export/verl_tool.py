@@ -12,14 +12,17 @@ veRL 0.9 removed it. This class takes its place with the same config keys, so th
 The model calls it as `{"name": "search", "arguments": {"query_list": ["..."]}}` (veRL's
 search_r1_like schema; a single `"query": "..."` is accepted too). The response is the passages
 as Search-R1 shows them inside <information> (`Doc 1(Title: ...) text` lines), one block per
-query, blocks separated by a line `---`. A failed retrieval (after retries) answers an error text,
-as veRL's own tool did, so one unreachable moment does not kill a training step.
+query, blocks separated by a line `---`. A retrieval that fails `retries + 1` consecutive times
+(the client retries with backoff) raises `RetrieverError`, as our own agent does: veRL's tool
+answered an error text instead, which the policy then learned from as if it were a search result.
+A malformed call (the policy's fault) is still answered with an error text.
 
 This is the tool-calling path (JSON `<tool_call>`s, an instruct model's chat template). The
 paper's own text protocol (`<search>` / `<information>`) is `searchr1.export.verl_agent`.
 
 Config keys: retrieval_service_url (required; `http://host:port` or `.../retrieve`), topk (3),
-timeout (30 s per request), retries (3), backoff (0.5 s, doubled per retry), rate_limit
+timeout (30 s per request), retries (3), backoff (0.5 s, doubled per retry), token_env (the name
+of the environment variable holding the server's bearer token; '' sends none), rate_limit
 (concurrent requests per rollout worker process, 120). veRL's num_workers and
 enable_global_rate_limit are accepted and ignored: the server batches concurrent requests itself.
 """
@@ -27,7 +30,6 @@ enable_global_rate_limit are accepted and ignored: the server batches concurrent
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from verl.tools.base_tool import BaseTool
@@ -36,8 +38,7 @@ from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 from searchr1.export.verl import TOOL_SCHEMA
 from searchr1.protocol import format_documents
 from searchr1.retrieval.client import HttpRetriever
-
-log = logging.getLogger(__name__)
+from searchr1.retrieval.settings import read_token
 
 
 class SearchTool(BaseTool):
@@ -56,7 +57,8 @@ class SearchTool(BaseTool):
         if self.topk < 1 or self.timeout <= 0 or self.rate_limit < 1:
             raise ValueError("search tool: topk and rate_limit must be >= 1 and timeout > 0")
         self.retriever = HttpRetriever(url, timeout_s=self.timeout, retries=int(config.get("retries", 3)),
-                                       backoff_s=float(config.get("backoff", 0.5)))
+                                       backoff_s=float(config.get("backoff", 0.5)), learn_limits=True,
+                                       token=read_token(str(config.get("token_env", "")), "token_env"))
         self.retrieval_service_url = self.retriever.url
         self._semaphores: dict[int, asyncio.Semaphore] = {}
 
@@ -90,11 +92,9 @@ class SearchTool(BaseTool):
         queries = self.queries_of(parameters)
         if isinstance(queries, str):
             return ToolResponse(text=queries), 0.0, {"query_count": 0, "status": "invalid"}
-        try:
-            async with self._semaphore():
-                results = await asyncio.to_thread(self.retriever.search, queries, self.topk)
-        except Exception as e:  # noqa: BLE001 - reported to the model and the metrics, not raised
-            log.warning("search tool: retrieval failed: %s", e)
-            return ToolResponse(text=f"Search error: {e}"), 0.0, {"query_count": len(queries), "status": "error"}
+        async with self._semaphore():
+            # a failure after the client's retries is raised: the step fails rather than the policy
+            # reading an error message as search results
+            results = await asyncio.to_thread(self.retriever.search, queries, self.topk)
         return (ToolResponse(text=self.format_results(results)), 0.0,
                 {"query_count": len(queries), "status": "success", "total_results": sum(map(len, results))})

@@ -16,6 +16,7 @@ has given up, and searching it would only delay the requests behind it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from searchr1.retrieval.base import Hit
 
 SearchFn = Callable[[Sequence[str], int], list[list[Hit]]]
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -32,6 +34,10 @@ class QueueFull(Exception):
 
 class QueueTimeout(Exception):
     """The request waited in the queue longer than its client waits for an answer."""
+
+
+class BatcherStopped(RuntimeError):
+    """The batching task is not running (stopped, or died): nothing will be searched."""
 
 
 @dataclass
@@ -92,6 +98,7 @@ class MicroBatcher:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="searchr1-batcher")
+        self._task.add_done_callback(_log_death)
 
     @property
     def alive(self) -> bool:
@@ -105,13 +112,15 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except BaseException:  # noqa: BLE001 - it died earlier; _log_death logged why
+                pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
         if not self.alive:
-            raise RuntimeError("the batching task has stopped")
+            raise BatcherStopped("the batching task has stopped")
         n = len(queries)
         # An empty queue takes any request, so one larger than the bound is not refused forever.
         if self.max_queue_queries is not None and self.queued_queries and \
@@ -169,19 +178,33 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            collected = await self._collect()
-            now = time.monotonic()
-            # drop requests whose client disconnected or has given up waiting
-            batch = [p for p in collected if not p.future.done() and not self._stale(p, now)]
-            if not batch:
-                continue
-            self.stats.batches += 1
-            by_k: dict[int, list[_Pending]] = {}
-            for p in batch:
-                by_k.setdefault(p.k, []).append(p)
-            for k, group in by_k.items():
-                await self._serve_group(loop, group, k)
+        batch: list[_Pending] = []
+        try:
+            while True:
+                collected = await self._collect()
+                now = time.monotonic()
+                # drop requests whose client disconnected or has given up waiting
+                batch = [p for p in collected if not p.future.done() and not self._stale(p, now)]
+                if not batch:
+                    continue
+                self.stats.batches += 1
+                by_k: dict[int, list[_Pending]] = {}
+                for p in batch:
+                    by_k.setdefault(p.k, []).append(p)
+                for k, group in by_k.items():
+                    await self._serve_group(loop, group, k)
+        finally:
+            # Stopped or died: nobody will answer what is still waiting, so answer it now.
+            self._fail_waiting(batch)
+
+    def _fail_waiting(self, batch: list[_Pending]) -> None:
+        waiting = list(batch) + ([self._held] if self._held is not None else [])
+        self._held = None
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._take(self._queue.get_nowait()))
+        for p in waiting:
+            if not p.future.done():
+                p.future.set_exception(BatcherStopped("the batching task has stopped"))
 
     async def _serve_group(self, loop, group: list[_Pending], k: int) -> None:
         queries = [q for p in group for q in p.queries]
@@ -215,3 +238,9 @@ class MicroBatcher:
         s.busy_seconds += time.perf_counter() - start
         s.search_calls += 1
         s.largest_batch = max(s.largest_batch, n_queries)
+
+
+def _log_death(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("the batching task died (%s: %s); /health now fails", type(exc).__name__, exc)

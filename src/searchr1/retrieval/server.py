@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as _HTTPException
 
 from searchr1 import __version__
 from searchr1.retrieval.base import Hit, Retriever
-from searchr1.retrieval.batcher import MicroBatcher, QueueFull, QueueTimeout
+from searchr1.retrieval.batcher import BatcherStopped, MicroBatcher, QueueFull, QueueTimeout
 from searchr1.retrieval.settings import ServerConfig, read_token
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,11 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
             except (QueueFull, QueueTimeout) as e:
                 counters["busy_503"] += 1
                 return _json({"detail": f"server busy: {e}"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+            except BatcherStopped:
+                counters["errors_5xx"] += 1
+                log.error("a request arrived after the batching task stopped")
+                return _json({"detail": "the server cannot search (its batching task has stopped); restart it"},
+                             503)
         else:
             # Search-R1's behaviour: each request searched on its own, in a thread pool.
             hits = await run_in_threadpool(retriever.search, req.queries, k)
