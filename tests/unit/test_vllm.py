@@ -215,3 +215,71 @@ def test_a_sleeping_engine_wakes_its_weights_reloads_then_its_kv_cache(monkeypat
     assert calls == [("empty_cache",), ("wake_up", ("weights",)), ("reload", ["weights"]), ("reset_prefix_cache",),
                      ("wake_up", ("kv_cache",))]
     assert not gen.sleeping and not gen._stale
+
+
+# ----------------------------------------------------------------------------- weight reload by name (issue 24, item 7)
+
+
+class RecordingLLM:
+    """Stands in for `vllm.LLM`: records its arguments and the collective calls made on it."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.rpcs, self.resets = kwargs, [], 0
+        import torch
+
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=64, dtype=torch.float32))
+
+    def collective_rpc(self, method, kwargs=None):
+        self.rpcs.append((method, {k: v if isinstance(v, str) else list(v) for k, v in (kwargs or {}).items()}))
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import types
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = RecordingLLM
+    params = types.ModuleType("vllm.sampling_params")
+    params.RequestOutputKind = SimpleNamespace(FINAL_ONLY="final")
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", params)
+    # the generator sets vLLM's variables in os.environ: these are restored after the test
+    for name in ("VLLM_ALLOW_INSECURE_SERIALIZATION", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE",
+                 "VLLM_CPU_OMP_THREADS_BIND"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def linear_source():
+    import torch
+
+    source = torch.nn.Linear(2, 1, bias=False)
+    source.generation_config = SimpleNamespace(eos_token_id=2)
+    return source
+
+
+@pytest.mark.parametrize("in_process", ["yes", "no"])
+def test_weights_reload_through_a_named_worker_method_without_insecure_serialization(fake_vllm, in_process):
+    import importlib
+    import os
+
+    from searchr1.rollout.settings import VLLMConfig
+    from searchr1.rollout.vllm import RELOAD_METHOD, WORKER_EXTENSION, VLLMGenerator, WeightReload
+
+    gen = VLLMGenerator("model-dir", None, device="cpu", cfg=VLLMConfig(in_process=in_process),
+                        source=linear_source())
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
+    assert gen.llm.kwargs["worker_extension_cls"] == WORKER_EXTENSION
+    module, _, name = WORKER_EXTENSION.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is WeightReload  # what vLLM's worker imports
+    gen.load_weights()
+    [(method, kwargs)] = gen.llm.rpcs
+    assert method == RELOAD_METHOD == "searchr1_reload" and callable(getattr(WeightReload, method))
+    if in_process == "yes":
+        assert [n for n, _ in kwargs["weights"]] == ["weight"]  # the tensors themselves, in process
+    else:
+        assert set(kwargs) == {"weights_path"} and isinstance(kwargs["weights_path"], str)
+    assert gen.llm.resets == 1

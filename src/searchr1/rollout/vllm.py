@@ -19,8 +19,8 @@ What a turn returns is what `EngineGenerator` returns, so either engine drives t
 
 Weights: the engine is loaded from the model directory, then `weights_updated()` (the trainer calls
 it after each update) makes the next session first copy the policy's current weights in
-(`checkpoint_weights`: LoRA merged) through vLLM's `reload_weights` (`reload_in_worker`), and reset
-the prefix cache, whose blocks were computed by the old weights. In process (CUDA by default,
+(`checkpoint_weights`: LoRA merged) through vLLM's `reload_weights` (`WeightReload`, a worker
+extension called by name), and reset the prefix cache, whose blocks were computed by the old weights. In process (CUDA by default,
 `rollout.vllm.in_process=auto`) the tensors go in directly, an in-place copy on the device, as TRL's colocate mode does; across
 processes they travel as a safetensors file in the engine's dtype, in /dev/shm when it has room (else
 the temporary directory), read by the engine's own loader.
@@ -86,19 +86,29 @@ def to_sample(completion, eos_ids: set[int]) -> Sample:
     raise SearchR1Error(f"vLLM ended a turn with finish_reason={reason!r}, stop_reason={stop!r}")
 
 
-def reload_in_worker(worker, weights=None, weights_path: str | None = None) -> None:
-    """Runs inside vLLM's worker (`collective_rpc`): reload the weights in place, then repack the LM head.
+class WeightReload:
+    """Methods vLLM adds to its worker (`worker_extension_cls`), called by name through
+    `collective_rpc`: only the method's name and its arguments (tensors in process, a path across
+    processes) cross to the engine, never pickled code, so vLLM's insecure serialization stays off."""
 
-    The repack is for tied embeddings on CPU: there the LM head's GEMM reads its own packed copy
-    of the weight, made when the model loaded. A reload writes the new embedding into the tied
-    tensor but loads nothing into the LM head, so its packed copy would keep the old weights.
-    On CUDA the repack is a no-op (unquantized layers keep no copy)."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+    def searchr1_reload(self, weights=None, weights_path: str | None = None) -> None:
+        """Reload the weights in place, then repack the LM head.
 
-    worker.reload_weights(weights_iterator=weights, weights_path=weights_path, is_checkpoint_format=True)
-    for module in worker.model_runner.get_model().modules():
-        if isinstance(module, ParallelLMHead) and hasattr(module.quant_method, "process_weights_after_loading"):
-            module.quant_method.process_weights_after_loading(module)
+        The repack is for tied embeddings on CPU: there the LM head's GEMM reads its own packed copy
+        of the weight, made when the model loaded. A reload writes the new embedding into the tied
+        tensor but loads nothing into the LM head, so its packed copy would keep the old weights.
+        On CUDA the repack is a no-op (unquantized layers keep no copy)."""
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+        self.reload_weights(weights_iterator=weights, weights_path=weights_path, is_checkpoint_format=True)
+        for module in self.model_runner.get_model().modules():
+            if isinstance(module, ParallelLMHead) and hasattr(module.quant_method, "process_weights_after_loading"):
+                module.quant_method.process_weights_after_loading(module)
+
+
+#: vLLM imports the extension by this name in the worker's process.
+WORKER_EXTENSION = f"{WeightReload.__module__}.{WeightReload.__qualname__}"
+RELOAD_METHOD = WeightReload.searchr1_reload.__name__
 
 
 def _generation_config(model_dir: str):
@@ -166,10 +176,8 @@ class VLLMGenerator(SingleTurn):
         if cfg.sleep and not on_cuda:
             raise SearchR1Error("rollout.vllm.sleep is a CUDA feature (vLLM's sleep mode); turn it off on CPU")
         self.in_process = _in_process(cfg.in_process, device)
-        # Read when the engine starts, by this process or the engine's. The engine's own process
-        # receives `reload_in_worker` pickled over its local socket, which vLLM allows only when asked.
+        # Read when the engine starts, by this process or the engine's.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
-        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         if not on_cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.kv_cache_gb:g}")
             # vLLM's CPU default keeps one core back for its scheduler, which on a small machine
@@ -186,7 +194,8 @@ class VLLMGenerator(SingleTurn):
         self.engine_tokenizer = engine_tokenizer
         kwargs = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=seed, enable_prefix_caching=True,
                       logprobs_mode="processed_logprobs", enforce_eager=cfg.enforce_eager,
-                      enable_sleep_mode=cfg.sleep, skip_tokenizer_init=not engine_tokenizer)
+                      enable_sleep_mode=cfg.sleep, skip_tokenizer_init=not engine_tokenizer,
+                      worker_extension_cls=WORKER_EXTENSION)
         if on_cuda:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.max_num_seqs:
@@ -232,7 +241,7 @@ class VLLMGenerator(SingleTurn):
         """Copy the source's current weights into the engine now and drop its prefix cache; seconds taken."""
         t0 = time.perf_counter()
         if self.in_process:
-            self.llm.collective_rpc(reload_in_worker, kwargs={"weights": checkpoint_weights(self.source)})
+            self.llm.collective_rpc(RELOAD_METHOD, kwargs={"weights": checkpoint_weights(self.source)})
         else:
             self._reload_from_file()
         self.llm.reset_prefix_cache()
@@ -249,7 +258,7 @@ class VLLMGenerator(SingleTurn):
         try:
             save_file(weights, str(folder / "model.safetensors"))
             del weights
-            self.llm.collective_rpc(reload_in_worker, kwargs={"weights_path": str(folder)})
+            self.llm.collective_rpc(RELOAD_METHOD, kwargs={"weights_path": str(folder)})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
