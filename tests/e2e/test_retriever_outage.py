@@ -49,12 +49,13 @@ def world(tmp_path_factory):
 def make_cfg(world, run_dir):
     return from_dict(Config, {
         "model": {"name": str(world / "tiny"), "device": "cpu", "chat": "raw"},
-        "agent": {"max_turns": 1, "max_turn_tokens": 60, "max_obs_tokens": 40, "topk": 1},
+        "agent": {"max_turns": 1, "max_turn_tokens": 60, "max_obs_tokens": 40, "topk": 1,
+                  "template": "Q: {question}\n"},
         "retriever": {"wait_deadline_s": 60, "backoff_s": 0.05},
         "train": {"algorithm": "grpo", "steps": STEPS, "prompts_per_step": 2, "group_size": 2,
-                  "mini_batch_size": 4, "micro_batch_size": 4, "lr": 1e-3, "train_data": str(world / "qa.jsonl"),
-                  "template": "Q: {question}\n", "run_dir": str(run_dir), "save_every": 0, "tensorboard": False,
-                  "progress": False}})
+                  "mini_batch_size": 4, "micro_batch_size": 4, "optim": {"lr": 1e-3},
+                  "questions": {"datasets": [str(world / "qa.jsonl")]}, "run_dir": str(run_dir), "save_every": 0,
+                  "tensorboard": False, "progress": False}})
 
 
 def search_then_answer(ctx: str) -> str | None:
