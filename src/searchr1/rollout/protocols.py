@@ -75,17 +75,36 @@ class ToolCallProtocol:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        head, tail = tool_message_framing(tokenizer)
-        self._head, self._tail = encode_text(tokenizer, head), encode_text(tokenizer, tail)
+        self._head_text, self._tail_text = tool_message_framing(tokenizer)
+        self._head, self._tail = encode_text(tokenizer, self._head_text), encode_text(tokenizer, self._tail_text)
 
     def parse(self, text: str, finish: str) -> Action:
         return parse_tool_call(text, ended=finish == "eos")
 
     def observation_ids(self, hits: Sequence[Any], max_tokens: int) -> list[int]:
-        return framed_ids(self.tokenizer, self._head, format_documents(hits).strip(), self._tail, max_tokens)
+        return self._tool_message_ids(format_documents(hits).strip(), max_tokens)
 
     def note_ids(self, action: Action) -> list[int]:
-        return framed_ids(self.tokenizer, self._head, action.note, self._tail, 1 << 30)
+        return self._tool_message_ids(action.note, 1 << 30)
+
+    def _tool_message_ids(self, content: str, max_tokens: int) -> list[int]:
+        """The template's tool message around `content`, tokenised as ONE text, as the template's
+        rendering of the conversation is (BPE merges across the framing: Qwen writes "France." +
+        "\n</tool_response>" as "France", ".\n", "</", ...), at most max_tokens: the content is cut
+        in tokens, the framing kept. A cut content is decoded and the message re-tokenised, cutting
+        further until it fits."""
+        tok, head, tail = self.tokenizer, self._head_text, self._tail_text
+        ids = encode_text(tok, head + content + tail)
+        if len(ids) <= max_tokens:
+            return ids
+        body = encode_text(tok, content)
+        room = max_tokens - len(self._head) - len(self._tail)
+        while room > 0:
+            ids = encode_text(tok, head + tok.decode(body[:room]) + tail)
+            if len(ids) <= max_tokens:
+                return ids
+            room -= len(ids) - max_tokens
+        return (self._head + self._tail)[:max_tokens]
 
 
 def tool_message_framing(tokenizer) -> tuple[str, str]:
