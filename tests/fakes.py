@@ -36,6 +36,38 @@ def char_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
 
 
+#: A Qwen3-style chat template (ChatML, Hermes tool calls, tool results as a user turn inside
+#: <tool_response>, an assistant's reasoning_content kept inside <think>), written for the tests.
+#: With `think_prompt` the generation prompt opens the thinking block, as reasoning templates do.
+QWEN3_STYLE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>"
+    "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n\n{% endif %}"
+    "{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}{% if m.content %}\n{% endif %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>{% endfor %}'
+    "<|im_end|>\n"
+    "{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if think_prompt %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def chat_tokenizer(think_prompt: bool = False):
+    """`char_tokenizer` with ChatML's <|im_start|> and <|im_end|> as special tokens (<|im_end|> is the
+    EOS) and QWEN3_STYLE_TEMPLATE as its chat template."""
+    tok = char_tokenizer()
+    tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    template = QWEN3_STYLE_TEMPLATE
+    if think_prompt:
+        template = "{% set think_prompt = true %}" + template
+    tok.chat_template = template
+    return tok
+
+
 def scripted_logprob(vocab_size: int) -> float:
     """log p of the scripted token under softmax(logits) (temperature 1)."""
     return LOGIT - math.log(math.exp(LOGIT) + vocab_size - 1)

@@ -17,7 +17,7 @@ retrieval, rollout) may import it without cycles.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +34,7 @@ __all__ = [
     "SEARCH_R1_TEMPLATE",
     "STOP_STRINGS",
     "TEMPLATES",
+    "TOOL_CALL_TEMPLATE",
     "build_prompt",
     "extract_answer",
     "format_documents",
@@ -93,11 +94,26 @@ R1_TEMPLATE = (
     "Question: {question}\n"
 )
 
+#: The Search-R1 instruction for a policy that searches through the chat template's tool call
+#: (`agent.protocol=tool_call`, and the veRL export's `--agent tool`): the search tool replaces the
+#: <search>/<information> tags; the answer tag stays, so the same answer rule reads it.
+TOOL_CALL_TEMPLATE = (
+    "Answer the given question. "
+    "You must conduct reasoning inside <think> and </think> first every time you get new information. "
+    "After reasoning, if you find you lack some knowledge, you can call the search tool with your queries "
+    "and it will return the top searched results. "
+    "You can search as many times as your want. "
+    "If you find no further external knowledge needed, you can directly provide the answer inside <answer> "
+    "and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. "
+    "Question: {question}\n"
+)
+
 TEMPLATES: dict[str, str] = {
     "search-r1": SEARCH_R1_TEMPLATE,
     "direct": DIRECT_TEMPLATE,
     "rag": RAG_TEMPLATE,
     "r1": R1_TEMPLATE,
+    "tool_call": TOOL_CALL_TEMPLATE,
 }
 
 _PLACEHOLDER = re.compile(r"\{(question|documents)\}")
@@ -138,6 +154,7 @@ def build_prompt(
     template: str = SEARCH_R1_TEMPLATE,
     chat: bool | None = None,
     documents: str = "",
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The prompt text for one question.
 
@@ -150,18 +167,25 @@ def build_prompt(
     (instruct models), the text becomes one user message rendered with the tokenizer's chat
     template and the generation prompt, as Search-R1 does for instruct models. Otherwise
     (base models) the raw text is returned.
+
+    `tools` (the tool-call protocol's `[SEARCH_TOOL]`) are passed to the chat template, which lists
+    them in the prompt; they need the chat template (`chat=False` with tools is an error).
     """
     text = get_template(template)
     values = {"question": normalise_question(question), "documents": documents}
     filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
     if chat is None:
         chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if tools and (not chat or tokenizer is None):
+        raise ValueError("a prompt with tools (agent.protocol=tool_call) needs a tokenizer's chat template; "
+                         "model.chat=raw cannot list them")
     if not chat:
         return filled
     if tokenizer is None:
         raise ValueError("build_prompt(chat=True) needs a tokenizer with a chat template")
+    extra = {"tools": [dict(t) for t in tools]} if tools else {}
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": filled}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": filled}], add_generation_prompt=True, tokenize=False, **extra
     )
 
 
@@ -180,10 +204,12 @@ _ANSWER_TAG = re.compile(r"<(/?)(answer)>")
 @dataclass(frozen=True)
 class Action:
     """What one turn asks the environment to do. `content` is the stripped query or answer
-    ("" for invalid)."""
+    ("" for invalid); `note` says why an action is invalid, where the protocol tells the policy
+    (the tool-call protocol does; the tags protocol's note is Search-R1's fixed text)."""
 
     kind: ActionKind
     content: str
+    note: str = ""
 
 
 def _complete_spans(text: str, tag_re: re.Pattern[str]) -> list[tuple[str, str]]:

@@ -7,6 +7,10 @@ lowercase, drop punctuation, drop the articles a/an/the, squeeze whitespace.
 Scores are computed on the model's RESPONSE only (everything it generated plus injected
 observations), never the prompt: the Search-R1 prompt itself contains "<answer> Beijing </answer>".
 
+The answer is read by the episode's protocol (`read_answer`): under `tags` (Search-R1's) the last
+complete `<answer>` span; under `tool_call` the policy's last message (after the last tool
+response), its `<answer>` span if present, thinking removed.
+
 Gold answers may be one string, any iterable of strings (a list, a parquet/numpy array), or veRL's
 `{"target": [...]}` ground-truth mapping. Gold or prediction strings that normalise to nothing
 never match (SQuAD would count "" == "" as a match; an empty answer is never right here).
@@ -21,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from searchr1.protocol import extract_answer
+from searchr1.toolcall import PROTOCOLS, extract_final_answer, is_valid_tool_format
 
 __all__ = [
     "compute_score",
@@ -31,6 +36,8 @@ __all__ = [
     "is_valid_format",
     "lenient_answer",
     "normalize_answer",
+    "read_answer",
+    "valid_format",
     "score_breakdown",
 ]
 
@@ -163,6 +170,25 @@ def is_valid_format(response_text: str) -> bool:
     return state == "end"
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: use one of {list(PROTOCOLS)}")
+
+
+def read_answer(response_text: str, protocol: str = "tags") -> str | None:
+    """The answer a response gives under `protocol`: tags -> `protocol.extract_answer` (the last
+    `<answer>` span); tool_call -> `toolcall.extract_final_answer` (the last message's `<answer>`
+    span, else the message, thinking removed)."""
+    _check_protocol(protocol)
+    return extract_final_answer(response_text) if protocol == "tool_call" else extract_answer(response_text)
+
+
+def valid_format(response_text: str, protocol: str = "tags") -> bool:
+    """`is_valid_format` (tags) or `toolcall.is_valid_tool_format` (tool_call)."""
+    _check_protocol(protocol)
+    return is_valid_tool_format(response_text) if protocol == "tool_call" else is_valid_format(response_text)
+
+
 def compute_score(
     response_text: str,
     golden_answers: Any,
@@ -171,6 +197,7 @@ def compute_score(
     structure_format_score: float = 0.2,
     final_format_score: float = 0.1,
     score: float = 1.0,
+    protocol: str = "tags",
 ) -> float:
     """The outcome reward of one response: the function training and evaluation both call.
 
@@ -189,12 +216,14 @@ def compute_score(
     In Search-R1 itself "none" hardly happens: it extracts from prompt + response, and the prompt
     holds "<answer> Beijing </answer>", so a response that never answers is scored as the
     answer "Beijing" (0.1, or full marks when the gold is Beijing). Here it scores 0.
+
+    `protocol` says how the answer is read and the format checked (`read_answer`, `valid_format`).
     """
-    answer = extract_answer(response_text)
+    answer = read_answer(response_text, protocol)
     correct = exact_match(answer, golden_answers) == 1.0
     if not format_reward:
         return score if correct else 0.0
-    valid = is_valid_format(response_text)
+    valid = valid_format(response_text, protocol)
     if answer is None:
         return structure_format_score if valid else 0.0
     if correct:
@@ -215,15 +244,17 @@ def lenient_answer(response_text: str) -> str | None:
     return next((line.strip() for line in response_text.splitlines() if line.strip()), None)
 
 
-def score_breakdown(response_text: str, golden_answers: Any) -> dict[str, Any]:
+def score_breakdown(response_text: str, golden_answers: Any, protocol: str = "tags") -> dict[str, Any]:
     """Per-response metrics for evaluation reports, under both answer rules:
 
     strict (Search-R1's, the training reward's): answer, em, f1, cover_em; the answer is the last
     `<answer>` span, None when there is none.
     lenient (`lenient_answer`, FlashRAG-style): lenient_answer, em_lenient, f1_lenient,
     cover_em_lenient.
-    valid_format: bool. Scores are floats in [0, 1]."""
-    answer, loose = extract_answer(response_text), lenient_answer(response_text)
+    valid_format: bool. Scores are floats in [0, 1]. Under protocol tool_call the answer rule already
+    reads the untagged last message, so the lenient answer is the strict one."""
+    answer = read_answer(response_text, protocol)
+    loose = answer if protocol == "tool_call" else lenient_answer(response_text)
     return {
         "answer": answer,
         "em": exact_match(answer, golden_answers),
@@ -233,5 +264,5 @@ def score_breakdown(response_text: str, golden_answers: Any) -> dict[str, Any]:
         "em_lenient": exact_match(loose, golden_answers),
         "f1_lenient": f1_score(loose, golden_answers),
         "cover_em_lenient": cover_exact_match(loose, golden_answers),
-        "valid_format": is_valid_format(response_text),
+        "valid_format": valid_format(response_text, protocol),
     }

@@ -443,3 +443,57 @@ def test_the_trainer_reports_the_step_to_the_retriever_and_logs_its_metrics(worl
     result = train(cfg, retriever=retriever, reward_fn=share_of_a)
     assert retriever.steps == [(1, 2), (2, 2)]
     assert result["metrics"]["search/cost_usd"] == 0.5
+
+
+# A tool-call chat template for the tiny model: short, so prompts stay small in characters.
+TINY_TOOL_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'user' %}U:{{ m.content }}\n"
+    "{% elif m.role == 'assistant' %}{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>"
+    "{{ c.function | tojson }}</tool_call>{% endfor %}<|im_end|>"
+    "{% elif m.role == 'tool' %}<tool_response>{{ m.content }}</tool_response>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}assistant\n{% endif %}"
+)
+
+
+def test_grpo_raises_the_reward_under_the_tool_call_protocol(tmp_path):
+    """agent.protocol=tool_call end to end on a tiny model whose tokenizer has a tool template: prompts
+    through the chat template, turns stopped at </tool_call>, the answer read by the protocol's rule
+    (the last message), and GRPO raises the reward (the share of "a" in that answer). With one action
+    turn, the random policy's first turn is invalid, so every episode also trains around the note the
+    template renders as a tool message (mask 0)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fakes import chat_tokenizer
+    from searchr1.rewards import read_answer
+
+    tok = chat_tokenizer()
+    tok.chat_template = TINY_TOOL_TEMPLATE
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, eos_token_id=tok.eos_token_id,
+        bos_token_id=None, tie_word_embeddings=False))
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}", "golden_answers": ["x"]}) + "\n"
+                          for i in range(8)))
+    cfg = make_cfg(tmp_path, tmp_path / "run")
+    cfg.model.chat = "template"
+    cfg.model.name = str(tmp_path / "tiny")
+    cfg.agent.protocol, cfg.agent.max_turns = "tool_call", 1
+    seen = []
+
+    def share_of_a_in_the_answer(traj) -> float:
+        seen.append(traj)
+        answer = read_answer(traj.response_text, traj.meta["protocol"]) or ""
+        return sum(c == "a" for c in answer) / max(len(answer), 1)
+
+    result = train(cfg, retriever=OneDocRetriever(), reward_fn=share_of_a_in_the_answer)
+    rewards = _rewards(result)
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
+    assert all(t.meta["protocol"] == "tool_call" for t in seen)
+    assert tok.decode(seen[0].prompt_ids).endswith("?\n\nassistant\n")  # the template's prompt
+    invalid_first = [t for t in seen if t.turns[0].action == "invalid" and len(t.turns) > 1]
+    assert invalid_first and all("<tool_response>Invalid action: " in t.response_text for t in invalid_first)

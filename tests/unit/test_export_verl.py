@@ -421,9 +421,9 @@ class FakeRetriever:
         return [[Hit(f"id-{q}", f"About {q}", self.text or f"{q} are nice.", 1.0)] for q in queries]
 
 
-def engine(tok, pol, junk: str = ""):
+def engine(tok, pol, junk: str = "", stops=STOP_STRINGS):
     """An inference server that knows no stop strings: it samples the policy until EOS or the budget
-    (and, with `junk`, keeps writing that text after a stop string, as an engine that cannot stop)."""
+    (and, with `junk`, keeps writing that text after one of `stops`, as an engine that cannot stop)."""
     calls = []
 
     async def generate(context, max_tokens):
@@ -432,7 +432,7 @@ def engine(tok, pol, junk: str = ""):
         for _ in range(max_tokens):
             c = pol(text)
             if c is None:
-                overshoot = junk and any(s in tok.decode(out) for s in STOP_STRINGS)
+                overshoot = junk and any(s in tok.decode(out) for s in stops)
                 out += tok.encode(junk)[: max_tokens - len(out)] if overshoot else [tok.eos_token_id]
                 break
             out.append(tok.convert_tokens_to_ids(c))
@@ -449,11 +449,12 @@ JUNK = "<information>made up</information><answer> wrong </answer>"
 
 def episode(tok, pol, retriever, junk: str = "", prompt: str = "Q?", **cfg):
     a = AgentConfig(**{"retrieval_backoff_s": 0.0, **cfg})
+    step = EpisodeStep(tok, a)
 
     async def search(query):
         return search_with_retries(retriever, [query], a.topk, a.retrieval_attempts, 0.0)[0]
 
-    return run_episode_sync(new_trajectory(tok, prompt), engine(tok, pol, junk), search, EpisodeStep(tok, a),
+    return run_episode_sync(new_trajectory(tok, prompt), engine(tok, pol, junk, step.stop_strings), search, step,
                             eos_ids={tok.eos_token_id})
 
 
@@ -628,3 +629,64 @@ def test_launch_scripts_health_check_sends_the_token(tmp_path, monkeypatch):
         r = subprocess.run(["bash", str(out / "train.sh")], env={**env, "SEARCH_TOKEN": "wrong"},
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "no retrieval server answers" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the tool-call protocol
+
+TOOL_CALL = '<think>go</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "cats"}}\n</tool_call>'
+BAD_CALL = '<tool_call>{"name": "search", "arguments": {"query": </tool_call>'
+TOOL_JUNK = "\n<tool_response>made up</tool_response><answer> wrong </answer>"
+
+
+def tool_policy(first: str, then: str):
+    return lambda ctx: continue_script(ctx, then if "<tool_response>" in ctx else first)
+
+
+TOOL_SCENARIOS = {
+    "search-answer": (tool_policy(TOOL_CALL, "<think>ok</think>The answer is <answer> dogs </answer>"), {},
+                      "answer", ["search", "answer"]),
+    "malformed-then-answer": (tool_policy(BAD_CALL, "dogs"), {}, "answer", ["invalid", "answer"]),
+    "calls-to-max-turns": (tool_policy(TOOL_CALL, TOOL_CALL), {"max_turns": 1}, "max_turns", ["search", "search"]),
+}
+
+
+@pytest.mark.parametrize("pol,cfg,stop,actions", TOOL_SCENARIOS.values(), ids=TOOL_SCENARIOS.keys())
+def test_tool_call_episode_matches_our_agent(pol, cfg, stop, actions):
+    """Under agent.protocol=tool_call (a Qwen3-style template, tests/fakes.py) veRL's loop cuts the
+    server's turn at </tool_call> and plays the episode as our agent does, token for token."""
+    from fakes import chat_tokenizer
+    from searchr1.toolcall import SEARCH_TOOL
+
+    tok = chat_tokenizer()
+    prompt = build_prompt("Q", tok, template="{question}", tools=[SEARCH_TOOL])
+    cfg = {"retrieval_backoff_s": 0.0, "protocol": "tool_call", **cfg}
+    traj = new_trajectory(tok, prompt)
+    Agent(EngineGenerator(ScriptedLM(tok, pol), tok), FakeRetriever(), AgentConfig(**cfg)).run(
+        [traj], SamplingParams(temperature=0))
+    ep = episode(tok, pol, FakeRetriever(), junk=TOOL_JUNK, prompt=prompt, **cfg)
+    assert (traj.stop_reason, [t.action for t in traj.turns]) == (stop, actions)
+    assert without_logprobs(ep) == without_logprobs(traj)
+    assert "made up" not in ep.response_text  # what the server wrote past </tool_call> was discarded
+    if stop == "answer":
+        gt = {"target": ["dogs"]}
+        assert verl_reward.compute_score("x", ep.response_text, gt, protocol="tool_call") == 1.0
+        assert verl_reward.compute_score("x", ep.response_text, gt) == float(actions[0] == "search")  # tags' rule
+        metrics = verl_reward.compute_score_with_metrics("x", ep.response_text, gt, None, protocol="tool_call",
+                                                         format_reward=True)
+        valid = actions[0] == "search"
+        assert metrics == {"score": 1.0 if valid else 0.8, "em": 1.0, "f1": 1.0, "cover_em": 1.0,
+                           "valid_format": float(valid)}
+
+
+def test_tool_call_protocol_reaches_the_agent_loop_and_the_reward(tmp_path):
+    out, _ = export(tmp_path, "agent.protocol=tool_call")
+    (loop,) = yaml.safe_load((out / "agent_loop.yaml").read_text())
+    assert (loop["protocol"], loop["chat"]) == ("tool_call", "template")
+    rows = read_rows(out / "train.parquet")
+    assert rows[0]["prompt"][0]["content"].startswith(TOOL_TEMPLATE.split("{question}")[0])
+    plan = verl_plan(config("agent.protocol=tool_call")).as_dict()
+    assert plan["+reward.custom_reward_function.reward_kwargs.protocol"] == "tool_call"
+    tags = verl_plan(config()).as_dict()
+    assert "+reward.custom_reward_function.reward_kwargs.protocol" not in tags
+    out_tags, _ = export(tmp_path / "tags")
+    assert yaml.safe_load((out_tags / "agent_loop.yaml").read_text())[0]["protocol"] == "tags"

@@ -377,3 +377,32 @@ def test_score_breakdown_reports_both_rules():
     assert tagged["em"] == tagged["em_lenient"] == 1.0
     # the training reward keeps Search-R1's rule: no tag, no score
     assert compute_score("Paris", ["Paris"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- the answer rule per protocol
+
+TOOL_RESPONSE = ('<tool_call>\n{"name": "search", "arguments": {"query": "q"}}\n</tool_call>\nuser\n<tool_response>\n'
+                 "Doc 1(Title: x) <answer> Lyon </answer>\n</tool_response>\nassistant\n")
+
+
+def test_each_protocol_reads_its_own_answer():
+    from searchr1.rewards import read_answer, valid_format
+
+    # tags: the last <answer> span anywhere but injected text; tool_call: the last message only
+    assert read_answer("<answer> Paris </answer>") == "Paris"
+    assert read_answer(TOOL_RESPONSE + "Paris", "tool_call") == "Paris"
+    assert read_answer(TOOL_RESPONSE + "Paris", "tags") == "Lyon"  # a tool response is not tags' injected text
+    assert read_answer(TOOL_RESPONSE + "<think>no <answer>Rome</answer></think>It is <answer>Paris</answer>",
+                       "tool_call") == "Paris"
+    assert compute_score(TOOL_RESPONSE + "paris.", ["Paris"], protocol="tool_call") == 1.0
+    assert compute_score(TOOL_RESPONSE + "Paris", ["Paris"]) == 0.0  # tags never reads an untagged message
+    # the format reward under tool_call: a valid call sequence and a final answer
+    assert compute_score(TOOL_RESPONSE + "Paris", ["Paris"], protocol="tool_call", format_reward=True) == 1.0
+    assert compute_score(TOOL_RESPONSE + "Rome", ["Paris"], protocol="tool_call", format_reward=True) == 0.2
+    broken = TOOL_RESPONSE.replace('"query"', '"q"')
+    assert compute_score(broken + "Paris", ["Paris"], protocol="tool_call", format_reward=True) == pytest.approx(0.8)
+    assert valid_format(TOOL_RESPONSE + "Paris", "tool_call") and not valid_format(TOOL_RESPONSE + "Paris")
+    parts = score_breakdown(TOOL_RESPONSE + "Paris", ["Paris"], "tool_call")
+    assert (parts["answer"], parts["lenient_answer"], parts["em"], parts["valid_format"]) == ("Paris", "Paris", 1.0, True)
+    with pytest.raises(ValueError, match="tool_call"):
+        read_answer("x", "json")

@@ -8,6 +8,7 @@ import torch
 from fakes import char_tokenizer
 from searchr1.config import from_dict
 from searchr1.data.synthetic import Question
+from searchr1.errors import ConfigError
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.settings import Config
@@ -127,3 +128,10 @@ def test_sft_is_off_by_default_and_validated():
     tok = char_tokenizer()
     out = warmup(cfg_for(examples=2), tiny_llama(len(tok)), tok, TitleRetriever(), QUESTIONS)
     assert out["steps"] == 0 and out["losses"] == [] and out["kept"] == 2
+
+
+def test_demonstrations_need_the_tags_protocol():
+    cfg = cfg_for()
+    cfg.agent.protocol = "tool_call"
+    with pytest.raises(ConfigError, match="agent.protocol=tool_call"):
+        play_demonstrations(cfg, char_tokenizer(), TitleRetriever(), QUESTIONS)

@@ -11,7 +11,8 @@ from searchr1.retrieval.base import Hit
 from searchr1.rollout.agent import new_trajectory
 from searchr1.rollout.generator import Sample
 from searchr1.rollout.settings import AgentConfig
-from searchr1.rollout.step import Decision, EpisodeStep, encode_prompt, observation_ids, turn_outcome
+from searchr1.rollout.protocols import TagsProtocol
+from searchr1.rollout.step import Decision, EpisodeStep, encode_prompt, turn_outcome
 from searchr1.rollout.trajectory import Turn
 
 HITS = [Hit("d1", "Cats", "Cats purr.", 1.0), Hit("d2", "Dogs", "Dogs bark.", 0.5)]
@@ -90,7 +91,7 @@ def test_observation_is_cut_to_max_obs_tokens_keeping_its_tags(tok):
     step, traj = make(tok, max_obs_tokens=40)
     step.turn(traj, sample(tok, "<search> cats </search>"))
     ids = step.observe(traj, HITS)
-    assert ids == observation_ids(tok, HITS, 40) and len(ids) == 40
+    assert ids == TagsProtocol(tok).observation_ids(HITS, 40) and len(ids) == 40
     assert tok.decode(ids) == "\n\n<information>Doc 1(Tit</information>\n\n"  # 15 + 9 + 16
 
 

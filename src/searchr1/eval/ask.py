@@ -16,12 +16,13 @@ from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.backend import open_generator
 from searchr1.rollout.trajectory import Trajectory, Turn
 
-_SEGMENT = re.compile(r"(<think>.*?(?:</think>|$)|<search>.*?(?:</search>|$)|<answer>.*?(?:</answer>|$))", re.S)
+_SEGMENT = re.compile(r"(<think>.*?(?:</think>|$)|<search>.*?(?:</search>|$)|<tool_call>.*?(?:</tool_call>|$)"
+                      r"|<answer>.*?(?:</answer>|$))", re.S)
 
 
 def styled_text(text: str):
-    """The policy's text as a rich `Text` (never parsed as markup): <think> dim, <search> cyan,
-    <answer> green."""
+    """The policy's text as a rich `Text` (never parsed as markup): <think> dim, <search> and
+    <tool_call> (agent.protocol=tool_call) cyan, <answer> green."""
     from rich.text import Text
 
     out = Text()
@@ -30,7 +31,7 @@ def styled_text(text: str):
             continue
         if part.startswith("<think>"):
             out.append(part, style="dim")
-        elif part.startswith("<search>"):
+        elif part.startswith(("<search>", "<tool_call>")):
             out.append(part, style="bold cyan")
         elif part.startswith("<answer>"):
             out.append(part, style="bold green")

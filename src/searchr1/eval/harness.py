@@ -44,6 +44,7 @@ from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.trajectory import Trajectory
+from searchr1.toolcall import tools_for
 
 # Queries per retrieval request of the rag mode (under the HTTP server's default request limit).
 RAG_QUERIES_PER_CALL = 256
@@ -98,7 +99,8 @@ def build_trajectories(cfg, tokenizer, label: str, rows: Sequence[dict], mode: s
             documents = format_documents(hits[i])
             meta["doc_ids"] = [h.doc_id for h in hits[i]]
             meta["documents"] = documents
-        prompt = build_prompt(row["question"], tokenizer, template=template, chat=chat, documents=documents)
+        prompt = build_prompt(row["question"], tokenizer, template=template, chat=chat, documents=documents,
+                              tools=tools_for(cfg.agent.protocol) if mode == "agent" else None)
         out.append(new_trajectory(tokenizer, prompt, row["question"], row["golden_answers"], id=str(row["id"]),
                                   group=i, meta=meta))
     return out
@@ -230,7 +232,8 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
     if mode == "agent":
         agent = Agent(generator, retriever, cfg.agent)
     else:
-        agent = Agent(generator, None, dataclasses.replace(cfg.agent, max_turns=0))
+        # the baselines ask for <answer> tags and no search, whatever the agent's protocol
+        agent = Agent(generator, None, dataclasses.replace(cfg.agent, max_turns=0, protocol="tags"))
     timing = {"retrieve_seconds": retrieve_s, "generate_seconds": 0.0, "agent_seconds": 0.0,
               "retrieval_calls": 1 if mode == "rag" else 0, "searches": 0}
     t0 = time.perf_counter()

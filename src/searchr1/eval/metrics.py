@@ -39,8 +39,8 @@ METRIC_LABELS = {
 
 
 def score_trajectory(traj: Trajectory) -> dict:
-    """`score_breakdown` of the response (answer, em, f1, cover_em, valid_format)."""
-    return dict(score_breakdown(traj.response_text, traj.golden_answers))
+    """`score_breakdown` of the response (answer, em, f1, cover_em, valid_format), by its protocol."""
+    return dict(score_breakdown(traj.response_text, traj.golden_answers, traj.meta.get("protocol", "tags")))
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -7,7 +7,8 @@ so a policy trained under veRL sees the same tokens as one trained (or evaluated
 `searchr1 train` / `searchr1 eval`. This module only adapts the server to the step:
 
     generate a turn of at most `step.budget(traj)` tokens from prompt + response so far
-    cut it right after the first </search> or </answer>; tell EOS from a spent budget
+    cut it right after the first of the step's stop strings (tags: </search> or </answer>;
+    tool_call: </tool_call>); tell EOS from a spent budget
     step.turn(...) -> done, or search the query / take the note, then step.observe(...)
 
 Tokens are never re-tokenised from text: a turn keeps exactly the ids the engine sampled, up to
@@ -57,16 +58,17 @@ def cut_at_stop(ids: Sequence[int], decode_fn: Callable[[Sequence[int]], str],
 
 
 def server_sample(sampled: Sequence[int], logprobs: Sequence[float] | None, budget: int,
-                  eos_ids: set[int] | frozenset[int], decode_fn: Callable[[Sequence[int]], str]) -> Sample:
+                  eos_ids: set[int] | frozenset[int], decode_fn: Callable[[Sequence[int]], str],
+                  stop: Sequence[str] = STOP_STRINGS) -> Sample:
     """What a server that knows no stop strings sampled for one turn, as our generators return a
     turn: cut after the first stop string ("stop"), else ended by an EOS id or by stopping short of
     the budget ("eos"), else the budget is spent ("length"). Missing log-probs are 0.0."""
     sampled = list(sampled)[:budget]
-    n, stopped = cut_at_stop(sampled, decode_fn)
+    n, stopped = cut_at_stop(sampled, decode_fn, stop)
     ids = sampled[:n]
     lps = [float(x) for x in logprobs[:n]] if logprobs is not None else [0.0] * n
     if stopped:
-        return Sample(ids, lps, "stop", find_stop(decode_fn(ids), STOP_STRINGS))
+        return Sample(ids, lps, "stop", find_stop(decode_fn(ids), stop))
     eos = bool((ids and ids[-1] in eos_ids) or len(sampled) < budget)
     return Sample(ids, lps, "eos" if eos else "length")
 
@@ -80,7 +82,7 @@ async def run_episode(traj: Trajectory, generate: GenerateFn, search: SearchFn, 
     while True:
         budget = step.budget(traj)
         sampled, logprobs = await generate(traj.prompt_ids + traj.response_ids, budget)
-        decision = step.turn(traj, server_sample(sampled, logprobs, budget, eos_ids, step.decode))
+        decision = step.turn(traj, server_sample(sampled, logprobs, budget, eos_ids, step.decode, step.stop_strings))
         if decision.done:
             return traj
         hits = list(await search(decision.query)) if decision.outcome == "search" else None

@@ -46,7 +46,7 @@ from searchr1.atomic import write_parquet_atomic, write_text_atomic
 from searchr1.data.questions import NoQuestionsError, held_out_questions, sources, training_questions
 from searchr1.errors import MissingDependencyError, SearchR1Error
 from searchr1.export.verl_plan import AGENT_NAMES, Plan, verl_plan
-from searchr1.protocol import build_prompt, get_template
+from searchr1.protocol import TOOL_CALL_TEMPLATE, build_prompt, get_template
 from searchr1.retrieval.client import retrieve_url
 
 AGENTS = ("searchr1", "tool")
@@ -57,19 +57,9 @@ TOOL_CLASS = "searchr1.export.verl_tool.SearchTool"
 #: veRL version the exported overrides were checked against (hydra composition of its ppo_trainer).
 VERL_VERSION = "0.9.1"
 
-#: The Search-R1 instruction reworded for a search TOOL (veRL's tool-calling loop): the model calls
-#: the `search` function (its schema is in the chat template's tool list) instead of writing
-#: <search> tags, and gets the passages back as a tool message. Used only with --agent tool.
-TOOL_TEMPLATE = (
-    "Answer the given question. "
-    "You must conduct reasoning inside <think> and </think> first every time you get new information. "
-    "After reasoning, if you find you lack some knowledge, you can call the search tool with your queries "
-    "and it will return the top searched results. "
-    "You can search as many times as your want. "
-    "If you find no further external knowledge needed, you can directly provide the answer inside <answer> "
-    "and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. "
-    "Question: {question}\n"
-)
+#: The Search-R1 instruction reworded for a search TOOL (veRL's tool-calling loop, --agent tool): the
+#: template of our own tool-call protocol (agent.protocol=tool_call).
+TOOL_TEMPLATE = TOOL_CALL_TEMPLATE
 
 FILES = ("train.parquet", "val.parquet", "agent_loop.yaml", "tool_config.yaml", "train.sh",
          "serve_retriever.sh", "README.md", "export.json")
@@ -205,7 +195,7 @@ def _yaml(data: Any) -> str:
 
 def chat_mode(cfg, agent: str) -> str:
     """How the agent loop turns the prompt into ids: raw text (base models) or the chat template."""
-    if agent == "tool":
+    if agent == "tool" or cfg.agent.protocol == "tool_call":
         return "template"  # tool calls live in the chat template
     return "raw" if cfg.model.chat == "raw" else "template"
 
@@ -221,6 +211,7 @@ def agent_loop_config(cfg, url: str) -> list[dict]:
         "max_turn_tokens": a.max_turn_tokens,
         "max_obs_tokens": a.max_obs_tokens,
         "chat": chat_mode(cfg, "searchr1"),
+        "protocol": a.protocol,
         "timeout_s": cfg.retriever.timeout_s,
         "retrieval_attempts": a.retrieval_attempts,
         "retrieval_backoff_s": a.retrieval_backoff_s,

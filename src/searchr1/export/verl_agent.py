@@ -18,6 +18,7 @@ Registered through the YAML that `searchr1 export verl` writes (agent_loop.yaml)
       max_turn_tokens: 500
       max_obs_tokens: 500
       chat: raw            # raw: the prompt text as is (base models, the paper); template: chat template
+      protocol: tags       # tags (the paper's) or tool_call (the chat template's search tool; chat: template)
 
 with `actor_rollout_ref.rollout.agent.agent_loop_config_path=agent_loop.yaml` and each row's
 `agent_name` column (or `rollout.agent.default_agent_loop`) set to `searchr1_agent`. The whole
@@ -41,6 +42,7 @@ from searchr1.rollout.agent import search_with_retries
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.step import EpisodeStep, encode_prompt
 from searchr1.rollout.trajectory import Trajectory
+from searchr1.toolcall import tools_for
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,16 @@ class SearchR1AgentLoop(AgentLoopBase):
     def __init__(self, *args: Any, retrieval_url: str = "http://127.0.0.1:8000", topk: int = 3,
                  max_turns: int = 4, max_turn_tokens: int = 500, max_obs_tokens: int = 500,
                  chat: str = "raw", timeout_s: float = 30.0, retrieval_attempts: int = 3,
-                 retrieval_backoff_s: float = 0.5, retrieval_token_env: str = "", name: str | None = None,
+                 retrieval_backoff_s: float = 0.5, retrieval_token_env: str = "", protocol: str = "tags",
+                 name: str | None = None,
                  tools: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if chat not in ("raw", "template"):
             raise ValueError(f"searchr1_agent: chat must be 'raw' or 'template', got {chat!r}")
+        if protocol == "tool_call" and chat != "template":
+            raise ValueError("searchr1_agent: protocol tool_call lists the search tool in the chat template "
+                             "(chat: template)")
+        self.tools = tools_for(protocol)
         self.chat = chat
         self.topk = int(topk)
         self.retrieval_url = retrieval_url
@@ -94,9 +101,13 @@ class SearchR1AgentLoop(AgentLoopBase):
         self.response_length = int(self.rollout_config.response_length)
         self.step = EpisodeStep(self.tokenizer, AgentConfig(
             max_turns=int(max_turns), max_turn_tokens=int(max_turn_tokens), max_obs_tokens=int(max_obs_tokens),
-            max_response_tokens=self.response_length))
+            max_response_tokens=self.response_length, protocol=protocol))
 
     async def _prompt_ids(self, messages: list) -> list[int]:
+        if self.tools:  # the tool-call protocol: the template lists the search tool, as in our own agent
+            text = self.tokenizer.apply_chat_template(list(messages), tools=self.tools, add_generation_prompt=True,
+                                                      tokenize=False)
+            return self._cap_text_prompt_length(encode_prompt(self.tokenizer, text))
         if self.chat == "template":
             return await self.ct_build_initial_tokens(messages)
         ids = encode_prompt(self.tokenizer, _prompt_text(messages))

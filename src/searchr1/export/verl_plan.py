@@ -222,6 +222,8 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
     add("reward.custom_reward_function.name", REWARD_NAME)
     if tc.format_reward:
         add("+reward.custom_reward_function.reward_kwargs.format_reward", True)
+    if agent == "searchr1" and a.protocol != "tags":  # the reward reads the answer as the agent loop wrote it
+        add("+reward.custom_reward_function.reward_kwargs.protocol", a.protocol)
 
     add("trainer.total_training_steps", tc.steps)
     epochs = math.ceil(tc.steps * tc.prompts_per_step / train_rows) if train_rows else 1

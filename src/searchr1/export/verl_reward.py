@@ -8,6 +8,7 @@ here without any file path (the package only has to be installed on every node):
     reward.custom_reward_function.path=pkg://searchr1.export.verl_reward
     reward.custom_reward_function.name=compute_score
     +reward.custom_reward_function.reward_kwargs.format_reward=true     # optional
+    +reward.custom_reward_function.reward_kwargs.protocol=tool_call     # agent.protocol=tool_call
 
 The score is `searchr1.rewards.compute_score`, the function `searchr1 train` and `searchr1 eval`
 use, so a number logged by veRL means what it means here: exact match (Search-R1's `qa_em`), or
@@ -25,7 +26,7 @@ from searchr1 import rewards
 
 __all__ = ["compute_score", "compute_score_with_metrics"]
 
-_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "score")
+_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "score", "protocol")
 
 
 def _truthy(value: Any) -> bool:
@@ -41,6 +42,8 @@ def _score_kwargs(kwargs: dict) -> dict:
     for k in ("structure_format_score", "final_format_score", "score"):
         if k in out:
             out[k] = float(out[k])
+    if "protocol" in out:
+        out["protocol"] = str(out["protocol"])
     return out
 
 
@@ -49,7 +52,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     """veRL's reward signature; the value is `searchr1.rewards.compute_score(solution_str, ground_truth)`.
 
     Keyword arguments veRL adds (reward_router_address, ...) are ignored; `format_reward`,
-    `structure_format_score`, `final_format_score` and `score` (from `reward_kwargs`) are passed on.
+    `structure_format_score`, `final_format_score`, `score` and `protocol` (tags or tool_call: how
+    the answer is read; from `reward_kwargs`) are passed on.
     """
     return float(rewards.compute_score(solution_str, ground_truth, **_score_kwargs(kwargs)))
 
@@ -57,7 +61,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
 def compute_score_with_metrics(data_source: str, solution_str: str, ground_truth: Any,
                                extra_info: dict | None = None, **kwargs: Any) -> dict[str, float]:
     """`compute_score` as veRL's dict form: {"score", "em", "f1", "cover_em", "valid_format"}."""
-    parts = rewards.score_breakdown(solution_str, ground_truth)
+    parts = rewards.score_breakdown(solution_str, ground_truth, str(kwargs.get("protocol") or "tags"))
     return {
         "score": compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs),
         "em": float(parts["em"]),

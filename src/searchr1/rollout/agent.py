@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from searchr1.errors import RetrieverError, RetrieverRequestError, RetrieverUnavailableError
-from searchr1.protocol import STOP_STRINGS
 from searchr1.retrieval.base import Hit, Retriever
 from searchr1.retrieval.client import HttpRetriever
 from searchr1.rollout.generator import Generator, Sample, SamplingParams
@@ -121,7 +120,7 @@ class Agent:
         drain_start = None
 
         def submit(i: int, ids: list[int]) -> None:
-            session.submit(i, ids, self.step.budget(trajectories[i]), STOP_STRINGS)
+            session.submit(i, ids, self.step.budget(trajectories[i]), self.step.stop_strings)
 
         try:
             while waiting or live:

@@ -37,6 +37,11 @@ class AgentConfig:
     template: str = param("search-r1", "the agent's prompt template, in training, evaluation (agent mode), data "
                                        "prepare and the veRL export: a name (search-r1, r1, direct, rag) or text "
                                        "with {question}")
+    protocol: Literal["tags", "tool_call"] = param(
+        "tags", "how the policy searches: tags = Search-R1's <search>/<information>/<answer> text; tool_call = the "
+                "tokenizer's chat template with a `search` tool (<tool_call> JSON, results as a tool message, the "
+                "answer is the last message or its <answer>). Under tool_call the template search-r1 becomes "
+                "tool_call (the same instruction, naming the tool)")
     max_turns: int = param(4, "action turns (search or invalid) before the final turn, which must answer")
     topk: int = param(3, "passages retrieved per search")
     max_turn_tokens: int = param(500, "new tokens per generation turn")
@@ -55,6 +60,8 @@ class AgentConfig:
             raise ValueError("token limits must be positive")
         from searchr1.protocol import get_template
 
+        if self.protocol == "tool_call" and self.template == "search-r1":
+            self.template = "tool_call"  # the paper's instruction names the tags the policy does not use here
         get_template(self.template)  # a typo in a template name fails here, not after loading a model
 
 

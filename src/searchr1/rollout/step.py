@@ -23,20 +23,23 @@ Decisions follow `turn_outcome`, first match wins:
     </search> q        -> search, then "\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n"
     anything else      -> invalid, then Search-R1's invalid-action note
 
+That is the tags protocol (`agent.protocol=tags`, the paper's). What a turn asks for, how results and
+notes are written and where a turn stops come from the step's protocol (`searchr1.rollout.protocols`):
+under `tool_call` a turn stops at `</tool_call>`, a message ended by EOS without a call is the answer,
+and the documents or the note (why the call was invalid) come back as the chat template's tool message.
+
 Tokens are appended as ids, never re-tokenised from text, with their policy mask set as they are
 appended: 1 for what the policy sampled, 0 for what the environment injected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from searchr1.protocol import (INVALID_ACTION_NOTE, OBSERVATION_CLOSE, OBSERVATION_OPEN, format_documents,
-                               parse_action, truncate_tokens)
 from searchr1.retrieval.base import Hit
 from searchr1.rollout.generator import Sample
+from searchr1.rollout.protocols import encode_text, make_protocol
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.trajectory import Trajectory, Turn
 
@@ -49,7 +52,7 @@ def turn_outcome(action: str, eos: bool, response_tokens: int, turns: int, max_t
     """What follows a generated turn, by the rules in the module docstring, first match wins:
     "answer" (the turn answered), "eos" (the policy ended the sequence), "length" (the response
     budget is spent), "max_turns" (that was the final turn), else "search" (retrieve, inject the
-    documents) or "invalid" (inject the invalid-action note). `action` is `parse_action(...).kind`,
+    documents) or "invalid" (inject the invalid-action note). `action` is the protocol's parsed kind,
     `turns` counts the turns generated so far, this one included."""
     if action == "answer":
         return "answer"
@@ -62,10 +65,6 @@ def turn_outcome(action: str, eos: bool, response_tokens: int, turns: int, max_t
     return "search" if action == "search" else "invalid"
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Prompt ids; a BOS is prepended when the tokenizer normally adds one and the text (e.g. a
     chat template's output, which writes its own) does not start with it."""
@@ -76,20 +75,6 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
         if probe and probe[0] == bos:
             ids = [bos, *ids]
     return ids
-
-
-def observation_ids(tokenizer, hits: Sequence[Hit | Mapping[str, Any]], max_tokens: int, head: list[int] | None = None,
-                    tail: list[int] | None = None) -> list[int]:
-    """`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n` as ids, at most max_tokens:
-    the documents are cut, the tags kept (Search-R1 cuts the whole block, closing tag included).
-    `head` / `tail`: the encoded tags, when the caller keeps them."""
-    head = encode_text(tokenizer, OBSERVATION_OPEN) if head is None else head
-    tail = encode_text(tokenizer, OBSERVATION_CLOSE) if tail is None else tail
-    docs = encode_text(tokenizer, format_documents(hits).strip())
-    room = max_tokens - len(head) - len(tail)
-    if room <= 0:
-        return (head + tail)[:max_tokens]
-    return head + truncate_tokens(docs, room) + tail
 
 
 @dataclass(frozen=True)
@@ -110,10 +95,9 @@ class EpisodeStep:
     def __init__(self, tokenizer, cfg: AgentConfig) -> None:
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.protocol = make_protocol(cfg.protocol, tokenizer)
+        self.stop_strings = self.protocol.stop_strings
         self._prefix = encode_text(tokenizer, cfg.response_prefix) if cfg.response_prefix else []
-        self._head = encode_text(tokenizer, OBSERVATION_OPEN)
-        self._tail = encode_text(tokenizer, OBSERVATION_CLOSE)
-        self._note = encode_text(tokenizer, INVALID_ACTION_NOTE)
 
     def begin(self, traj: Trajectory) -> list[int]:
         """Append the forced response prefix (mask 0); the ids to feed before the first turn."""
@@ -131,7 +115,7 @@ class EpisodeStep:
         text = self.decode(sample.token_ids)
         traj.append(sample.token_ids, 1, sample.logprobs)
         # the forced prefix belongs to the first turn's action ("<search>" + " query </search>")
-        action = parse_action(text if traj.turns else cfg.response_prefix + text)
+        action = self.protocol.parse(text if traj.turns else cfg.response_prefix + text, sample.finish)
         traj.turns.append(Turn(text=text, action=action.kind, content=action.content,
                                generated_tokens=len(sample.token_ids), finish=sample.finish))
         outcome = turn_outcome(action.kind, sample.finish == "eos", len(traj.response_ids), len(traj.turns),
@@ -152,9 +136,10 @@ class EpisodeStep:
             raise ValueError(f"observe: a {turn.action} turn " + ("needs the hits of its search" if hits is None
                                                                   else "has no search to show hits for"))
         if hits is None:
-            ids = self._note[:room]
+            text = turn.text if len(traj.turns) > 1 else self.cfg.response_prefix + turn.text
+            ids = self.protocol.note_ids(self.protocol.parse(text, turn.finish))[:room]
         else:
-            ids = observation_ids(self.tokenizer, hits, min(self.cfg.max_obs_tokens, room), self._head, self._tail)
+            ids = self.protocol.observation_ids(hits, min(self.cfg.max_obs_tokens, room))
             turn.doc_ids = [h.doc_id for h in hits]
         traj.append(ids, 0)
         turn.observation = self.decode(ids)
@@ -170,6 +155,8 @@ class EpisodeStep:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def _end(self, traj: Trajectory, reason: str, answer: str | None) -> None:
+        if self.protocol.name != "tags":  # the reward reads the answer by the episode's protocol
+            traj.meta["protocol"] = self.protocol.name
         traj.stop_reason = reason
         traj.answer = answer
         traj.response_text = self.decode(traj.response_ids)

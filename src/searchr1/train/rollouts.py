@@ -31,6 +31,7 @@ from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.tree import expansions
 from searchr1.rollout.trajectory import Trajectory
+from searchr1.toolcall import tools_for
 from searchr1.train.batch import Batch
 
 RewardFn = Callable[[Trajectory], float]
@@ -72,11 +73,12 @@ class PromptSampler:
 
 
 def make_trajectories(rows: Sequence[dict], tokenizer, template: str, chat: bool | None,
-                      group_size: int, first_group: int = 0) -> list[Trajectory]:
-    """group_size fresh episodes per row, all of one row sharing `group` = first_group + the row's position."""
+                      group_size: int, first_group: int = 0, tools: list | None = None) -> list[Trajectory]:
+    """group_size fresh episodes per row, all of one row sharing `group` = first_group + the row's
+    position; `tools`: the chat template's tool list (`toolcall.tools_for(agent.protocol)`)."""
     out = []
     for g, row in enumerate(rows, start=first_group):
-        prompt = build_prompt(row["question"], tokenizer, template=template, chat=chat)
+        prompt = build_prompt(row["question"], tokenizer, template=template, chat=chat, tools=tools)
         for k in range(group_size):
             out.append(new_trajectory(tokenizer, prompt, row["question"], row["golden_answers"],
                                       id=f"{row['id']}#{k}", group=g,
@@ -89,7 +91,8 @@ def make_trajectories(rows: Sequence[dict], tokenizer, template: str, chat: bool
 
 def default_reward_fn(format_reward: bool) -> RewardFn:
     def reward(traj: Trajectory) -> float:
-        return float(compute_score(traj.response_text, traj.golden_answers, format_reward=format_reward))
+        return float(compute_score(traj.response_text, traj.golden_answers, format_reward=format_reward,
+                                   protocol=traj.meta.get("protocol", "tags")))
 
     return reward
 
@@ -188,7 +191,8 @@ class RolloutCollector:
         mine = dist.shard(len(batch_rows))
         trees = tc.rollout_tree
         trajs = make_trajectories(batch_rows[mine], self.tokenizer, self.agent.cfg.template, self.chat,
-                                  trees or tc.group_size, round_ * tc.prompts_per_step + mine.start)
+                                  trees or tc.group_size, round_ * tc.prompts_per_step + mine.start,
+                                  tools=tools_for(self.agent.cfg.protocol))
         seed = tc.seed * 1_000_003 + step + dist.rank * 1_000_000_007 + round_ * 1_000_000_000_039
 
         def play(episodes: list[Trajectory], seed: int) -> RolloutStats:

@@ -25,6 +25,7 @@ import torch
 
 from searchr1.atomic import swap_in
 from searchr1.data.warmup import demonstration, observations_support
+from searchr1.errors import ConfigError
 from searchr1.protocol import build_prompt
 from searchr1.rewards import compute_score
 from searchr1.rollout.agent import Agent, new_trajectory
@@ -47,7 +48,9 @@ def masked_nll(policy, batch: Batch) -> tuple[torch.Tensor, int]:
 def play_demonstrations(cfg, tokenizer, retriever, questions: Sequence) -> tuple[list, int]:
     """(kept trajectories, number dropped): every question's ideal episode, played through the
     agent with the real retriever; kept when the observations support it and it answers right."""
-
+    if cfg.agent.protocol != "tags":  # the demonstrations are written in the tags protocol
+        raise ConfigError(f"the SFT warm-up writes <search>/<answer> demonstrations; it has none for "
+                          f"agent.protocol={cfg.agent.protocol}")
     chat = cfg.model.use_chat_template
     trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.agent.template, chat=chat),
                             q.question, q.golden_answers, id=f"sft-{q.id}", group=i)
