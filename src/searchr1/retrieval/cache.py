@@ -13,6 +13,7 @@ reproducible offline.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -83,14 +84,28 @@ class QueryCache:
                                    check_same_thread=False)
             try:
                 if not self.replay:
-                    conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-                    conn.execute("PRAGMA synchronous=NORMAL")  # WAL keeps the file consistent on a crash
-                    conn.execute(SCHEMA)
+                    self._set_up(conn)
             except sqlite3.DatabaseError as e:
                 conn.close()
                 raise RetrieverError(f"query cache {self.path} cannot be used: {e}") from None
             self._conn, self._pid = conn, os.getpid()
         return self._conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL takes an exclusive lock, and SQLite answers "database is locked" at once
+        # (its busy handler does not cover it) while another process is setting up the same file:
+        # retry within the busy timeout.
+        deadline = time.monotonic() + self.busy_timeout_s
+        for attempt in itertools.count():
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL keeps the file consistent on a crash
+                conn.execute(SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.01 * 2**attempt, 0.5))
 
     def get_many(self, namespace: str, queries: Sequence[str], k: int) -> list[list[Hit] | None]:
         """The cached hits of each query (None where absent); counts hits and misses."""
