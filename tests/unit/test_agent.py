@@ -234,3 +234,27 @@ def test_an_http_retriever_is_called_once_its_own_retries_do_not_nest():
     with pytest.raises(RetrieverUnavailableError, match="after 1 attempts"):
         search_with_retries(client, ["q"], 1, attempts=3, backoff_s=0)
     assert client.attempts == 2  # the client's 1 + 1 retries, not 3 x 2
+
+
+def test_a_cached_http_retriever_is_still_the_client_to_the_agent_and_the_trainer(tmp_path):
+    """Behind the query cache the HTTP client keeps its single retry loop, its outage wait and its
+    count of cut queries (the cache forwards what it does not implement)."""
+    import httpx
+
+    from searchr1.retrieval.cache import CachedRetriever, QueryCache
+    from searchr1.retrieval.client import HttpRetriever
+    from searchr1.rollout.agent import search_with_retries
+
+    def refuse(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    client = HttpRetriever("http://retr.test:8000", retries=1, backoff_s=0)
+    client._client = httpx.Client(transport=httpx.MockTransport(refuse))
+    cached = CachedRetriever(client, QueryCache(tmp_path / "c.sqlite"), "ns")
+    assert cached.retries_itself and cached.queries_cut == 0
+    assert cached.wait_until_healthy.__self__ is client
+    with pytest.raises(RetrieverUnavailableError, match="after 1 attempts"):
+        search_with_retries(cached, ["q"], 1, attempts=3, backoff_s=0)
+    assert client.attempts == 2
+    with pytest.raises(AttributeError):
+        cached.no_such_operation

@@ -193,6 +193,14 @@ class CachedRetriever:
                 results[i] = hits
         return results  # type: ignore[return-value]
 
+    def __getattr__(self, name: str):
+        # The wrapped retriever's own operations (an HTTP client's wait_until_healthy, queries_cut,
+        # retries_itself) stay visible through the cache, so the agent and the trainer treat a cached
+        # client as the client.
+        if name == "inner":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def metrics(self) -> dict[str, float]:
         inner = getattr(self.inner, "metrics", None)
         return {**(inner() if inner is not None else {}), **self.cache.metrics()}

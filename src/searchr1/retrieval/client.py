@@ -60,6 +60,8 @@ def parse_hit(item: dict) -> Hit:
 class HttpRetriever:
     """Search through a remote retrieval server; interchangeable with an in-process retriever."""
 
+    retries_itself = True  # backoff and Retry-After here: the agent must not retry around it
+
     def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5,
                  max_queries_per_request: int = 512, seed: int | None = None, token: str = "",
                  learn_limits: bool = False):

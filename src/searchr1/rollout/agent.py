@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 from searchr1.errors import RetrieverError, RetrieverRequestError, RetrieverUnavailableError
 from searchr1.retrieval.base import Hit, Retriever
-from searchr1.retrieval.client import HttpRetriever
 from searchr1.rollout.generator import Generator, Sample, SamplingParams
 from searchr1.rollout.settings import AgentConfig
 from searchr1.rollout.step import EpisodeStep, encode_prompt
@@ -66,8 +65,9 @@ def search_with_retries(retriever: Retriever, queries: list[str], k: int, attemp
                         backoff_s: float) -> list[list[Hit]]:
     """`retriever.search`, retried on failure with exponential backoff; raises RetrieverError.
 
-    An `HttpRetriever` has its own retry policy and is tried once."""
-    if isinstance(retriever, HttpRetriever):
+    A retriever with its own retry policy (`retries_itself`: the HTTP client, also behind the
+    query cache) is tried once."""
+    if getattr(retriever, "retries_itself", False):
         attempts = 1
     last: Exception | None = None
     for attempt in range(attempts):
