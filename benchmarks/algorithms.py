@@ -83,8 +83,11 @@ def main() -> None:
     algorithms = [a for a in args.algorithms.split(",") if a]
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
+    # fp32: the committed comparison (algorithms.json) ran in fp32, before precision=auto became
+    # bf16-mixed on CPUs with native bf16; pinned so that this command still reproduces it
     cfg = load_config(Config, "cpu-demo", [f"demo.dir={args.dir}", f"model.threads={args.threads}",
-                                          f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false"])
+                                          f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false",
+                                          "train.compute.precision=fp32"])
     _, train_questions, _ = prepare_world(cfg.world, args.dir / "data")
     index_dir = args.dir / "index"
     build_index(dataclasses.replace(cfg.index, corpus=str(args.dir / "data" / "corpus.jsonl"), dir=str(index_dir),

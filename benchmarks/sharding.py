@@ -93,7 +93,9 @@ def worker(args) -> None:
     tc = TrainConfig(algorithm="grpo", steps=1 + args.repeats, prompts_per_step=B // G, group_size=G,
                      mini_batch_size=B, micro_batch_size=args.micro,
                      optim=OptimConfig(lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM),
-                     kl=KLConfig(coef=KL_COEF), compute=ComputeConfig(sharding=args.sharding), tensorboard=False,
+                     kl=KLConfig(coef=KL_COEF), tensorboard=False,
+                     # fp32, as the committed table was measured (auto is bf16-mixed on CPUs with native bf16)
+                     compute=ComputeConfig(precision="fp32", sharding=args.sharding),
                      progress=False, seed=args.seed)
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)

@@ -220,7 +220,8 @@ def child_ours(spec: dict) -> dict:
                      loss=LossConfig(clip_ratio=CLIP), kl=KLConfig(coef=KL_COEF),
                      lora=LoRAConfig(r=LORA_R if spec["lora"] else 0, alpha=LORA_ALPHA, targets=list(LORA_TARGETS)),
                      critic="separate", tensorboard=False, progress=False, seed=spec["seed"],
-                     compute=ComputeConfig(logits_chunk=spec.get("logits_chunk", 0)))
+                     # fp32 like the TRL rows (precision=auto is bf16-mixed on CPUs with native bf16)
+                     compute=ComputeConfig(precision="fp32", logits_chunk=spec.get("logits_chunk", 0)))
     torch.manual_seed(tc.seed)
     models = build_models(model, tc)
     learner = Learner(models, tc)
