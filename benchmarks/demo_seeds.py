@@ -1,0 +1,111 @@
+"""What RL adds in the demo, over seeds: `searchr1 demo train.seed=S` for each seed, then held-out EM
+after RL against after the warm-up, paired on the same questions.
+
+    python benchmarks/demo_seeds.py --seeds 0,1,2 --runs ~/searchr1-runs/demo-seeds
+
+Each seed is a whole `searchr1 demo` in its own directory (RUNS/seed-S): the same synthetic world
+and held-out questions, the warm-up's demonstrations and the RL rollouts drawn with train.seed=S.
+A seed whose report.json exists is not rerun (resumable). Extra dotted overrides for every run go
+after `--set`.
+
+Reported per seed and pooled: EM after the warm-up and after RL on the demo's held-out questions,
+the paired difference with a 95% bootstrap interval over questions (pooled: over seed x question
+pairs, resampled by question so a question's seeds stay together), the questions gained and lost,
+and the exact McNemar p-value of those counts. Results: --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, save_json, table  # noqa: E402
+
+TRAJ = "trajectories.synthetic_test.agent.jsonl"
+
+
+def per_question_em(eval_dir: Path) -> dict[str, float]:
+    rows = (json.loads(line) for line in (eval_dir / TRAJ).read_text().splitlines() if line.strip())
+    return {r["question"]: float(r["scores"]["em"]) for r in rows}
+
+
+def paired(diffs_by_question: dict[str, list[float]], n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference and a 95% bootstrap interval, resampling questions (each with all its seeds)."""
+    questions = list(diffs_by_question)
+    rng = random.Random(seed)
+
+    def mean(qs):
+        vals = [d for q in qs for d in diffs_by_question[q]]
+        return sum(vals) / len(vals)
+
+    means = sorted(mean([rng.choice(questions) for _ in questions]) for _ in range(n))
+    return mean(questions), means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def mcnemar(gained: int, lost: int) -> float:
+    from scipy.stats import binomtest
+
+    return float(binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
+
+
+def run_seed(seed: int, out: Path, extra: list[str]) -> None:
+    if (out / "report.json").exists():
+        print(f"... seed {seed}: {out} done, kept")
+        return
+    cmd = [sys.executable, "-m", "searchr1", "demo", f"demo.dir={out}", f"train.seed={seed}", *extra]
+    print("...", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--runs", type=Path, default=Path.home() / "searchr1-runs" / "demo-seeds")
+    p.add_argument("--set", nargs="*", default=[], help="dotted overrides for every demo run")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_seeds.json")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+
+    per_seed, pooled = [], {}
+    for seed in seeds:
+        d = args.runs / f"seed-{seed}"
+        run_seed(seed, d, args.set)
+        warm, rl = per_question_em(d / "eval-after-sft"), per_question_em(d / "eval-after")
+        if set(warm) != set(rl):
+            raise SystemExit(f"seed {seed}: the two evaluations asked different questions")
+        diffs = {q: [rl[q] - warm[q]] for q in warm}
+        for q, ds in diffs.items():
+            pooled.setdefault(q, []).extend(ds)
+        gained, lost = sum(d[0] > 0 for d in diffs.values()), sum(d[0] < 0 for d in diffs.values())
+        mean, low, high = paired(diffs)
+        report = json.loads((d / "report.json").read_text())
+        per_seed.append({"seed": seed, "questions": len(warm), "em_warmup": sum(warm.values()) / len(warm),
+                         "em_rl": sum(rl.values()) / len(rl), "diff": mean, "low": low, "high": high,
+                         "gained": gained, "lost": lost, "mcnemar_p": mcnemar(gained, lost),
+                         "seconds": report.get("timings", {}).get("total"), "dir": str(d)})
+    gained = sum(s["gained"] for s in per_seed)
+    lost = sum(s["lost"] for s in per_seed)
+    mean, low, high = paired(pooled)
+    summary = {"seeds": seeds, "pairs": sum(len(v) for v in pooled.values()), "diff": mean, "low": low,
+               "high": high, "gained": gained, "lost": lost, "mcnemar_p": mcnemar(gained, lost),
+               "em_warmup": sum(s["em_warmup"] for s in per_seed) / len(per_seed),
+               "em_rl": sum(s["em_rl"] for s in per_seed) / len(per_seed)}
+    rows = [[str(s["seed"]), f"{s['em_warmup']:.3f}", f"{s['em_rl']:.3f}",
+             f"{s['diff']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]", f"{s['gained']}/{s['lost']}",
+             f"{s['mcnemar_p']:.3f}"] for s in per_seed]
+    rows.append(["pooled", f"{summary['em_warmup']:.3f}", f"{summary['em_rl']:.3f}",
+                 f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", f"{gained}/{lost}", f"{summary['mcnemar_p']:.3f}"])
+    print(table("demo: held-out EM after the warm-up and after RL, paired on the same questions",
+                ["seed", "warm-up", "RL", "RL - warm-up [95%]", "gained/lost", "McNemar p"], rows))
+    save_json(args.out, {"machine": machine(), "command": " ".join(["python", *sys.argv]), "settings": args.set,
+                         "per_seed": per_seed, "pooled": summary})
+    print(f"raw results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
