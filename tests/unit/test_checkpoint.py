@@ -357,7 +357,7 @@ _KILLED_WRITER = textwrap.dedent("""
     from torch import nn
     from searchr1.train import checkpoint as ck
 
-    run_dir, marker, where = sys.argv[1], sys.argv[2], sys.argv[3]
+    run_dir, where, marker = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
 
     def hang():
@@ -394,20 +394,8 @@ def test_killed_writer_leaves_previous_checkpoint(tmp_path, where):
     policy = nn.Linear(4, 1)
     opt = torch.optim.AdamW(policy.parameters())
     first = save_checkpoint(tmp_path, 1, policy=policy, optimizers={"policy": opt}, state={"n": 1})
-    script = tmp_path / "writer.py"
-    script.write_text(_KILLED_WRITER)
-    marker = tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(marker), where])
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "writer exited before reaching the kill point"
-            assert time.monotonic() < deadline, "writer never reached the kill point"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    stray = tmp_path / "checkpoints" / f".tmp-step-000002-{proc.pid}"
+    pid = _run_until_marker_then_kill(_KILLED_WRITER, tmp_path, where)
+    stray = tmp_path / "checkpoints" / f".tmp-step-000002-{pid}"
     assert stray.is_dir()
     assert not (tmp_path / "checkpoints" / "step-000002").exists()
     assert find_latest_checkpoint(tmp_path) == first
@@ -445,7 +433,10 @@ _KILLED_RESAVE = textwrap.dedent("""
 
 
 def _run_until_marker_then_kill(script: str, *args) -> int:
-    marker = Path(args[0]).parent / "marker"
+    """Run `script` with `args` and a marker path (its last argument); SIGKILL it once it has
+    created the marker (it has reached its kill point). The marker lives beside the run directory
+    `args[0]`, one per test (a marker shared between tests would kill the next writer at once)."""
+    marker = Path(args[0]).with_name(Path(args[0]).name + ".kill-marker")
     proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(marker)])
     try:
         deadline = time.monotonic() + 60
