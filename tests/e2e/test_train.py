@@ -445,6 +445,71 @@ def test_the_trainer_reports_the_step_to_the_retriever_and_logs_its_metrics(worl
     assert result["metrics"]["search/cost_usd"] == 0.5
 
 
+def scripted_searcher(answer: str = "x"):
+    """A generator factory: our engine on a scripted LM that searches the question once, then answers
+    `answer`, or "Doc 1's title" when `answer` is None (the trainer still trains the real policy on
+    these episodes)."""
+    import re
+
+    from fakes import ScriptedLM, continue_script
+    from searchr1.rollout.engine import EngineGenerator
+
+    def policy(ctx: str):
+        if "</information>" in ctx:
+            said = answer
+            if said is None:
+                doc = re.search(r'Doc 1\(Title: "?([^")]*)"?\)', ctx.rsplit("<information>", 1)[1])
+                said = doc.group(1) if doc else "none"
+            return continue_script(ctx, f"<answer> {said} </answer>")
+        return continue_script(ctx, f"<search> {re.search(r'Q: (.*)', ctx).group(1)} </search>")
+
+    return lambda model, tok: EngineGenerator(ScriptedLM(tok, policy), tok)
+
+
+class RecordingRetriever(OneDocRetriever):
+    """Records the queries it is asked; counts them as `search/requests`."""
+
+    def __init__(self):
+        self.asked = []
+
+    def search(self, queries, k):
+        self.asked += list(queries)
+        return super().search(queries, k)
+
+    def metrics(self):
+        return {"search/requests": float(len(self.asked))}
+
+
+def test_rollouts_search_train_retriever_method_and_held_out_evals_the_retriever(world, tmp_path):
+    """train.retriever_method=simulated (ZeroSearch): training rollouts search documents a model writes
+    (the tiny model here), with the noise curriculum following the steps; the held-out evaluation
+    searches the retriever of retriever.* (given here), and results.json records its counters."""
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"id": f"h{i}", "question": f"h{i}", "golden_answers": ["x"]}) + "\n"
+                                for i in range(2)))
+    cfg = make_cfg(world, tmp_path / "run", steps=2, eval_every=2, prompts_per_step=2, group_size=2,
+                   mini_batch_size=4, retriever_method="simulated")
+    cfg.agent.max_turns, cfg.agent.max_turn_tokens = 1, 40
+    cfg.eval.datasets, cfg.eval.modes = [str(held_out)], ["agent"]
+    sim = cfg.retriever.simulated
+    sim.model.name, sim.model.device, sim.model.chat, sim.max_new_tokens = str(world / "tiny"), "cpu", "raw", 8
+    cfg.retriever.cache.path = str(tmp_path / "cache.sqlite")
+    given = RecordingRetriever()
+    result = train(cfg, generator_factory=scripted_searcher(), retriever=given, reward_fn=share_of_a)
+    rows = read_metrics(tmp_path / "run")
+    train_rows = [r for r in rows if "search/simulated_queries" in r]
+    # every training episode searched once, on the simulated engine: 2 steps x 2 prompts x 2 samples
+    assert [r["search/simulated_queries"] for r in train_rows] == [4.0, 8.0]
+    assert train_rows[-1]["search/cache_misses"] + train_rows[-1]["search/cache_hits"] == 8.0
+    # ZeroSearch's curriculum over train.steps=2: p_s + (4^(i/2) - 1)/3 * (p_e - p_s) with p_s 0, p_e 0.5
+    assert [r["search/noise_p"] for r in train_rows] == pytest.approx([0.5 / 3, 0.5])
+    assert all("search/requests" not in r for r in rows)  # the given retriever's counters are not training's
+    assert sorted(given.asked) == ["h0?", "h1?"]  # only the held-out questions searched it
+    results = json.loads((tmp_path / "run" / "eval" / "step_000002" / "results.json").read_text())
+    assert results["retriever_metrics"]["total"] == {"search/requests": 2.0}
+    assert (result["metrics"]["eval/held_out/agent/em"], result["metrics"]["eval/held_out/agent/searches"]) == (1.0, 1.0)
+
+
 # A tool-call chat template for the tiny model: short, so prompts stay small in characters.
 TINY_TOOL_TEMPLATE = (
     "{% for m in messages %}{% if m.role == 'user' %}U:{{ m.content }}\n"

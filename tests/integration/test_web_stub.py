@@ -172,6 +172,13 @@ def test_eval_through_the_cache_replays_offline(tmp_path):
     assert sorted(r["json"]["q"] for r in stub.requests) == ["capital of peru", "capital of peru?", "hamlet author",
                                                              "hamlet author?"]
     assert rec_metrics["search/requests"] == 4 and rec_metrics["search/cost_usd"] == pytest.approx(4 / 1000)
+    # results.json records what the evaluation cost, per dataset x mode and in total
+    search = recorded["retriever_metrics"]
+    assert [search["runs"]["web"][m]["search/requests"] for m in ("rag", "agent")] == [2.0, 2.0]
+    assert search["total"]["search/cost_usd"] == pytest.approx(4 / 1000)
+    assert (search["total"]["search/cache_misses"], search["total"]["search/cache_hits"]) == (4.0, 0.0)
+    assert json.loads((tmp_path / "live" / "results.json").read_text())["retriever_metrics"] == search
+    assert "- search: requests 4, billed 4, " in (tmp_path / "live" / "results.md").read_text()
     # the stub is stopped: nothing answers on its port any more
     with pytest.raises(requests.ConnectionError):
         requests.get(stub.url, timeout=5)
@@ -181,6 +188,9 @@ def test_eval_through_the_cache_replays_offline(tmp_path):
     assert {m: {k: v for k, v in values.items() if k not in ("seconds", "qps")}
             for m, values in replayed["metrics"]["web"].items()} == untimed
     assert (rep_metrics["search/requests"], rep_metrics["search/cache_hits"], rep_metrics["search/cache_misses"]) == (0, 4, 0)
+    replayed_search = replayed["retriever_metrics"]["total"]
+    assert (replayed_search["search/requests"], replayed_search["search/cost_usd"]) == (0.0, 0.0)
+    assert (replayed_search["search/cache_hits"], replayed_search["search/cache_misses"]) == (4.0, 0.0)
 
     def episodes(out):
         rows = [json.loads(line) for line in (out / "trajectories.web.agent.jsonl").read_text().splitlines()]

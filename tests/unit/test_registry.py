@@ -224,3 +224,16 @@ def test_the_cache_in_front_of_an_index_is_off_unless_asked(index, tmp_path):
     assert other.namespace != r.namespace  # another method or setting is another namespace
     r.close()
     other.close()
+
+
+def test_with_method_swaps_an_index_for_a_service_and_keeps_it_for_an_index_method():
+    from searchr1.retrieval.local import with_method
+
+    cfg = RetrieverConfig(index="idx", method="bm25", topk=5)
+    sim = with_method(cfg, "simulated")
+    assert (sim.method, sim.index, sim.url, sim.topk, sim.simulated) == ("simulated", "", "", 5, cfg.simulated)
+    dense = with_method(RetrieverConfig(url="http://h:1", method="bm25"), "dense")
+    assert (dense.method, dense.url) == ("dense", "http://h:1")
+    assert cfg.method == "bm25" and cfg.index == "idx"  # a copy
+    with pytest.raises(ConfigError, match="unknown retrieval method"):
+        with_method(cfg, "nope")

@@ -38,6 +38,16 @@ def test_each_trained_arm_changes_only_what_names_it():
         arm("dpo")
 
 
+def test_the_simulated_search_arm_trains_on_simulated_documents_and_keeps_the_retriever():
+    cfg = _cfg("train.algorithm=rloo", "retriever.index=idx", "retriever.method=bm25")
+    sim = arm("grpo-simulated").configure(cfg)
+    assert (sim.train.algorithm, sim.train.retriever_method) == ("grpo", "simulated")
+    assert sim.retriever == cfg.retriever  # evaluation (and the trainer's held-out evals) search the index
+    assert arm("grpo").configure(cfg).train.retriever_method == ""
+    assert arm("grpo-simulated").trained and arm("grpo-simulated").mode == "agent"
+    assert "grpo-simulated" in _cfg("study.arms=[grpo,grpo-simulated]").study.arms
+
+
 @pytest.mark.parametrize("override, message", [
     ("study.arms=[grpo,grpo]", "twice"),
     ("study.seeds=[]", "at least one seed"),

@@ -14,7 +14,9 @@ rows the caller passes in memory (`questions=`). The modes:
 Greedy decoding by default, so a run is a function of (model, retriever, data, config).
 
 Files written to `eval.out_dir`:
-  results.json                       config, metrics per dataset x mode, environment
+  results.json                       config, metrics per dataset x mode, environment, and the
+                                     retriever's own counters when it keeps them (web requests,
+                                     estimated cost, cache hits and misses: `retriever_metrics`)
   results.md                         the metric tables in Markdown
   trajectories.<dataset>.<mode>.jsonl every episode (text, turns, retrieved ids) with its scores
   report.html                        the tables and the episodes, readable in a browser
@@ -40,6 +42,7 @@ from searchr1.errors import SearchR1Error
 from searchr1.eval.html import render_report
 from searchr1.eval.metrics import aggregate, average_metrics, markdown_report, metric_tables, score_trajectory
 from searchr1.protocol import DIRECT_TEMPLATE, RAG_TEMPLATE, build_prompt, format_documents, get_template
+from searchr1.retrieval.base import metrics_since
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
@@ -305,14 +308,25 @@ def evaluate(cfg, console=None, generator=None, retriever=None,
             "timing": {label: {} for label in data},
             "files": {},
         }
+        # the retriever's counters (web and simulated search, the query cache) are cumulative: this
+        # evaluation's share is what they counted while it ran (a trainer's retriever counted before)
+        read_search = getattr(retriever, "metrics", None)
+        search_start = read_search() if read_search is not None else None
+        if search_start is not None:
+            results["retriever_metrics"] = {"total": {}, "runs": {label: {} for label in data}}
         total = sum(len(rows) for _, rows in data.values()) * len(modes)
         progress = _Progress(console, total)
         runs: list[Run] = []
         try:
             for label, (_, rows) in data.items():
                 for mode in modes:
+                    search_before = read_search() if search_start is not None else None
                     run = run_mode(cfg, generator, retriever, label, rows, mode, progress)
                     runs.append(run)
+                    if search_start is not None:
+                        search_now = read_search()
+                        results["retriever_metrics"]["runs"][label][mode] = metrics_since(search_before, search_now)
+                        results["retriever_metrics"]["total"] = metrics_since(search_start, search_now)
                     path = trajectories_path(out, label, mode)
                     write_trajectories(path, run.records())
                     results["metrics"][label][mode] = run.metrics

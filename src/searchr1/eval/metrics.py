@@ -176,7 +176,9 @@ def markdown_report(results: dict) -> str:
     given = any(info.get("split") == "in memory" for info in results.get("datasets", {}).values())
     facts = [("model", env.get("model")), ("retriever", env.get("retriever", {}).get("description")),
              ("decoding", env.get("decoding")), ("date", env.get("date")),
-             ("questions per dataset", "as given" if given else ev.get("limit") or "all")]
+             ("questions per dataset", "as given" if given else ev.get("limit") or "all"),
+             ("search", ", ".join(f"{k.removeprefix('search/')} {v:g}"
+                                  for k, v in results.get("retriever_metrics", {}).get("total", {}).items()))]
     lines += [f"- {k}: {v}" for k, v in facts if v not in (None, "")]
     if not results.get("complete", True):
         lines += ["", "**Incomplete: the run is still going or was interrupted.**"]

@@ -49,6 +49,16 @@ def search_queries(queries: Sequence[str], k: int) -> list[str]:
     return list(queries)
 
 
+#: Retriever metrics that are levels, read as they are; every other one is a cumulative count.
+LEVEL_METRICS = frozenset({"search/noise_p"})  # simulated search's current noise probability
+
+
+def metrics_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What a retriever's `metrics()` counted between two readings (requests, cost, cache hits, ...):
+    the counts' differences, the levels as `after` has them."""
+    return {k: v if k in LEVEL_METRICS else v - before.get(k, 0.0) for k, v in after.items()}
+
+
 class Ranker(Protocol):
     name: str
     num_docs: int

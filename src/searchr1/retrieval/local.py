@@ -107,6 +107,16 @@ def _index_namespace(cfg: RetrieverConfig, method: str) -> str:
     return f"index:{Path(cfg.index).resolve()}:{method}:{digest}"
 
 
+def with_method(cfg: RetrieverConfig, method: str) -> RetrieverConfig:
+    """`cfg` searching with `method`; a service (web or simulated search) replaces the index or the
+    server `cfg` names, an index method searches the same index."""
+    import dataclasses
+
+    if registry.get(method).service:
+        return dataclasses.replace(cfg, method=method, index="", url="")
+    return dataclasses.replace(cfg, method=method)
+
+
 def open_retriever(cfg: RetrieverConfig) -> Retriever:
     """The retriever the config names: an HTTP server (`url`), an index directory (`index`), or a
     service method (web search, simulated search) that needs neither. The query cache is on by default

@@ -47,6 +47,13 @@ def _no_search(cfg: Config) -> Config:
     return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_turns=0, template="r1"))
 
 
+def _simulated_search(cfg: Config) -> Config:
+    """GRPO whose rollouts search documents a model writes (retriever.simulated.*, ZeroSearch); the
+    arm is evaluated, like every other, on the study's retriever (the real index)."""
+    cfg = _train("grpo")(cfg)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, retriever_method="simulated"))
+
+
 def _trees(change: Callable[[Config], Config]) -> Callable[[Config], Config]:
     """`change` under tree rollouts: train.rollout_tree as set, else one tree per question."""
     def with_trees(cfg: Config) -> Config:
@@ -79,6 +86,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("grpo-unmasked", "Search-R1 GRPO, no masking", True, "agent", "start",
         "GRPO with search, the loss also on retrieved tokens (train.loss.mask_retrieved=false)",
         _train("grpo", mask_retrieved=False)),
+    Arm("grpo-simulated", "Search-R1 GRPO, simulated search", True, "agent", "start",
+        "GRPO trained on simulated search (documents written by retriever.simulated.model, with ZeroSearch's "
+        "noise curriculum; train.retriever_method=simulated), evaluated on the real retriever",
+        _simulated_search),
 )}
 
 

@@ -9,15 +9,16 @@ from searchr1.config import param
 from searchr1.rl.algorithms import ALGORITHMS
 
 #: Every arm: the baselines, R1, one Search-R1 arm per algorithm of `searchr1.rl.algorithms`
-#: (named after it), and GRPO without the retrieved-token mask.
-ARM_NAMES: tuple[str, ...] = ("direct", "rag", "rag-warmup", "warmup", "r1", *ALGORITHMS, "grpo-unmasked")
+#: (named after it), GRPO without the retrieved-token mask, and GRPO trained on simulated search.
+ARM_NAMES: tuple[str, ...] = ("direct", "rag", "rag-warmup", "warmup", "r1", *ALGORITHMS, "grpo-unmasked",
+                              "grpo-simulated")
 #: The default of study.arms: the paper's arms, and RAG on the warmed-up model (the other
 #: algorithms are there to be asked for).
 PAPER_ARMS = ["direct", "rag", "rag-warmup", "warmup", "r1", "ppo", "grpo", "grpo-unmasked"]
 
 #: The paper's claims, as "A:B" pairs tested on the same questions (A minus B).
 DEFAULT_COMPARE = ["grpo:rag", "ppo:rag", "grpo:rag-warmup", "ppo:rag-warmup", "grpo:r1", "grpo:grpo-unmasked",
-                   "ppo:grpo", "grpo:warmup", "ppo:warmup", "warmup:rag-warmup"]
+                   "ppo:grpo", "grpo:warmup", "ppo:warmup", "warmup:rag-warmup", "grpo-simulated:grpo"]
 
 
 @dataclass
@@ -27,7 +28,8 @@ class StudyConfig:
                                               "rag-warmup (RAG with the warmed-up model), warmup (the supervised "
                                               "warm-up alone, as an agent), r1 (RL without search, the r1 "
                                               "template), grpo-unmasked (GRPO with the loss on retrieved tokens "
-                                              "too), and Search-R1 with each train.algorithm: "
+                                              "too), grpo-simulated (GRPO trained on simulated search, "
+                                              "evaluated on the real retriever), and Search-R1 with each train.algorithm: "
                                               f"{' / '.join(ALGORITHMS)} (the paper's: ppo, grpo)")
     seeds: list[int] = param([0, 1, 2], "train.seed of each trained arm's runs (untrained arms decode greedily "
                                         "and run once)")

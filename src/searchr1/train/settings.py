@@ -25,8 +25,12 @@ from typing import Literal
 
 from searchr1.config import param
 from searchr1.data.settings import QuestionSource
+from searchr1.retrieval.settings import METHODS
 from searchr1.rl.algorithms import ALGORITHMS, algorithm
 from searchr1.rl.names import AGG_MODES, KL_KINDS
+
+#: train.retriever_method: '' (search what retriever.* names) or a retrieval method to search instead.
+RETRIEVER_METHODS = ("", *(m for m in METHODS if m != "auto"))
 
 
 def _names(**row) -> str:
@@ -291,6 +295,10 @@ class TrainConfig:
     dapo: DapoConfig = param(DapoConfig, "DAPO's dynamic sampling and overlong handling (all off by default)")
     sampling: SamplingConfig = param(SamplingConfig, "how training rollouts sample")
     questions: TrainQuestions = param(TrainQuestions, "the training questions")
+    retriever_method: Literal[RETRIEVER_METHODS] = param(
+        "", "what training rollouts search: '' = retriever.* (what evaluation searches); a method name = "
+            "retriever.* with that method, e.g. simulated: train on documents a model writes (ZeroSearch, "
+            "retriever.simulated.*) while held-out evaluations (eval_every) still search retriever.*")
     lora: LoRAConfig = param(LoRAConfig, "LoRA adapters (r = 0: full fine-tuning)")
     compute: ComputeConfig = param(ComputeConfig, "precision, sharding and memory")
     # ------------------------------------------------------------------ bookkeeping

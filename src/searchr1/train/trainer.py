@@ -27,7 +27,7 @@ from searchr1.data.questions import held_out_questions, training_questions
 from searchr1.errors import CheckpointError, ConfigError, RetrieverUnavailableError, TrainingDivergedError
 from searchr1.eval.harness import evaluate
 from searchr1.modelhub import load_causal_lm, pick_device
-from searchr1.retrieval.local import open_retriever
+from searchr1.retrieval.local import open_retriever, with_method
 from searchr1.rollout.agent import Agent
 from searchr1.rollout.backend import open_generator
 from searchr1.train.batch import collate
@@ -147,7 +147,9 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     (default: the engine `cfg.rollout.backend` names, `searchr1.rollout.backend.open_generator`);
     the trainer calls its `weights_updated()` after every update and reads `weight_sync_seconds`;
     a generator from `generator_factory` is the caller's to close;
-    `retriever`: an open retriever (default: `cfg.retriever`'s, opened when `cfg.agent.max_turns > 0`);
+    `retriever`: an open retriever for `cfg.retriever` (default: opened here when `cfg.agent.max_turns > 0`).
+    Training rollouts search it, unless `train.retriever_method` names another method: then they search
+    that one (opened and closed here) and only the held-out evaluations search `cfg.retriever`'s;
     `reward_fn(trajectory) -> float` (default: exact match of the last answer, with Search-R1's
     format score when `train.format_reward`).
 
@@ -233,9 +235,18 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         raise
 
     # ---------------------------------------------------------------- rollout machinery
-    own_retriever = retriever is None and cfg.agent.max_turns > 0
-    if own_retriever:
-        retriever = open_retriever(cfg.retriever)
+    # `retriever` is what training rollouts search; held-out evaluations search `eval_retriever`, which
+    # is cfg.retriever's (evaluate opens it when it is None). They differ under train.retriever_method,
+    # e.g. simulated search for training and the real index for evaluation (ZeroSearch's setting).
+    own_retrievers = []
+    eval_retriever = retriever
+    if cfg.agent.max_turns > 0:
+        if tc.retriever_method:
+            retriever = open_retriever(with_method(cfg.retriever, tc.retriever_method))
+            own_retrievers.append(retriever)
+        elif retriever is None:
+            retriever = eval_retriever = open_retriever(cfg.retriever)
+            own_retrievers.append(retriever)
     device = next(models.policy.parameters()).device
     # the slot cache holds the compute dtype: autocast's under mixed precision, else the weights'
     kv_per_token = kv_bytes_per_token(causal_lm(models.policy).config,
@@ -365,7 +376,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                         eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
                             cfg.eval, out_dir=str(run_dir / "eval" / f"step_{step:06d}")))
                         with models.compute():
-                            results = evaluate(eval_cfg, console, generator, retriever, questions=held_out)
+                            results = evaluate(eval_cfg, console, generator, eval_retriever, questions=held_out)
                         eval_metrics = _eval_metrics(results)
                         logger.log(eval_metrics, step)
                         metrics.update(eval_metrics)
@@ -378,8 +389,8 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             bar.close()
         if logger is not None:
             logger.close()
-        if own_retriever:
-            getattr(retriever, "close", lambda: None)()
+        for own in own_retrievers:
+            getattr(own, "close", lambda: None)()
         if generator_factory is None:  # ours to shut down (a vLLM engine's process)
             generator.close()
     # Leave the process group only on success: after an error torchrun stops every rank anyway,
