@@ -510,6 +510,73 @@ def test_rollouts_search_train_retriever_method_and_held_out_evals_the_retriever
     assert (result["metrics"]["eval/held_out/agent/em"], result["metrics"]["eval/held_out/agent/searches"]) == (1.0, 1.0)
 
 
+def test_train_and_eval_on_a_web_stub_replay_offline_identically(world, tmp_path, monkeypatch):
+    """A short run trains and evaluates against a stub web search API (Serper's JSON, on 127.0.0.1)
+    through the query cache; then, with the stub stopped and no API key, the same run replays from
+    the cache (retriever.cache.mode=replay) and gets identical weights, metrics and episodes. The
+    reward (exact match of Doc 1's title, which the policy answers) depends on what was retrieved,
+    so the update does too."""
+    from transformers import LlamaForCausalLM
+    from web_stubs import StubSearchAPI
+
+    qa = tmp_path / "qa.jsonl"  # half the questions are answered by their first result's title
+    qa.write_text("".join(json.dumps({"id": str(i), "question": f"q{i}",
+                                      "golden_answers": [f"Result 1 for q{i}?" if i % 2 else "elsewhere"]}) + "\n"
+                          for i in range(8)))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"id": f"h{i}", "question": f"h{i}", "golden_answers": ["Result 1 for h0?"]})
+                                + "\n" for i in range(2)))
+    monkeypatch.setenv("SERPER_API_KEY", "test-key-not-real")
+
+    def run(name, stub_url, *mode):
+        cfg = make_cfg(world, tmp_path / name, algorithm="reinforce", steps=2, eval_every=2, prompts_per_step=4,
+                       group_size=2, mini_batch_size=8, questions={"datasets": [str(qa)]})
+        cfg.agent.max_turns, cfg.agent.max_turn_tokens, cfg.agent.topk = 1, 40, 2
+        cfg.eval.datasets, cfg.eval.modes = [str(held_out)], ["agent"]
+        r = cfg.retriever
+        r.method, r.web.serper.url, r.web.serper.requests_per_s, r.web.backoff_s = "serper", stub_url, 0, 0.05
+        r.cache.path = str(tmp_path / "search.sqlite")
+        r.cache.mode = mode[0] if mode else "auto"
+        return train(cfg, generator_factory=scripted_searcher(answer=None))
+
+    with StubSearchAPI("serper") as stub:
+        live = run("live", stub.url)
+    sent = len(stub.requests)
+    monkeypatch.delenv("SERPER_API_KEY")
+    replay = run("replay", stub.url, "replay")
+    assert len(stub.requests) == sent  # nothing was sent (the stub is stopped anyway)
+
+    a, b = _params(live), _params(replay)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    initial = dict(LlamaForCausalLM.from_pretrained(world / "tiny").named_parameters())
+    assert any(not torch.equal(a[n], initial[n]) for n in a)  # it trained
+    assert replay["history"] == live["history"] and any(0 < h["em"] < 1 for h in live["history"])
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "search/", "timestamp"))}
+                for r in rows]
+
+    live_rows, replay_rows = read_metrics(tmp_path / "live"), read_metrics(tmp_path / "replay")
+    assert untimed(replay_rows) == untimed(live_rows)
+    # every query the stub saw is counted: training's in the step rows, the 2 held-out ones by the eval
+    last = [r for r in live_rows if "search/requests" in r][-1]
+    assert last["search/requests"] + 2 == sent >= 4 + 2
+    assert last["search/cost_usd"] == pytest.approx(last["search/requests"] / 1000)  # Serper's $1 per 1,000
+    assert all(r["search/requests"] == 0 and r["search/cache_misses"] == 0 for r in replay_rows if "search/requests" in r)
+    # the held-out evaluation: the same scores and episodes, and what it cost
+    step = Path("eval") / "step_000002"
+    live_eval, replay_eval = (json.loads((tmp_path / n / step / "results.json").read_text()) for n in ("live", "replay"))
+    drop = ("seconds", "qps")
+    assert ({k: v for k, v in replay_eval["metrics"]["held_out"]["agent"].items() if k not in drop}
+            == {k: v for k, v in live_eval["metrics"]["held_out"]["agent"].items() if k not in drop})
+    assert live_eval["metrics"]["held_out"]["agent"]["em"] == 0.5
+    assert live_eval["retriever_metrics"]["total"]["search/requests"] == 2
+    assert replay_eval["retriever_metrics"]["total"]["search/cache_hits"] == 2
+    assert replay_eval["retriever_metrics"]["total"]["search/requests"] == 0
+    episodes = [(tmp_path / n / step / "trajectories.held_out.agent.jsonl").read_text() for n in ("live", "replay")]
+    assert episodes[0] == episodes[1] and "Result 1 for h0?" in episodes[0]
+
+
 # A tool-call chat template for the tiny model: short, so prompts stay small in characters.
 TINY_TOOL_TEMPLATE = (
     "{% for m in messages %}{% if m.role == 'user' %}U:{{ m.content }}\n"
