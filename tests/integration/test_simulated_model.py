@@ -22,6 +22,7 @@ def test_simulated_search_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatc
     assert len(first) == 2 and all(len(hits) <= 3 for hits in first)
     assert all(h.doc_id.startswith("sim-useful-") for hits in first for h in hits)  # noise 0 at step 0
     assert again[0] == first[0]
+    assert r.source == f"documents written by {tiny_model_dir} (prompts v1)"  # what reports name
     assert m["search/generations"] == 2 and m["search/cache_hits"] == 1 and m["search/noise_p"] == 0.0
     from searchr1.rollout.engine import EngineGenerator
 

@@ -172,6 +172,7 @@ def test_eval_through_the_cache_replays_offline(tmp_path):
     assert sorted(r["json"]["q"] for r in stub.requests) == ["capital of peru", "capital of peru?", "hamlet author",
                                                              "hamlet author?"]
     assert rec_metrics["search/requests"] == 4 and rec_metrics["search/cost_usd"] == pytest.approx(4 / 1000)
+    assert recorded["environment"]["retriever"]["description"] == f"serper over serper at {stub.url} (top-2)"
     # results.json records what the evaluation cost, per dataset x mode and in total
     search = recorded["retriever_metrics"]
     assert [search["runs"]["web"][m]["search/requests"] for m in ("rag", "agent")] == [2.0, 2.0]

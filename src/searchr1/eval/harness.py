@@ -133,9 +133,10 @@ def environment(cfg, generator, retriever, model_name: str | None = None) -> dic
         dtype = str(first.dtype).replace("torch.", "") if first is not None else None
         params = sum(p.numel() for p in model.parameters())
     rcfg = cfg.retriever
-    where = rcfg.url or rcfg.index
+    # a service (web or simulated search) has no index or URL: it names its own source
+    where = rcfg.url or rcfg.index or getattr(retriever, "source", "")
     method = getattr(retriever, "method", None) or (rcfg.method if retriever is not None else None)
-    retr = {"index": rcfg.index, "url": rcfg.url, "method": method,
+    retr = {"index": rcfg.index, "url": rcfg.url, "method": method, "source": where,
             "num_docs": getattr(retriever, "num_docs", None), "topk": cfg.agent.topk,
             "description": f"{method} over {where} (top-{cfg.agent.topk})" if retriever is not None else "none"}
     ev = cfg.eval

@@ -108,6 +108,7 @@ class SimulatedSearch:
         self.method = "simulated"
         self.num_docs = None
         self.model_id = model_id
+        self.source = f"documents written by {model_id} (prompts {PROMPT_VERSION})"  # named in reports
         self.chat = chat
         self._factory = generator_factory
         self._own_generator = own_generator

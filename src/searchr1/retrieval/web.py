@@ -324,6 +324,7 @@ class WebSearch:
         self.cfg = cfg
         self.method = provider.name
         self.namespace = provider.namespace + (f":pages{cfg.page_chars}" if cfg.fetch_pages else "")
+        self.source = f"{self.namespace} at {provider.cfg.url}"  # what reports name as the searched source
         self.num_docs = None
         self._sleep = sleep
         self._limiter = RateLimiter(provider.cfg.requests_per_s, sleep=sleep)
