@@ -26,6 +26,7 @@ __all__ = [
     "PROTOCOLS",
     "RESPONSE_CLOSE",
     "SEARCH_TOOL",
+    "search_call",
     "extract_final_answer",
     "final_message",
     "invalid_call_note",
@@ -70,6 +71,12 @@ def tools_for(protocol: str) -> list[dict[str, Any]] | None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown agent.protocol {protocol!r}: use one of {list(PROTOCOLS)}")
     return [SEARCH_TOOL] if protocol == "tool_call" else None
+
+
+def search_call(query: str) -> str:
+    """A search call as Hermes/Qwen chat templates render an assistant's tool call (what a policy
+    under this protocol writes, and what demonstrations of it show)."""
+    return f"{CALL_OPEN}\n{json.dumps({'name': 'search', 'arguments': {'query': query}}, ensure_ascii=False)}\n{CALL_CLOSE}"
 
 
 def invalid_call_note(reason: str) -> str:

@@ -74,6 +74,39 @@ def test_qwen_tool_call_episode_is_its_templates_conversation_token_by_token(qwe
     assert compute_score(traj.response_text, ["Paris"], protocol="tool_call", format_reward=True) == 1.0
 
 
+def test_qwen_warmup_demonstration_is_its_templates_conversation_token_by_token(qwen_tok):
+    """The SFT warm-up under agent.protocol=tool_call writes what Qwen's own template renders for the
+    conversation (tool call, tool message, final message ended by <|im_end|>), token by token."""
+    from searchr1.config import from_dict
+    from searchr1.data.synthetic import Question
+    from searchr1.settings import Config
+    from searchr1.train.sft import play_demonstrations
+
+    tok = qwen_tok
+    hits = [Hit("d1", "Ana Bel", "Ana Bel was born in Kora.", 1.0)]
+
+    class Finds:
+        def search(self, queries, k):
+            return [hits for _ in queries]
+
+    cfg = from_dict(Config, {"model": {"chat": "template"}, "agent": {
+        "protocol": "tool_call", "template": "{question}", "max_turns": 2, "topk": 1, "retrieval_backoff_s": 0}})
+    q = Question("q1", "Where was Ana Bel born?", ["Kora"], 1, "birth_country", ["Ana Bel"])
+    (traj,), dropped = play_demonstrations(cfg, tok, Finds(), [q])
+    assert dropped == 0 and traj.answer == "Kora"
+    call = {"type": "function", "function": {"name": "search", "arguments": {"query": "Ana Bel"}}}
+    rendered = tok.apply_chat_template([
+        {"role": "user", "content": "Where was Ana Bel born?"},
+        {"role": "assistant", "content": "<think> I need to find information about Ana Bel. </think>",
+         "tool_calls": [call]},
+        {"role": "tool", "name": "search", "content": format_documents(hits).strip()},
+        {"role": "assistant", "content": "<think> The documents say the answer is Kora. </think>\n<answer> Kora </answer>"},
+    ], tools=[SEARCH_TOOL], tokenize=False)
+    rendered = rendered[:rendered.rindex("<|im_end|>") + len("<|im_end|>")]  # the episode ends at the EOS
+    assert traj.prompt_ids + traj.response_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    assert traj.policy_mask[-1] == 1 and traj.response_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
 def test_qwen_observations_are_cut_as_the_template_renders_the_cut_documents(qwen_tok):
     tok = qwen_tok
     head, tail = tool_message_framing(tok)

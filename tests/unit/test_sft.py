@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fakes import char_tokenizer
+from fakes import char_tokenizer, chat_tokenizer
 from searchr1.config import from_dict
 from searchr1.data.synthetic import Question
 from searchr1.errors import ConfigError
@@ -130,8 +130,44 @@ def test_sft_is_off_by_default_and_validated():
     assert out["steps"] == 0 and out["losses"] == [] and out["kept"] == 2
 
 
-def test_demonstrations_need_the_tags_protocol():
+def test_tool_call_demonstrations_call_the_search_tool_and_end_with_eos():
+    """agent.protocol=tool_call: each search is a Hermes/Qwen tool call, each result the template's
+    tool message (mask 0), and the final message ends with the policy's EOS (mask 1: it is learned).
+    That this is the real template's rendering is checked on Qwen2.5 (tests/integration/test_toolcall_qwen.py)."""
+    tok = chat_tokenizer()
     cfg = cfg_for()
-    cfg.agent.protocol = "tool_call"
-    with pytest.raises(ConfigError, match="agent.protocol=tool_call"):
-        play_demonstrations(cfg, char_tokenizer(), TitleRetriever(), QUESTIONS)
+    cfg.agent.protocol, cfg.model.chat = "tool_call", "template"
+    kept, dropped = play_demonstrations(cfg, tok, TitleRetriever(miss={"Bel"}), QUESTIONS)
+    assert len(kept) == 3 and dropped == 1
+    t = kept[0]
+    assert [(turn.action, turn.content) for turn in t.turns] == [("search", "Ana"), ("answer", "Kora")]
+    assert t.stop_reason == "answer" and t.answer == "Kora"
+    generated = tok.decode([i for i, m in zip(t.response_ids, t.policy_mask) if m])
+    injected = tok.decode([i for i, m in zip(t.response_ids, t.policy_mask) if not m])
+    assert generated == ("<think> I need to find information about Ana. </think>\n<tool_call>\n"
+                         '{"name": "search", "arguments": {"query": "Ana"}}\n</tool_call>'
+                         "<think> The documents say the answer is Kora. </think>\n<answer> Kora </answer><|im_end|>")
+    assert injected == ("<|im_end|>\n<|im_start|>user\n<tool_response>\nDoc 1(Title: \"Ana\") Ana lies in Kora.\n"
+                        "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_tool_call_demonstrations_under_a_template_that_opens_thinking():
+    """A Qwen3-style template opens <think> in every generation prompt: the demonstration's turns
+    continue that block instead of opening another, and still score and parse."""
+    tok = chat_tokenizer(think_prompt=True)
+    cfg = cfg_for()
+    cfg.agent.protocol, cfg.model.chat = "tool_call", "template"
+    kept, dropped = play_demonstrations(cfg, tok, TitleRetriever(), QUESTIONS[:1])
+    assert len(kept) == 1 and kept[0].answer == "Kora"
+    text = tok.decode(kept[0].prompt_ids + kept[0].response_ids)
+    assert text.count("<think>") == 2 and "<think>\nI need to find information about Ana. </think>\n<tool_call>" in text
+    assert text.endswith("<think>\nThe documents say the answer is Kora. </think>\n<answer> Kora </answer><|im_end|>")
+
+
+def test_tool_call_demonstrations_need_an_eos_token():
+    tok = chat_tokenizer()
+    tok.eos_token = None
+    cfg = cfg_for()
+    cfg.agent.protocol, cfg.model.chat = "tool_call", "template"
+    with pytest.raises(ConfigError, match="EOS token"):
+        play_demonstrations(cfg, tok, TitleRetriever(), QUESTIONS)

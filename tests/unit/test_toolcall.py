@@ -4,7 +4,7 @@ import pytest
 
 from searchr1.protocol import Action
 from searchr1.toolcall import (SEARCH_TOOL, extract_final_answer, final_message, is_valid_tool_format,
-                               parse_tool_call, tools_for)
+                               parse_tool_call, search_call, tools_for)
 
 CALL = '<tool_call>\n{"name": "search", "arguments": {"query": "capital of France"}}\n</tool_call>'
 
@@ -16,6 +16,13 @@ def test_a_search_call_is_a_search_for_its_stripped_query():
     # arguments written as a JSON string, as some models do
     as_string = '<tool_call>{"name": "search", "arguments": "{\\"query\\": \\"dogs\\"}"}</tool_call>'
     assert parse_tool_call(as_string, ended=False) == Action("search", "dogs")
+
+
+def test_search_call_writes_the_hermes_call_that_parses_back():
+    assert search_call("capital of France") == CALL
+    assert search_call('Zoë "the" cat') == ('<tool_call>\n{"name": "search", "arguments": {"query": "Zoë \\"the\\" cat"}}'
+                                             '\n</tool_call>')
+    assert parse_tool_call(search_call('Zoë "the" cat'), ended=False) == Action("search", 'Zoë "the" cat')
 
 
 def test_the_last_call_decides_and_calls_inside_thinking_do_not_count():

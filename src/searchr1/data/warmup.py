@@ -11,14 +11,18 @@ and the same loss masks as RL rollouts. Off in the paper presets; reports say wh
 from __future__ import annotations
 
 from searchr1.data.synthetic import Question
+from searchr1.toolcall import search_call
 
 
-def demonstration(q: Question) -> list[str]:
-    """The turn texts of an ideal episode for `q`: one search per supporting passage, then the answer."""
+def demonstration(q: Question, protocol: str = "tags") -> list[str]:
+    """The turn texts of an ideal episode for `q`: one search per supporting passage, then the answer.
+    Under the tool_call protocol a search is the chat template's tool call (`toolcall.search_call`);
+    the answer is the same `<answer>` span, which that protocol's answer rule reads too."""
     turns = []
     for i, title in enumerate(q.support):
         why = "I need to find" if i == 0 else "Now I need to find"
-        turns.append(f"<think> {why} information about {title}. </think>\n<search> {title} </search>")
+        call = search_call(title) if protocol == "tool_call" else f"<search> {title} </search>"
+        turns.append(f"<think> {why} information about {title}. </think>\n{call}")
     answer = q.golden_answers[0]
     turns.append(f"<think> The documents say the answer is {answer}. </think>\n<answer> {answer} </answer>")
     return turns

@@ -3,7 +3,8 @@
 Run through the real `Agent` with the real retriever, a script produces trajectories with exactly
 the token layout, loss masks and retrieved `<information>` that RL rollouts have, so supervised
 warm-up trains on the same sequences the policy will later generate. Each turn's text must end
-with a stop string (or the script ends and the row emits EOS).
+with a stop string, or with the EOS token's text (the message ends as the policy ends it: the
+tool-call protocol's final answer), or the script ends and the row emits EOS.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class ScriptedSession(TurnBatchedSession):
                 text = script[self.turn[row]]
                 ids = list(self.gen.tokenizer(text, add_special_tokens=False)["input_ids"])
                 hit = find_stop(text, stop)
-                sample = Sample(ids, [0.0] * len(ids), "stop" if hit else "length", hit)
+                ended = not hit and bool(ids) and ids[-1:] == self.gen.eos
+                sample = Sample(ids, [0.0] * len(ids), "stop" if hit else "eos" if ended else "length", hit)
             else:
                 sample = Sample(list(self.gen.eos), [0.0] * len(self.gen.eos), "eos")
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[row]

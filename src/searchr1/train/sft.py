@@ -4,10 +4,12 @@ A small instruct model never writes `<search>` / `<answer>` on its own, so RL fr
 to reinforce. The warm-up shows the format: for synthetic training questions it plays the ideal
 episode (`searchr1.data.warmup.demonstration`: one search per supporting passage, then the
 answer) through the real `Agent` and retriever with a `ScriptedGenerator`, so each demonstration
-has exactly the token layout and loss mask of an RL rollout, with real retrieved passages. An
-episode is kept only when every search retrieved the passage it was meant to find and the
-episode ended with the gold answer. Training then minimises the negative log-likelihood of the
-mask-1 (policy) tokens only: injected `<information>` blocks are context, never targets.
+has exactly the token layout and loss mask of an RL rollout, with real retrieved passages, in the
+protocol the policy will use (`agent.protocol`: the paper's `<search>` tags, or the chat template's
+tool calls, the final message ended by the policy's EOS). An episode is kept only when every search
+retrieved the passage it was meant to find and the episode ended with the gold answer. Training
+then minimises the negative log-likelihood of the mask-1 (policy) tokens only: injected
+`<information>` blocks and tool messages are context, never targets.
 
     loss = - sum_t mask_t * log p(token_t | context) / sum_t mask_t      (per mini-batch, token mean)
 """
@@ -32,6 +34,7 @@ from searchr1.rollout.agent import Agent, new_trajectory
 from searchr1.rollout.generator import SamplingParams
 from searchr1.rollout.scripted import ScriptedGenerator
 from searchr1.train.batch import Batch, collate
+from searchr1.toolcall import tools_for
 from searchr1.train.models import sequence_logprobs
 
 
@@ -48,19 +51,26 @@ def masked_nll(policy, batch: Batch) -> tuple[torch.Tensor, int]:
 def play_demonstrations(cfg, tokenizer, retriever, questions: Sequence) -> tuple[list, int]:
     """(kept trajectories, number dropped): every question's ideal episode, played through the
     agent with the real retriever; kept when the observations support it and it answers right."""
-    if cfg.agent.protocol != "tags":  # the demonstrations are written in the tags protocol
-        raise ConfigError(f"the SFT warm-up writes <search>/<answer> demonstrations; it has none for "
-                          f"agent.protocol={cfg.agent.protocol}")
+    protocol = cfg.agent.protocol
     chat = cfg.model.use_chat_template
-    trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.agent.template, chat=chat),
+    tools = tools_for(protocol)
+    trajs = [new_trajectory(tokenizer, build_prompt(q.question, tokenizer, template=cfg.agent.template, chat=chat,
+                                                    tools=tools),
                             q.question, q.golden_answers, id=f"sft-{q.id}", group=i)
              for i, q in enumerate(questions)]
-    scripts = [demonstration(q) for q in questions]
+    scripts = [demonstration(q, protocol) for q in questions]
+    if protocol == "tool_call":  # the final message ends as the policy must end it: with its own EOS
+        if tokenizer.eos_token is None:
+            raise ConfigError("the SFT warm-up under agent.protocol=tool_call needs a tokenizer with an EOS token")
+        scripts = [s[:-1] + [s[-1] + tokenizer.eos_token] for s in scripts]
+        if trajs and tokenizer.decode(trajs[0].prompt_ids).rstrip().endswith("<think>"):
+            # a Qwen3-style template opens the thinking block itself (here and after every tool message)
+            scripts = [[turn.removeprefix("<think> ") for turn in s] for s in scripts]
     if trajs:
         Agent(ScriptedGenerator(tokenizer, scripts), retriever, cfg.agent).run(trajs, SamplingParams(temperature=0))
     kept = [t for t, q in zip(trajs, questions)
             if t.stop_reason == "answer" and observations_support(t, q)
-            and compute_score(t.response_text, t.golden_answers) >= 1.0]
+            and compute_score(t.response_text, t.golden_answers, protocol=protocol) >= 1.0]
     return kept, len(trajs) - len(kept)
 
 
