@@ -83,11 +83,12 @@ def main() -> None:
     algorithms = [a for a in args.algorithms.split(",") if a]
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
-    # fp32: the committed comparison (algorithms.json) ran in fp32, before precision=auto became
-    # bf16-mixed on CPUs with native bf16; pinned so that this command still reproduces it
+    # the committed comparison (algorithms.json) ran with the cpu-demo of 2026-12-01: fp32 (before
+    # precision=auto became bf16-mixed on CPUs with native bf16), a 12-step warm-up and lr 5e-6 (the
+    # demo's since 2026-12-07: 4 steps, 3e-5); pinned so that this command still reproduces it
     cfg = load_config(Config, "cpu-demo", [f"demo.dir={args.dir}", f"model.threads={args.threads}",
                                           f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false",
-                                          "train.compute.precision=fp32"])
+                                          "train.compute.precision=fp32", "sft.steps=12", "train.optim.lr=5e-6"])
     _, train_questions, _ = prepare_world(cfg.world, args.dir / "data")
     index_dir = args.dir / "index"
     build_index(dataclasses.replace(cfg.index, corpus=str(args.dir / "data" / "corpus.jsonl"), dir=str(index_dir),

@@ -8,10 +8,11 @@ and held-out questions, the warm-up's demonstrations and the RL rollouts drawn w
 A seed whose report.json exists is not rerun (resumable). Extra dotted overrides for every run go
 after `--set`.
 
-Reported per seed and pooled: EM after the warm-up and after RL on the demo's held-out questions,
-the paired difference with a 95% bootstrap interval over questions (pooled: over seed x question
-pairs, resampled by question so a question's seeds stay together), the questions gained and lost,
-and the exact McNemar p-value of those counts. Results: --out (JSON).
+Reported per seed (the demo's own report.json: `gains.rl`, `held_out_curve`, timings): EM after the
+warm-up and after RL on the demo's held-out questions, the paired difference with its 95% bootstrap
+interval over questions, the questions gained and lost, the exact McNemar p-value, the curve of
+held-out EM over RL steps and the demo's wall time against its 15-minute budget. Pooled: over
+seed x question pairs, resampled by question so a question's seeds stay together. Results: --out (JSON).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save_json, table  # noqa: E402
 
-TRAJ = "trajectories.synthetic_test.agent.jsonl"
 
+def per_question_em(report: dict, name: str) -> dict[str, float]:
+    """Question id -> EM of the demo's evaluation `name` (before, after_sft, after)."""
+    from searchr1.demo import load_eval, per_question_em as em
 
-def per_question_em(eval_dir: Path) -> dict[str, float]:
-    rows = (json.loads(line) for line in (eval_dir / TRAJ).read_text().splitlines() if line.strip())
-    return {r["question"]: float(r["scores"]["em"]) for r in rows}
+    return em(load_eval(report["eval_dirs"][name]))
 
 
 def paired(diffs_by_question: dict[str, list[float]], n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
@@ -75,19 +76,19 @@ def main() -> None:
     for seed in seeds:
         d = args.runs / f"seed-{seed}"
         run_seed(seed, d, args.set)
-        warm, rl = per_question_em(d / "eval-after-sft"), per_question_em(d / "eval-after")
-        if set(warm) != set(rl):
-            raise SystemExit(f"seed {seed}: the two evaluations asked different questions")
-        diffs = {q: [rl[q] - warm[q]] for q in warm}
-        for q, ds in diffs.items():
-            pooled.setdefault(q, []).extend(ds)
-        gained, lost = sum(d[0] > 0 for d in diffs.values()), sum(d[0] < 0 for d in diffs.values())
-        mean, low, high = paired(diffs)
         report = json.loads((d / "report.json").read_text())
-        per_seed.append({"seed": seed, "questions": len(warm), "em_warmup": sum(warm.values()) / len(warm),
-                         "em_rl": sum(rl.values()) / len(rl), "diff": mean, "low": low, "high": high,
-                         "gained": gained, "lost": lost, "mcnemar_p": mcnemar(gained, lost),
-                         "seconds": report.get("timings", {}).get("total"), "dir": str(d)})
+        warm, rl = per_question_em(report, "after_sft"), per_question_em(report, "after")
+        for q in warm:
+            pooled.setdefault(q, []).append(rl[q] - warm[q])
+        gain = report["gains"]["rl"]  # the demo's own paired comparison (searchr1.demo.paired_gain)
+        seconds = report["timings"]["total"]
+        per_seed.append({"seed": seed, "questions": gain["n"], "em_warmup": report["eval"]["after_sft"]["em"],
+                         "em_rl": report["eval"]["after"]["em"], "em_before": report["eval"]["before"]["em"],
+                         "diff": gain["mean"], "low": gain["low"], "high": gain["high"],
+                         "gained": gain["gained"], "lost": gain["lost"], "mcnemar_p": gain["mcnemar_p"],
+                         "warm_up_gain": report["gains"]["warm_up"], "held_out_curve": report["held_out_curve"],
+                         "seconds": seconds, "within_15_min": seconds <= 15 * 60, "timings": report["timings"],
+                         "dir": str(d)})
     gained = sum(s["gained"] for s in per_seed)
     lost = sum(s["lost"] for s in per_seed)
     mean, low, high = paired(pooled)
@@ -97,11 +98,12 @@ def main() -> None:
                "em_rl": sum(s["em_rl"] for s in per_seed) / len(per_seed)}
     rows = [[str(s["seed"]), f"{s['em_warmup']:.3f}", f"{s['em_rl']:.3f}",
              f"{s['diff']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]", f"{s['gained']}/{s['lost']}",
-             f"{s['mcnemar_p']:.3f}"] for s in per_seed]
+             f"{s['mcnemar_p']:.3f}", f"{s['seconds']:.0f}"] for s in per_seed]
     rows.append(["pooled", f"{summary['em_warmup']:.3f}", f"{summary['em_rl']:.3f}",
-                 f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", f"{gained}/{lost}", f"{summary['mcnemar_p']:.3f}"])
+                 f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", f"{gained}/{lost}", f"{summary['mcnemar_p']:.3f}",
+                 f"{max(s['seconds'] for s in per_seed):.0f} max"])
     print(table("demo: held-out EM after the warm-up and after RL, paired on the same questions",
-                ["seed", "warm-up", "RL", "RL - warm-up [95%]", "gained/lost", "McNemar p"], rows))
+                ["seed", "warm-up", "RL", "RL - warm-up [95%]", "gained/lost", "McNemar p", "demo s"], rows))
     save_json(args.out, {"machine": machine(), "command": " ".join(["python", *sys.argv]), "settings": args.set,
                          "per_seed": per_seed, "pooled": summary})
     print(f"raw results: {args.out}")

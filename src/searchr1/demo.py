@@ -1,6 +1,6 @@
 """`searchr1 demo`: the built-in end-to-end run on a synthetic world, no downloads needed.
 
-Six stages, each printed with its time (the cpu-demo preset fits about 20 minutes on 2 cores):
+Six stages, each printed with its time (the cpu-demo preset fits 15 minutes on 2 cores):
 
   1. the synthetic encyclopedia and its questions, BM25 and dense indexes, served over HTTP on
      127.0.0.1, answer recall of each retriever in process and through the HTTP client (must agree);
@@ -9,9 +9,12 @@ Six stages, each printed with its time (the cpu-demo preset fits about 20 minute
   3. optional supervised warm-up on search demonstrations (`sft.steps > 0`; said loudly, and
      evaluated separately when `demo.eval_after_sft`)
   4. GRPO (or PPO: `train.algorithm`) with search on the world's training questions
-  5. the trained policy evaluated on the same held-out questions
-  6. `{demo.dir}/report.md` and `report.html`: settings, the before/after table, the training curves
-     (inline SVG), example trajectories; `report.json` holds the numbers
+  5. the trained policy evaluated on the same held-out questions (the trainer's own evaluation of
+     the last step when `demo.eval_every` divides the steps; it also evaluated mid-way, for the curve)
+  6. `{demo.dir}/report.md` and `report.html`: settings, the before/after table, what the warm-up
+     and what RL changed (paired on the same questions: mean, 95% interval, gained / lost,
+     McNemar), held-out EM over RL steps, the training curves (inline SVG), example trajectories;
+     `report.json` holds the numbers
 
 Stages 2-5 are the steps of `searchr1.pipeline`, which the study runs too; every evaluation
 generates with the engine `rollout.backend` names.
@@ -127,17 +130,66 @@ def _on_synthetic(tc):
     return dataclasses.replace(tc, questions=dataclasses.replace(tc.questions, datasets=["synthetic"]))
 
 
+def _held_out_eval(cfg: Config, out_dir: Path):
+    """`cfg.eval` as the demo evaluates: the agent on demo.eval_questions held-out questions."""
+    return dataclasses.replace(cfg.eval, limit=cfg.demo.eval_questions, modes=["agent"], out_dir=str(out_dir))
+
+
 def evaluate_held_out(cfg: Config, rcfg, out_dir: Path, console, retriever, policy: tuple | None = None) -> dict:
     """The agent (`policy`, else `cfg.model`, on `rollout.backend`) on demo.eval_questions of the
     world's held-out questions (the ones training leaves out)."""
-    ev = dataclasses.replace(cfg.eval, limit=cfg.demo.eval_questions, modes=["agent"], out_dir=str(out_dir))
-    ecfg = dataclasses.replace(cfg, eval=ev, retriever=rcfg, train=_on_synthetic(cfg.train))
+    ecfg = dataclasses.replace(cfg, eval=_held_out_eval(cfg, out_dir), retriever=rcfg, train=_on_synthetic(cfg.train))
     return evaluate_policy(ecfg, console, retriever, held_out_questions(ecfg), policy)
 
 
 def _agent_metrics(results: dict) -> tuple[dict, Path]:
     label = next(iter(results["metrics"]))
     return results["metrics"][label]["agent"], Path(results["config"]["eval"]["out_dir"]) / results["files"][f"{label}/agent"]
+
+
+def per_question_em(results: dict) -> dict[str, float]:
+    """Question id -> EM of one held-out evaluation (its trajectories file)."""
+    return {r["id"]: float(r["scores"]["em"]) for r in read_trajectories(_agent_metrics(results)[1])}
+
+
+def paired_gain(after: dict, before: dict) -> dict:
+    """EM of `after` minus `before` on the same held-out questions: the mean difference, its 95%
+    bootstrap interval and permutation p-value (`searchr1.study.stats.paired_difference`), and the
+    exact McNemar test (questions gained and lost)."""
+    from searchr1.study.stats import mcnemar, paired_difference
+
+    a, b = per_question_em(after), per_question_em(before)
+    if set(a) != set(b):
+        raise ValueError("the two evaluations asked different questions; a paired comparison needs the same ones")
+    ids = sorted(a)
+    x, y = [a[i] for i in ids], [b[i] for i in ids]
+    test = mcnemar(x, y)
+    return paired_difference(x, y) | {"gained": test["a_only"], "lost": test["b_only"], "mcnemar_p": test["p_value"]}
+
+
+def load_eval(out_dir: str | Path) -> dict:
+    """The results of an evaluation, read back from its directory (results.json); its files are
+    found where the directory is now, not where it was written (run directories get moved)."""
+    results = json.loads((Path(out_dir) / "results.json").read_text(encoding="utf-8"))
+    results["config"]["eval"]["out_dir"] = str(out_dir)
+    return results
+
+
+def _trainer_evals(run_dir: Path) -> dict[int, dict]:
+    """step -> the results of the held-out evaluations the trainer ran (train.eval_every)."""
+    return {int(path.parent.name.split("_")[1]): load_eval(path.parent)
+            for path in sorted((run_dir / "eval").glob("step_*/results.json"))}
+
+
+def held_out_curve(start: tuple[int, dict], during: dict[int, dict], end: tuple[int, dict]) -> list[dict]:
+    """Held-out EM over RL steps, each point paired against the start (step 0: RL's starting policy)."""
+    points = {start[0]: start[1], **during, end[0]: end[1]}
+    rows = []
+    for step in sorted(points):
+        gain = paired_gain(points[step], start[1])
+        rows.append({"step": step, "em": _agent_metrics(points[step])[0]["em"], "gain": gain["mean"],
+                     "low": gain["low"], "high": gain["high"]})
+    return rows
 
 
 def run_demo(cfg: Config, console) -> dict:
@@ -185,15 +237,23 @@ def run_demo(cfg: Config, console) -> dict:
         del policy
         run_dir = out / "train"
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
+        # demo.eval_every: the trainer evaluates the same held-out questions during RL, for the curve
         tcfg = dataclasses.replace(
             cfg, retriever=rcfg, model=dataclasses.replace(cfg.model, name=rl_model),
-            train=dataclasses.replace(_on_synthetic(cfg.train), run_dir=str(run_dir), resume=False))
+            eval=_held_out_eval(cfg, run_dir / "eval"),
+            train=dataclasses.replace(_on_synthetic(cfg.train), run_dir=str(run_dir), resume=False,
+                                      eval_every=cfg.demo.eval_every))
         with _stage(console, timings, "train", f"stage 4/6: {cfg.train.algorithm.upper()} with search, "
                                                f"{cfg.train.steps} steps x {cfg.train.prompts_per_step} questions x "
                                                f"{cfg.train.group_size} rollouts"):
             result, trained = train_policy(tcfg, retriever, console)
+        during = _trainer_evals(run_dir)
         with _stage(console, timings, "eval_after", "stage 5/6: evaluate after training"):
-            evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
+            if cfg.train.steps in during:  # the trainer evaluated the last step: the same policy, questions, engine
+                evals["after"] = during.pop(cfg.train.steps)
+                console.print(f"the trainer's held-out evaluation of step {cfg.train.steps} is the after-RL one")
+            else:
+                evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):
@@ -201,7 +261,7 @@ def run_demo(cfg: Config, console) -> dict:
 
         curves = read_metrics(run_dir)
         timings["total"] = time.perf_counter() - t_all
-        report = build_report(cfg, rl_model, evals, sft_result, curves, retrieval, timings, result)
+        report = build_report(cfg, rl_model, evals, sft_result, curves, retrieval, timings, result, during)
         paths = write_report(out, report, evals)
     print_comparison(console, report)
     console.print(f"report: {paths['md']}  {paths['html']}  ({timings['total']:.0f} s in all)", markup=False)
@@ -209,8 +269,14 @@ def run_demo(cfg: Config, console) -> dict:
 
 
 def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | None, curves: list[dict],
-                 retrieval: dict, timings: dict, train_result: dict) -> dict:
+                 retrieval: dict, timings: dict, train_result: dict, during: dict[int, dict] | None = None) -> dict:
+    """report.json: settings, the evaluations, what the warm-up and what RL changed (paired on the
+    held-out questions), the training and held-out curves, timings."""
     tc = cfg.train
+    start = "after_sft" if "after_sft" in evals else "before"
+    gains = {"rl": paired_gain(evals["after"], evals[start]) | {"from": start}}
+    if "after_sft" in evals:
+        gains["warm_up"] = paired_gain(evals["after_sft"], evals["before"]) | {"from": "before"}
     settings = {
         "model": cfg.model.name,
         "RL started from": rl_model,
@@ -237,6 +303,9 @@ def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | Non
         "eval": {name: {k: m[k] for _, k in COMPARE} | {"n": m["n"]} for name, m in metrics.items()},
         "curves": [{"step": r["step"], "reward": r.get("reward/mean"), "em": r.get("reward/em")}
                    for r in curves if "reward/mean" in r],
+        "gains": gains,
+        "eval_dirs": {name: res["config"]["eval"]["out_dir"] for name, res in evals.items()},
+        "held_out_curve": held_out_curve((0, evals[start]), during or {}, (tc.steps, evals["after"])),
         "train_checkpoint": train_result.get("checkpoint"),
         "retrieval": retrieval.get("rows"),
         "examples": cfg.demo.examples,
@@ -267,6 +336,22 @@ def print_comparison(console, report: dict) -> None:
     console.print(table)
     console.print("supervised warm-up: " + ("YES (the gain is warm-up + RL, not RL alone)" if report["sft_used"]
                                             else "no (pure RL)"))
+    for line in gain_lines(report):
+        console.print(line, markup=False)
+
+
+_GAIN_NAME = {"rl": "RL", "warm_up": "warm-up"}
+
+
+def gain_lines(report: dict) -> list[str]:
+    """One line per stage: its paired EM change on the held-out questions, with interval and tests."""
+    lines = []
+    for key, g in report.get("gains", {}).items():
+        verdict = "shown" if g["low"] > 0 else ("a loss" if g["high"] < 0 else "not shown (the interval holds 0)")
+        lines.append(f"{_GAIN_NAME[key]} gain (EM, paired against {_COLUMN[g['from']]}): {g['mean']:+.3f} "
+                     f"[{g['low']:+.3f}, {g['high']:+.3f}] 95% bootstrap, {g['gained']} questions gained / "
+                     f"{g['lost']} lost, McNemar p {g['mcnemar_p']:.3g}: {verdict}")
+    return lines
 
 
 def _curve_svgs(report: dict) -> list[str]:
@@ -275,11 +360,31 @@ def _curve_svgs(report: dict) -> list[str]:
                            "exact match": [(r["step"], r["em"]) for r in c]},
                           title=f"{report['settings']['algorithm'].upper()} training rollouts",
                           xlabel="training step", ylabel="mean over the step's rollouts", y_min=0.0, y_max=1.0)]
+    held = report.get("held_out_curve", [])
+    if len(held) > 2:
+        svgs.append(line_plot_svg({"held-out EM": [(r["step"], r["em"]) for r in held],
+                                   "95% low": [(r["step"], report_start_em(report) + r["low"]) for r in held],
+                                   "95% high": [(r["step"], report_start_em(report) + r["high"]) for r in held]},
+                                  title="held-out EM over RL steps (band: paired interval against step 0)",
+                                  xlabel="training step", ylabel="exact match", y_min=0.0, y_max=1.0))
     if report["sft_used"]:
         losses = report["sft"]["losses"]
         svgs.append(line_plot_svg({"masked NLL": list(enumerate(losses, start=1))}, title="supervised warm-up",
                                   xlabel="warm-up step", ylabel="loss (policy tokens)", y_min=0.0))
     return svgs
+
+
+def report_start_em(report: dict) -> float:
+    """Held-out EM of RL's starting policy (step 0 of the held-out curve)."""
+    return report["held_out_curve"][0]["em"]
+
+
+def _held_out_rows(report: dict) -> list[list[str]]:
+    return [[str(r["step"]), f"{r['em']:.3f}", f"{r['gain']:+.3f}", f"[{r['low']:+.3f}, {r['high']:+.3f}]"]
+            for r in report.get("held_out_curve", [])]
+
+
+_HELD_OUT_HEADER = ["RL step", "held-out EM", "change from step 0", "95% interval"]
 
 
 def write_report(out: Path, report: dict, evals: dict) -> dict:
@@ -295,7 +400,9 @@ def write_report(out: Path, report: dict, evals: dict) -> dict:
     n = next(iter(report["eval"].values()))["n"]
     md = ["# searchr1 demo", "", warm, "", "## settings", ""]
     md += [f"- {k}: {v}" for k, v in report["settings"].items()]
-    md += ["", f"## agent on {n} held-out synthetic questions", "", markdown_table(header, rows), "",
+    md += ["", f"## agent on {n} held-out synthetic questions", "", markdown_table(header, rows), ""]
+    md += [f"- {line}" for line in gain_lines(report)]
+    md += ["", "## held-out EM over RL steps", "", markdown_table(_HELD_OUT_HEADER, _held_out_rows(report)), "",
            "## training curves", "", "![training curves](training_curves.svg)", "",
            "| step | reward | EM |", "|---:|---:|---:|"]
     md += [f"| {r['step']} | {r['reward']:.3f} | {r['em']:.3f} |" for r in report["curves"]]
@@ -312,6 +419,8 @@ def write_report(out: Path, report: dict, evals: dict) -> dict:
             f'<p class="note">{esc(warm.replace("**", "").replace("*", ""))}</p>',
             "<h2>settings</h2>", html_table(["setting", "value"], [[k, str(v)] for k, v in report["settings"].items()]),
             f"<h2>agent on {n} held-out synthetic questions</h2>", html_table(header, rows),
+            *[f"<p>{esc(line)}</p>" for line in gain_lines(report)],
+            "<h2>held-out EM over RL steps</h2>", html_table(_HELD_OUT_HEADER, _held_out_rows(report)),
             "<h2>training curves</h2>", *[f"<div>{s}</div>" for s in svgs],
             "<h2>stage timings</h2>",
             html_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in report["timings"].items()]),

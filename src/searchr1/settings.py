@@ -43,7 +43,15 @@ class DemoConfig:
     eval_questions: int = param(32, "held-out questions the agent is evaluated on, before and after training")
     eval_after_sft: bool = param(True, "also evaluate between the warm-up and RL (when the warm-up runs), so "
                                        "the report separates what the warm-up and what RL changed")
+    eval_every: int = param(0, "also evaluate the policy on the held-out questions every N RL steps, for the "
+                                "report's curve of held-out EM over steps (0 = only before and after)")
     examples: int = param(3, "example trajectories (after training) shown in the report")
+
+    def __post_init__(self) -> None:
+        if self.eval_questions < 1:
+            raise ValueError("demo.eval_questions must be >= 1")
+        if min(self.eval_every, self.examples, self.max_questions) < 0:
+            raise ValueError("demo.eval_every, demo.examples and demo.max_questions must be >= 0")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The fast test runs every stage (retrieval check, eval before, supervised warm-up, GRPO, eval
 after, report) with a tiny random Llama that uses SmolLM2's tokenizer and chat template; the slow
-one runs the real default (`searchr1 demo`, SmolLM2-135M-Instruct, about 20 minutes on 2 cores).
+one runs the real default (`searchr1 demo`, SmolLM2-135M-Instruct, about 15 minutes on 2 cores).
 """
 
 import importlib.util
@@ -53,7 +53,8 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
            "model.device=cpu", "model.threads=1", "world.people=30", "world.organisations=8",
            "world.countries=3", "demo.max_questions=30", "demo.eval_questions=4", "eval.batch_size=4",
            "agent.max_turn_tokens=32", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
-           "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false"]
+           "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false",
+           "demo.eval_every=1"]
     t0 = time.perf_counter()
     proc = _run(cmd)
     seconds = time.perf_counter() - t0
@@ -70,6 +71,18 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
     assert all(report["eval"][k]["n"] == 4 for k in report["eval"])
     assert [c["step"] for c in report["curves"]] == [1, 2]
     assert report["settings"]["RL started from"] == str(out / "sft-model")
+    # what each stage changed, paired on the same held-out questions
+    assert report["gains"]["rl"]["from"] == "after_sft" and report["gains"]["warm_up"]["from"] == "before"
+    for g in report["gains"].values():
+        assert g["n"] == 4 and g["low"] <= g["mean"] <= g["high"] and g["gained"] + g["lost"] <= 4
+    # demo.eval_every=1: the trainer evaluated steps 1 and 2 on the same questions; step 2's is the after-RL one
+    curve = report["held_out_curve"]
+    assert [r["step"] for r in curve] == [0, 1, 2]
+    assert curve[0]["em"] == report["eval"]["after_sft"]["em"] and curve[0]["gain"] == 0.0
+    assert curve[-1]["em"] == report["eval"]["after"]["em"]
+    assert curve[-1]["gain"] == report["gains"]["rl"]["mean"]
+    assert "the after-RL one" in proc.stdout and not (out / "eval-after").exists()
+    assert "RL gain (EM, paired against after warm-up)" in proc.stdout
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     for text in (md, html):
@@ -77,7 +90,9 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
                       "invalid-action rate", "answered share"):
             assert label in text, label
     assert "Supervised warm-up: YES" in md
-    assert html.count("<svg") == 2 and "training step" in html and "</svg>" in html  # RL curves + warm-up loss
+    # RL curves, held-out EM over steps, warm-up loss
+    assert html.count("<svg") == 3 and "held-out EM over RL steps" in html and "</svg>" in html
+    assert "held-out EM over RL steps" in md and "RL gain" in md
     assert html.count('class="episode') == 3
     assert (out / "training_curves.svg").read_text().startswith("<svg")
     assert "after RL" in proc.stdout and "report.md" in proc.stdout
@@ -98,3 +113,6 @@ def test_default_demo_fits_its_budget(tmp_path):
     # the warm-up teaches the format: the model searches and answers after it, not before
     assert report["eval"]["after"]["answered"] > report["eval"]["before"]["answered"]
     assert report["eval"]["after"]["searches"] > 0.5
+    # every held-out question, paired: what RL changed is reported with its interval and the curve
+    assert report["gains"]["rl"]["n"] == 144 and report["gains"]["rl"]["from"] == "after_sft"
+    assert [r["step"] for r in report["held_out_curve"]] == [0, 6, 12]
