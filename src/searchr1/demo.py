@@ -274,7 +274,9 @@ def build_report(cfg: Config, rl_model: str, evals: dict, sft_result: dict | Non
     held-out questions), the training and held-out curves, timings."""
     tc = cfg.train
     start = "after_sft" if "after_sft" in evals else "before"
-    gains = {"rl": paired_gain(evals["after"], evals[start]) | {"from": start}}
+    # without an evaluation between them, the change from `before` is the warm-up's and RL's together
+    rl_key = "warm_up_and_rl" if start == "before" and sft_result and sft_result["steps"] else "rl"
+    gains = {rl_key: paired_gain(evals["after"], evals[start]) | {"from": start}}
     if "after_sft" in evals:
         gains["warm_up"] = paired_gain(evals["after_sft"], evals["before"]) | {"from": "before"}
     settings = {
@@ -340,7 +342,7 @@ def print_comparison(console, report: dict) -> None:
         console.print(line, markup=False)
 
 
-_GAIN_NAME = {"rl": "RL", "warm_up": "warm-up"}
+_GAIN_NAME = {"rl": "RL", "warm_up": "warm-up", "warm_up_and_rl": "warm-up + RL"}
 
 
 def gain_lines(report: dict) -> list[str]:

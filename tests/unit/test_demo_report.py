@@ -14,7 +14,9 @@ def _eval(tmp_path, name: str, ems: dict[str, float]) -> dict:
     out.mkdir()
     traj = "trajectories.synthetic_test.agent.jsonl"
     (out / traj).write_text("".join(json.dumps({"id": q, "scores": {"em": em}}) + "\n" for q, em in ems.items()))
-    results = {"metrics": {"synthetic_test": {"agent": {"em": sum(ems.values()) / len(ems), "n": len(ems)}}},
+    em = sum(ems.values()) / len(ems)
+    metrics = {"em": em, "f1": em, "searches": 1.0, "invalid_rate": 0.0, "answered": 1.0, "n": len(ems)}
+    results = {"metrics": {"synthetic_test": {"agent": metrics}},
                "config": {"eval": {"out_dir": str(out)}}, "files": {"synthetic_test/agent": traj}}
     (out / "results.json").write_text(json.dumps(results))
     return results
@@ -63,3 +65,19 @@ def test_gain_lines_say_whether_the_interval_shows_a_gain():
     assert lines[0].endswith(": shown") and "20 questions gained / 6 lost" in lines[0]
     assert lines[1].startswith("warm-up gain (EM, paired against before)") and "not shown" in lines[1]
     assert gain_lines({"gains": {"rl": loss}})[0].endswith("a loss")
+
+
+def test_build_report_names_what_a_comparison_holds(tmp_path):
+    """Without the evaluation between warm-up and RL, the change from `before` is both together."""
+    from searchr1.demo import build_report
+    from searchr1.settings import Config
+
+    before = _eval(tmp_path, "before", {"a": 0, "b": 0})
+    after = _eval(tmp_path, "after", {"a": 1, "b": 0})
+    sft = {"steps": 4, "kept": 8, "losses": [1.0, 0.5]}
+    report = build_report(Config(), "m", {"before": before, "after": after}, sft, [], {}, {"total": 1.0}, {})
+    assert set(report["gains"]) == {"warm_up_and_rl"} and report["gains"]["warm_up_and_rl"]["mean"] == 0.5
+    assert gain_lines(report)[0].startswith("warm-up + RL gain (EM, paired against before): +0.500")
+    report = build_report(Config(), "m", {"before": before, "after": after}, None, [], {}, {"total": 1.0}, {})
+    assert set(report["gains"]) == {"rl"}  # no warm-up: the change is RL's alone
+    assert [r["step"] for r in report["held_out_curve"]] == [0, Config().train.steps]
