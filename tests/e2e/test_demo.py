@@ -115,4 +115,4 @@ def test_default_demo_fits_its_budget(tmp_path):
     assert report["eval"]["after"]["searches"] > 0.5
     # every held-out question, paired: what RL changed is reported with its interval and the curve
     assert report["gains"]["rl"]["n"] == 144 and report["gains"]["rl"]["from"] == "after_sft"
-    assert [r["step"] for r in report["held_out_curve"]] == [0, 6, 12]
+    assert [r["step"] for r in report["held_out_curve"]] == [0, 7, 14]
