@@ -85,7 +85,7 @@ def main() -> None:
 
     # the committed comparison (algorithms.json) ran with the cpu-demo of 2026-12-01: fp32 (before
     # precision=auto became bf16-mixed on CPUs with native bf16), a 12-step warm-up and lr 5e-6 (the
-    # demo's since 2026-12-07: 4 steps, 3e-5); pinned so that this command still reproduces it
+    # demo's since 2026-12-07: 4 steps, 2e-5); pinned so that this command still reproduces it
     cfg = load_config(Config, "cpu-demo", [f"demo.dir={args.dir}", f"model.threads={args.threads}",
                                           f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false",
                                           "train.compute.precision=fp32", "sft.steps=12", "train.optim.lr=5e-6"])

@@ -48,12 +48,6 @@ def paired(diffs_by_question: dict[str, list[float]], n: int = 10_000, seed: int
     return mean(questions), means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
-def mcnemar(gained: int, lost: int) -> float:
-    from scipy.stats import binomtest
-
-    return float(binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
-
-
 def run_seed(seed: int, out: Path, extra: list[str]) -> None:
     if (out / "report.json").exists():
         print(f"... seed {seed}: {out} done, kept")
@@ -73,6 +67,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
     per_seed, pooled = [], {}
+    em_rl, em_warm = [], []  # every seed x question pair, for the pooled McNemar test
     for seed in seeds:
         d = args.runs / f"seed-{seed}"
         run_seed(seed, d, args.set)
@@ -80,6 +75,8 @@ def main() -> None:
         warm, rl = per_question_em(report, "after_sft"), per_question_em(report, "after")
         for q in warm:
             pooled.setdefault(q, []).append(rl[q] - warm[q])
+            em_rl.append(rl[q])
+            em_warm.append(warm[q])
         gain = report["gains"]["rl"]  # the demo's own paired comparison (searchr1.demo.paired_gain)
         seconds = report["timings"]["total"]
         per_seed.append({"seed": seed, "questions": gain["n"], "em_warmup": report["eval"]["after_sft"]["em"],
@@ -89,11 +86,13 @@ def main() -> None:
                          "warm_up_gain": report["gains"]["warm_up"], "held_out_curve": report["held_out_curve"],
                          "seconds": seconds, "within_15_min": seconds <= 15 * 60, "timings": report["timings"],
                          "dir": str(d)})
-    gained = sum(s["gained"] for s in per_seed)
-    lost = sum(s["lost"] for s in per_seed)
+    from searchr1.study.stats import mcnemar
+
+    test = mcnemar(em_rl, em_warm)
+    gained, lost = test["a_only"], test["b_only"]
     mean, low, high = paired(pooled)
-    summary = {"seeds": seeds, "pairs": sum(len(v) for v in pooled.values()), "diff": mean, "low": low,
-               "high": high, "gained": gained, "lost": lost, "mcnemar_p": mcnemar(gained, lost),
+    summary = {"seeds": seeds, "pairs": len(em_rl), "diff": mean, "low": low,
+               "high": high, "gained": gained, "lost": lost, "mcnemar_p": test["p_value"],
                "em_warmup": sum(s["em_warmup"] for s in per_seed) / len(per_seed),
                "em_rl": sum(s["em_rl"] for s in per_seed) / len(per_seed)}
     rows = [[str(s["seed"]), f"{s['em_warmup']:.3f}", f"{s['em_rl']:.3f}",

@@ -370,7 +370,7 @@ QUICK = ["train.prompts_per_step=1", "train.group_size=2", "train.mini_batch_siz
 
 def demo_overrides(args, arm: str, run_dir: Path) -> list[str]:
     """The dotted overrides of the cpu-demo preset for one run of `arm`. The learning rate stays the
-    demo's of 2026-12-06 (5e-6), when train_step_demo.json was measured; the demo has used 3e-5 since."""
+    demo's of 2026-12-06 (5e-6), when train_step_demo.json was measured; the demo has used 2e-5 since 2026-12-07."""
     return [f"retriever.index={args.demo_dir / 'index'}", "retriever.url=", f"model.name={args.model}",
             "train.optim.lr=5e-6",
             "train.questions.datasets=[synthetic]", f"train.run_dir={run_dir}", f"train.steps={args.steps}",
