@@ -281,6 +281,15 @@ def test_post_init_validation_in_nested_section():
         load_config(Config, overrides=["index.bm25.k1=-1"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("demo.eval_questions=0", "demo.eval_questions must be >= 1"),
+    ("demo.eval_every=-1", "demo.eval_every, demo.examples and demo.max_questions must be >= 0"),
+])
+def test_demo_section_checks_its_values(override, message):
+    with pytest.raises(ConfigError, match=rf"^demo: {message}"):
+        load_config(Config, "cpu-demo", [override])
+
+
 def test_post_init_validation_at_top_level():
     with pytest.raises(ConfigError, match="^config: count must be >= 0"):
         from_dict(Small, {"count": -1})
