@@ -239,6 +239,7 @@ def test_bad_algorithm_settings_are_clear_errors(make, message):
     (False, {"reuse_sampler_logprobs": True}, "sampler"),
     (True, {"tis_cap": 2.0}, "forward"),  # TIS compares the sampler with the trainer
     (True, {"mask_retrieved": False}, "forward"),  # injected tokens have no sampler log-probs
+    (True, {"llds_coef": 0.1}, "forward"),  # LLDS compares the trainer before and after the update
     (True, {"mini_batch_size": 4}, "update"),  # one optimizer step: the update's own forward
 ])
 def test_old_logprobs_come_from_the_sampler_when_it_is_the_policy(sampler_is_policy, kw, source):

@@ -158,12 +158,15 @@ class Learner:
     def reuses_sampler_logprobs(self) -> bool:
         """`train.loss.reuse_sampler_logprobs`; auto: the sampler is the policy itself (same weights, same
         precision), the loss covers generated tokens only (the sampler has no log-probs for injected
-        ones) and TIS is off (it compares the sampler's log-probs with the trainer's)."""
+        ones), TIS is off (it compares the sampler's log-probs with the trainer's) and so is LLDS: it
+        asks whether the update lowered a token's likelihood, which only the trainer's own forward
+        before the update can say. The sampler's log-probs differ from it by the precision's noise
+        (0.028 nats on average in bf16), which LLDS would read as displacement and penalise."""
         tc = self.tc
         setting = tc.loss.reuse_sampler_logprobs
         if setting != "auto":
             return bool(setting)
-        return self.sampler_is_policy and tc.loss.mask_retrieved and tc.loss.tis_cap == 0
+        return self.sampler_is_policy and tc.loss.mask_retrieved and tc.loss.tis_cap == 0 and tc.loss.llds_coef == 0
 
     def old_logprobs_source(self, batch: Batch) -> str:
         """"update", "sampler" or "forward" (see the module docstring)."""

@@ -89,7 +89,8 @@ class LossConfig:
         "auto", "use the log-probs the sampler returned as the old log-probs instead of recomputing them (one "
                 "forward pass over the batch less): valid when the rollouts came from the trainer's own weights "
                 "in its own precision (our engine) and only generated tokens are trained on (mask_retrieved); "
-                "auto = when valid and tis_cap = 0 (TIS needs the trainer's recomputed log-probs). With one "
+                "auto = when valid, tis_cap = 0 and llds_coef = 0 (TIS and LLDS need the trainer's recomputed "
+                "log-probs: LLDS would read the sampler's precision noise as a fall in likelihood). With one "
                 "optimizer step per batch the update's own forward gives them instead, either way")
 
     def __post_init__(self) -> None:
