@@ -3,6 +3,9 @@ after RL against after the warm-up, paired on the same questions.
 
     python benchmarks/demo_seeds.py --seeds 0,1,2 --runs ~/searchr1-runs/demo-seeds
 
+    python benchmarks/demo_seeds.py --runs ~/searchr1-runs/demo-tree --set train.algorithm=tree_grpo ... \
+        --against ~/searchr1-runs/demo-seeds-v3      # one RL setting against another, seed by seed
+
 Each seed is a whole `searchr1 demo` in its own directory (RUNS/seed-S): the same synthetic world
 and held-out questions, the warm-up's demonstrations and the RL rollouts drawn with train.seed=S.
 A seed whose report.json exists is not rerun (resumable). Extra dotted overrides for every run go
@@ -13,6 +16,12 @@ warm-up and after RL on the demo's held-out questions, the paired difference wit
 interval over questions, the questions gained and lost, the exact McNemar p-value, the curve of
 held-out EM over RL steps and the demo's wall time against its 15-minute budget. Pooled: over
 seed x question pairs, resampled by question so a question's seeds stay together. Results: --out (JSON).
+
+--against B (the run directory of another setting's seeds, already run): this setting's EM after RL
+minus B's, per seed on the same questions and pooled as above. Each seed's warm-up must be B's
+(same per-question EM after the warm-up, checked), so the two differ only in their RL. Beside it,
+each arm's RL budget: generated tokens and searches summed over its steps (`budget/*` in
+train/metrics.jsonl), and their ratio.
 """
 
 from __future__ import annotations
@@ -48,6 +57,59 @@ def paired(diffs_by_question: dict[str, list[float]], n: int = 10_000, seed: int
     return mean(questions), means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
+def rl_budget(run: Path) -> dict[str, float]:
+    """Generated tokens and searches over a demo's RL steps (train/metrics.jsonl)."""
+    total = {"generated_tokens": 0.0, "searches": 0.0, "steps": 0}
+    for line in (run / "train" / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "budget/generated_tokens" in row:
+            total["generated_tokens"] += row["budget/generated_tokens"]
+            total["searches"] += row["budget/searches"]
+            total["steps"] += 1
+    return total
+
+
+def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
+    """This setting's EM after RL minus `against`'s, seed by seed and pooled (see the module doc)."""
+    from searchr1.demo import load_eval, paired_gain
+    from searchr1.study.stats import mcnemar
+
+    per_seed, pooled, em_a, em_b = [], {}, [], []
+    for seed in seeds:
+        ra = json.loads((runs / f"seed-{seed}" / "report.json").read_text())
+        rb = json.loads((against / f"seed-{seed}" / "report.json").read_text())
+        if per_question_em(ra, "after_sft") != per_question_em(rb, "after_sft"):
+            raise SystemExit(f"seed {seed}: the two settings' warm-ups differ; their RL cannot be compared paired")
+        a, b = per_question_em(ra, "after"), per_question_em(rb, "after")
+        for q in a:
+            pooled.setdefault(q, []).append(a[q] - b[q])
+            em_a.append(a[q])
+            em_b.append(b[q])
+        gain = paired_gain(load_eval(ra["eval_dirs"]["after"]), load_eval(rb["eval_dirs"]["after"]))
+        ba, bb = rl_budget(runs / f"seed-{seed}"), rl_budget(against / f"seed-{seed}")
+        per_seed.append({"seed": seed, "em": ra["eval"]["after"]["em"], "em_against": rb["eval"]["after"]["em"],
+                         "diff": gain["mean"], "low": gain["low"], "high": gain["high"], "gained": gain["gained"],
+                         "lost": gain["lost"], "mcnemar_p": gain["mcnemar_p"], "budget": ba, "budget_against": bb,
+                         "token_ratio": ba["generated_tokens"] / bb["generated_tokens"],
+                         "curve": ra["held_out_curve"], "curve_against": rb["held_out_curve"]})
+    test = mcnemar(em_a, em_b)
+    mean, low, high = paired(pooled)
+    summary = {"pairs": len(em_a), "diff": mean, "low": low, "high": high, "gained": test["a_only"],
+               "lost": test["b_only"], "mcnemar_p": test["p_value"],
+               "token_ratio": sum(s["budget"]["generated_tokens"] for s in per_seed)
+               / sum(s["budget_against"]["generated_tokens"] for s in per_seed)}
+    rows = [[str(s["seed"]), f"{s['em_against']:.3f}", f"{s['em']:.3f}",
+             f"{s['diff']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]", f"{s['gained']}/{s['lost']}",
+             f"{s['mcnemar_p']:.3f}", f"{s['token_ratio']:.2f}"] for s in per_seed]
+    rows.append(["pooled", f"{sum(s['em_against'] for s in per_seed) / len(per_seed):.3f}",
+                 f"{sum(s['em'] for s in per_seed) / len(per_seed):.3f}", f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+                 f"{test['a_only']}/{test['b_only']}", f"{test['p_value']:.3f}", f"{summary['token_ratio']:.2f}"])
+    print(table(f"after RL: {runs.name} against {against.name}, paired on the same questions",
+                ["seed", against.name, runs.name, "difference [95%]", "gained/lost", "McNemar p",
+                 "generated tokens ratio"], rows))
+    return {"against": str(against), "per_seed": per_seed, "pooled": summary}
+
+
 def run_seed(seed: int, out: Path, extra: list[str]) -> None:
     if (out / "report.json").exists():
         print(f"... seed {seed}: {out} done, kept")
@@ -62,6 +124,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--runs", type=Path, default=Path.home() / "searchr1-runs" / "demo-seeds")
     p.add_argument("--set", nargs="*", default=[], help="dotted overrides for every demo run")
+    p.add_argument("--against", type=Path, default=None,
+                   help="another setting's run directory (same seeds, already run): compare EM after RL with it")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_seeds.json")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -103,8 +167,9 @@ def main() -> None:
                  f"{max(s['seconds'] for s in per_seed):.0f} max"])
     print(table("demo: held-out EM after the warm-up and after RL, paired on the same questions",
                 ["seed", "warm-up", "RL", "RL - warm-up [95%]", "gained/lost", "McNemar p", "demo s"], rows))
+    comparison = compare_runs(seeds, args.runs, args.against) if args.against else None
     save_json(args.out, {"machine": machine(), "command": " ".join(["python", *sys.argv]), "settings": args.set,
-                         "per_seed": per_seed, "pooled": summary})
+                         "per_seed": per_seed, "pooled": summary, **({"comparison": comparison} if comparison else {})})
     print(f"raw results: {args.out}")
 
 
