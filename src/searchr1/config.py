@@ -255,6 +255,11 @@ def deep_merge(base: dict, update: Mapping) -> dict:
     return out
 
 
+def with_overrides(cfg: T, overrides: Sequence[str]) -> T:
+    """`cfg` (a config dataclass) with dotted overrides applied, checked as a loaded config is."""
+    return from_dict(type(cfg), deep_merge(dataclasses.asdict(cfg), parse_overrides(overrides)))
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 

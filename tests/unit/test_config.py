@@ -17,6 +17,7 @@ from searchr1.config import (
     preset_names,
     read_preset,
     to_yaml,
+    with_overrides,
 )
 from searchr1.errors import ConfigError
 from searchr1.settings import Config
@@ -329,6 +330,17 @@ def test_parse_overrides_rejects_empty_key_parts(item):
 def test_parse_overrides_cannot_descend_into_a_scalar():
     with pytest.raises(ConfigError, match="'a' is not a section"):
         parse_overrides(["a=1", "a.b=2"])
+
+
+def test_with_overrides_changes_a_built_config_and_checks_it_as_loading_does():
+    small = from_dict(Small, {"count": 4, "tags": ["b"]})
+    assert with_overrides(small, ["inner.rate=0.25", "name=y"]) == Small(count=4, name="y", tags=["b"],
+                                                                        inner=Inner(rate=0.25))
+    assert small.inner.rate == 0.5  # the original is left as it was
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.rat' \(did you mean 'inner.rate'\?\)"):
+        with_overrides(small, ["inner.rat=1"])
+    with pytest.raises(ConfigError, match="count must be >= 0"):
+        with_overrides(small, ["count=-1"])
 
 
 # ----------------------------------------------------------------------------- presets

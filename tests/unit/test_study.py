@@ -1,5 +1,6 @@
 """The study's arms, settings, resume guard and summary, on hand-made records."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,9 @@ from searchr1.errors import ConfigError, SearchR1Error
 from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.settings import Config
 from searchr1.study.arms import ARMS, arm
-from searchr1.study.runner import StudyConfigChanged, check_config, run_study, study_questions
+from searchr1.study.report import markdown
+from searchr1.study.runner import StudyConfigChanged, _curves, check_config, run_study, study_questions
+from searchr1.study.settings import ARM_NAMES
 from searchr1.study.summary import summarise
 
 
@@ -155,3 +158,103 @@ def test_a_study_that_cannot_start_fails_before_writing_anything(tmp_path, overr
     with pytest.raises(SearchR1Error, match=message):
         run_study(_cfg(f"study.dir={out}", override))
     assert not out.exists()
+
+
+def test_the_llds_and_gspo_arms_are_grpo_with_their_loss():
+    cfg = _cfg("train.algorithm=rloo", "train.loss.llds_gate=response")
+    llds, gspo = arm("grpo-llds").configure(cfg), arm("gspo").configure(cfg)
+    assert (llds.train.algorithm, llds.train.loss.llds_coef, llds.train.loss.mode) == ("grpo", 0.1, "ppo")
+    assert llds.train.loss.llds_gate == "response"  # the gate is the config's
+    assert (gspo.train.algorithm, gspo.train.loss.mode, gspo.train.loss.llds_coef) == ("grpo", "gspo", 0.0)
+    assert arm("grpo-llds").configure(_cfg("train.loss.llds_coef=0.3")).train.loss.llds_coef == 0.3
+    assert arm("grpo").configure(cfg).train.loss == dataclasses.replace(cfg.train.loss, mode="ppo")
+    assert ARM_NAMES == tuple(ARMS)
+
+
+_TREE_BUDGET = "study.arm_settings.tree_grpo=[train.group_size=6,train.rollout_tree=2,train.mini_batch_size=12]"
+
+
+def test_arm_settings_change_their_arm_only_after_its_change():
+    cfg = _cfg("study.arms=[grpo,tree_grpo,gspo]", "train.prompts_per_step=4", "train.mini_batch_size=4",
+               _TREE_BUDGET, "study.arm_settings.gspo=[train.loss.llds_coef=0.1]")
+    tree, grpo, gspo = (arm(n).configure(cfg) for n in ("tree_grpo", "grpo", "gspo"))
+    # the arm's own rollout_tree=1 is overridden by its settings, which come after it
+    assert (tree.train.algorithm, tree.train.group_size, tree.train.rollout_tree, tree.train.mini_batch_size) == (
+        "tree_grpo", 6, 2, 12)
+    assert (grpo.train.group_size, grpo.train.rollout_tree, grpo.train.mini_batch_size) == (5, 0, 4)
+    assert (gspo.train.loss.mode, gspo.train.loss.llds_coef, grpo.train.loss.llds_coef) == ("gspo", 0.1, 0.0)
+    assert tree.study == cfg.study and tree.train.optim == cfg.train.optim
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("study.arm_settings.ppo=[train.steps=3]", "arm_settings names 'ppo', which is not in arms"),
+    ("study.arm_settings.grpo=[train.steps]", "arm_settings.grpo: override 'train.steps' is not of the form"),
+    ("study.arm_settings.grpo=[study.dir=x]", r"may not change the study \(study.\*\)"),
+    ("study.arm_settings.grpo=[world.seed=3]", "'world' is shared by every arm"),
+    ("study.arm_settings.grpo=[train.seed=3]", "train.seed is set for each run by the study"),
+])
+def test_bad_arm_settings_are_refused_when_the_config_loads(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg("study.arms=[grpo,tree_grpo]", settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("study.arm_settings.tree_grpo=[train.group_sise=6]",
+     r"arm tree_grpo with .*unknown config key 'train.group_sise' \(did you mean 'train.group_size'\?\)"),
+    ("study.arm_settings.tree_grpo=[train.rollout_tree=2]",
+     "arm tree_grpo with .*rollout_tree=2 trees per question need a group_size that is a larger multiple"),
+    ("study.arm_settings.grpo=[train.steps=x]", r"arm grpo with .*train.steps: expected an integer"),
+])
+def test_an_arm_whose_settings_make_no_valid_config_stops_the_study_before_it_starts(tmp_path, settings, message):
+    out = tmp_path / "study"
+    cfg = _cfg(f"study.dir={out}", "study.warmup=false", "study.arms=[grpo,tree_grpo]", settings)  # keys: at start
+    with pytest.raises(ConfigError, match=message):
+        run_study(cfg)
+    assert not out.exists()
+
+
+def test_arm_settings_are_part_of_the_study_fingerprint(tmp_path):
+    arms = "study.arms=[grpo,tree_grpo]"
+    check_config(_cfg(arms, _TREE_BUDGET), tmp_path)
+    check_config(_cfg(arms, _TREE_BUDGET), tmp_path)
+    with pytest.raises(StudyConfigChanged, match=r"study.arm_settings.tree_grpo: \['train.group_size=6'"):
+        check_config(_cfg(arms, "study.arm_settings.tree_grpo=[train.group_size=6,train.rollout_tree=3]"), tmp_path)
+    with pytest.raises(StudyConfigChanged, match="study.arm_settings.tree_grpo"):
+        check_config(_cfg(arms), tmp_path)
+    # a run of a subset of the arms leaves the others' settings as they were run
+    check_config(_cfg("study.arms=[grpo]"), tmp_path)
+    with pytest.raises(StudyConfigChanged, match=r"study.arm_settings.grpo: None -> \['train.steps=3'\]"):
+        check_config(_cfg(arms, _TREE_BUDGET, "study.arm_settings.grpo=[train.steps=3]"), tmp_path)
+
+
+def _metrics(run_dir, rows):
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return _curves(run_dir)
+
+
+def test_each_arm_reports_its_rl_budget_per_seed_and_its_own_settings(tmp_path):
+    cfg = _cfg("study.arms=[rag,grpo,tree_grpo]", _TREE_BUDGET, "study.bootstrap=200", "study.permutations=200")
+    questions = {"d": [{"id": f"q{i}"} for i in range(2)]}
+    records = [_record("rag", None, [0, 1])]
+    budgets = {0: [(100, 3), (150, 4)], 1: [(120, 2), (80, 3)]}  # per step: generated tokens, searches
+    for seed, steps in budgets.items():
+        rows = [{"step": i + 1, "reward/mean": 0.5, "budget/generated_tokens": t, "budget/searches": n}
+                for i, (t, n) in enumerate(steps)]
+        rows.append({"step": 2, "eval/d/em": 0.5})  # the periodic eval's row of step 2 adds no budget
+        rec = _record("tree_grpo", seed, [1, 0], rewards=[0.5, 0.5])
+        rec["curves"], rec["overrides"] = _metrics(tmp_path / str(seed), rows), cfg.study.arm_settings["tree_grpo"]
+        records.append(rec)
+    records.append(_record("grpo", 0, [1, 1], rewards=[0.5, 0.5]))  # a record from before budgets were logged
+    s = summarise(cfg, records, questions, None)
+    assert s["arms"]["tree_grpo"]["budget"] == {"generated_tokens": {"mean": 225.0, "per_seed": [250.0, 200.0]},
+                                                "searches": {"mean": 6.0, "per_seed": [7.0, 5.0]}}
+    assert s["arms"]["grpo"]["budget"] is None and s["arms"]["grpo"]["overrides"] == []
+    assert s["arms"]["tree_grpo"]["overrides"] == ["train.group_size=6", "train.rollout_tree=2",
+                                                   "train.mini_batch_size=12"]
+    md = markdown(s, [])
+    assert md.count("Not like-for-like") == 1
+    assert ("- Not like-for-like: Search-R1 Tree-GRPO ran with its own settings train.group_size=6, "
+            "train.rollout_tree=2, train.mini_batch_size=12 (study.arm_settings).") in md
+    tree_row = next(line for line in md.splitlines() if line.startswith("| Search-R1 Tree-GRPO | 2 |"))
+    assert tree_row.endswith("| 225 | 6 |")

@@ -6,6 +6,9 @@ untrained arms are the paper's baselines: direct and RAG prompt the base model (
 warmup arm plays the warmed-up model as a search agent (the starting point of the trained arms),
 and rag-warmup gives that same warmed-up model one retrieval in the prompt: RAG with the model the
 trained arms start from, the like-for-like baseline when a warm-up is used.
+
+An arm may also have settings of its own (study.arm_settings), applied after its change: other
+group sizes for tree rollouts, say, so that arms compare at an equal budget of generated tokens.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from searchr1.config import with_overrides
+from searchr1.errors import ConfigError
 from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.settings import Config
+
+#: LLDS's coefficient in its paper's runs (arXiv 2512.04220).
+LLDS_PAPER_COEF = 0.1
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,15 @@ class Arm:
     change: Callable[[Config], Config] = lambda cfg: cfg
 
     def configure(self, cfg: Config) -> Config:
-        """`cfg` with this arm's changes (training algorithm, template, masking, search turns)."""
-        return self.change(cfg)
+        """`cfg` with this arm's changes (training algorithm, template, masking, search turns), then its
+        own settings (study.arm_settings); a ConfigError naming the arm if the result is not a valid config."""
+        overrides = cfg.study.arm_settings.get(self.name, [])
+        try:
+            changed = self.change(cfg)
+            return with_overrides(changed, overrides) if overrides else changed
+        except (ConfigError, ValueError) as e:
+            where = f" with study.arm_settings.{self.name}={overrides}" if overrides else ""
+            raise ConfigError(f"arm {self.name}{where}: {e}") from None
 
 
 def _train(algorithm: str, **loss) -> Callable[[Config], Config]:
@@ -52,6 +67,11 @@ def _simulated_search(cfg: Config) -> Config:
     arm is evaluated, like every other, on the study's retriever (the real index)."""
     cfg = _train("grpo")(cfg)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, retriever_method="simulated"))
+
+
+def _llds(cfg: Config) -> Config:
+    """GRPO with LLDS: the config's llds_coef when it sets one, else the paper's."""
+    return _train("grpo", llds_coef=cfg.train.loss.llds_coef or LLDS_PAPER_COEF)(cfg)
 
 
 def _trees(change: Callable[[Config], Config]) -> Callable[[Config], Config]:
@@ -90,6 +110,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "GRPO trained on simulated search (documents written by retriever.simulated.model, with ZeroSearch's "
         "noise curriculum; train.retriever_method=simulated), evaluated on the real retriever",
         _simulated_search),
+    Arm("grpo-llds", "Search-R1 GRPO + LLDS", True, "agent", "start",
+        f"GRPO with the LLDS regulariser against likelihood collapse (train.loss.llds_coef={LLDS_PAPER_COEF}, the "
+        "paper's, unless the config sets one; the gate as configured)", _llds),
+    Arm("gspo", "Search-R1 GSPO", True, "agent", "start",
+        "GRPO's advantages under GSPO's sequence-level ratio and clipping (train.loss.mode=gspo; the clip range "
+        "and aggregation as configured)", _train("grpo", mode="gspo")),
 )}
 
 

@@ -60,15 +60,18 @@ def score_table(summary: Mapping, key: str) -> tuple[list[str], list[list[str]]]
 
 def seed_table(summary: Mapping, key: str) -> tuple[list[str], list[list[str]]]:
     col = _columns(summary)[-1]
-    header = ["arm", "seeds", f"mean over seeds ({_col_name(col)})", "std", "t interval over seeds", "min", "max"]
+    header = ["arm", "seeds", f"mean over seeds ({_col_name(col)})", "std", "t interval over seeds", "min", "max",
+              "generated tokens / run", "searches / run"]
     rows = []
     for a in summary["arms"].values():
         if not a["trained"]:
             continue
         s = a["scores"][col][key]["seed_interval"]
         interval = f"[{s['low']:.3f}, {s['high']:.3f}]" if s["low"] is not None else "(one seed)"
+        budget = a.get("budget") or {}
         rows.append([a["label"], str(s["n"]), f"{s['mean']:.3f}", "" if s["std"] is None else f"{s['std']:.3f}",
-                     interval, f"{s['min']:.3f}", f"{s['max']:.3f}"])
+                     interval, f"{s['min']:.3f}", f"{s['max']:.3f}",
+                     *(f"{budget[k]['mean']:.0f}" if k in budget else "" for k in ("generated_tokens", "searches"))])
     return header, rows
 
 
@@ -138,7 +141,8 @@ def _sections(summary: Mapping):
     yield SCORE_NAMES["em_lenient"], *score_table(summary, "em_lenient")
     for key in ("f1", "cover_em"):
         yield SCORE_NAMES[key], *score_table(summary, key)
-    yield f"Spread over training seeds ({SCORE_NAMES[metric]})", *seed_table(summary, metric)
+    yield (f"Spread over training seeds ({SCORE_NAMES[metric]}); RL budget: sums over the steps, mean over seeds",
+           *seed_table(summary, metric))
     yield f"Paired tests on the same questions ({SCORE_NAMES[metric]})", *comparison_table(summary)
     yield "Behaviour (means over seeds) and wall time per run", *behaviour_table(summary)
 
@@ -155,9 +159,16 @@ _NOTES = [
 ]
 
 
+def _notes(summary: Mapping) -> list[str]:
+    """The page's notes, then one line per arm that ran with settings of its own."""
+    own = [f"Not like-for-like: {a['label']} ran with its own settings {', '.join(a['overrides'])} "
+           "(study.arm_settings)." for a in summary["arms"].values() if a.get("overrides")]
+    return _NOTES + own
+
+
 def markdown(summary: Mapping, plot_files: list[str]) -> str:
     status = "complete" if summary["complete"] else "PARTIAL: units still to run"
-    parts = [f"# searchr1 study: {status}", ""] + [f"- {n}" for n in _NOTES] + [""]
+    parts = [f"# searchr1 study: {status}", ""] + [f"- {n}" for n in _notes(summary)] + [""]
     for title, header, rows in _sections(summary):
         parts += [f"## {title}", "", markdown_table(header, rows), ""]
     if summary["paper"]["rows"]:
@@ -168,8 +179,8 @@ def markdown(summary: Mapping, plot_files: list[str]) -> str:
 
 def html(summary: Mapping, plot_files: list[str]) -> str:
     status = "complete" if summary["complete"] else "PARTIAL: units still to run"
-    body = [f"<h1>searchr1 study: {esc(status)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in _NOTES)
-            + "</ul>"]
+    body = [f"<h1>searchr1 study: {esc(status)}</h1>",
+            "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in _notes(summary)) + "</ul>"]
     for title, header, rows in _sections(summary):
         body += [f"<h2>{esc(title)}</h2>", html_table(header, rows)]
     body.append("<h2>Curves</h2>")

@@ -72,6 +72,9 @@ def check_config(cfg: Config, root: Path) -> None:
     if path.is_file():
         # a setting added to searchr1 after the study started was, for that study, its default
         old = deep_merge(_fingerprint(Config()), json.loads(path.read_text()))
+        # study.arms may change between runs: an arm this run leaves out keeps the settings it ran with
+        left_out = {k: v for k, v in old["study"]["arm_settings"].items() if k not in cfg.study.arms}
+        new["study"]["arm_settings"] = {**left_out, **new["study"]["arm_settings"]}
         changed = _diff(old, new)
         if changed:
             raise StudyConfigChanged(
@@ -167,7 +170,8 @@ def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retr
     """Train (when the arm trains) and evaluate one arm x seed (on `rollout.backend`); returns its record."""
     udir = unit_dir(root, a, seed)
     cfg = a.configure(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model)))
-    record = {"arm": a.name, "seed": seed, "model": model, "mode": a.mode, "curves": [], "seconds": {}}
+    record = {"arm": a.name, "seed": seed, "model": model, "mode": a.mode, "curves": [], "seconds": {},
+              "overrides": list(cfg.study.arm_settings.get(a.name, []))}
     t0 = time.perf_counter()
     policy = None  # untrained arms play cfg.model
     if a.trained:
@@ -179,7 +183,9 @@ def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retr
         record["seconds"]["train"] = time.perf_counter() - t0
         record["curves"] = _curves(udir / "train")
         record["train"] = {"steps": tc.steps, "algorithm": tc.algorithm, "template": cfg.agent.template,
-                           "mask_retrieved": tc.loss.mask_retrieved, "max_turns": cfg.agent.max_turns}
+                           "mask_retrieved": tc.loss.mask_retrieved, "max_turns": cfg.agent.max_turns,
+                           "group_size": tc.group_size, "rollout_tree": tc.rollout_tree,
+                           "loss_mode": tc.loss.mode, "llds_coef": tc.loss.llds_coef}
     t1 = time.perf_counter()
     results = _evaluate(cfg, a, udir / "eval", retriever, questions, policy)
     record["seconds"]["eval"] = time.perf_counter() - t1
@@ -208,6 +214,8 @@ def run_study(cfg: Config, console=None) -> dict:
         raise SearchR1Error(f"study.warmup_model {sc.warmup_model!r} is not a model directory")
     if warming and not sc.warmup_model and cfg.sft.steps < 1:
         raise SearchR1Error("study.warmup=true needs sft.steps >= 1 (or study.warmup=false: RL from model.name)")
+    for a in arms:  # each arm's config (its change, its study.arm_settings) is a valid config
+        a.configure(cfg)
     root = Path(sc.dir)
     root.mkdir(parents=True, exist_ok=True)
     check_config(cfg, root)

@@ -19,7 +19,10 @@ from searchr1.study.stats import bootstrap_ci, mcnemar, paired_difference, seed_
 
 #: Per-step training metrics a record keeps (the study's curves).
 CURVE_KEYS = ("reward/mean", "reward/em", "actor/kl", "actor/entropy", "rollout/response_length",
-              "rollout/searches_per_traj", "rollout/invalid_rate", "time/step_s")
+              "rollout/searches_per_traj", "rollout/invalid_rate", "time/step_s", "budget/generated_tokens",
+              "budget/searches")
+#: The rollout budget of a run, summed over its RL steps: what an "equal budget" is checked against.
+BUDGET = {"generated_tokens": "budget/generated_tokens", "searches": "budget/searches"}
 SCORES = ("em", "f1", "cover_em", "em_lenient", "f1_lenient", "cover_em_lenient")
 #: Averaged per episode into each arm's "behaviour" table.
 BEHAVIOUR = ("num_searches", "valid_format", "answered")
@@ -94,6 +97,18 @@ def _curves(runs: list[Mapping], ids: Mapping[str, list[str]], start_em: float |
     return {key: [{"step": s, **_band(v)} for s, v in sorted(by_step.items())] for key, by_step in series.items()}
 
 
+def _budget(runs: list[Mapping]) -> dict | None:
+    """name -> {mean, per_seed}: each run's generated tokens and searches summed over its steps (None
+    for records from before the trainer logged its budget)."""
+    if not any(key in row for r in runs for row in r["curves"] for key in BUDGET.values()):
+        return None
+    out = {}
+    for name, key in BUDGET.items():
+        per_seed = [sum(row.get(key) or 0.0 for row in r["curves"]) for r in runs]
+        out[name] = {"mean": statistics.fmean(per_seed), "per_seed": per_seed}
+    return out
+
+
 def _run_scores(runs: list[Mapping], labels: list[str], ids: Mapping[str, list[str]], key: str) -> list[list[float]]:
     """Per run, the scores of the questions of `labels`, in order."""
     return [[v for label in labels for v in _question_scores(r, label, ids[label], key)] for r in runs]
@@ -136,12 +151,14 @@ def summarise(cfg: Config, records: Sequence[Mapping], questions: Mapping[str, S
         a = ARMS[name]
         entry = {"label": a.label, "about": a.about, "trained": a.trained, "mode": a.mode,
                  "model": runs[0]["model"], "seeds": [r["seed"] for r in runs],
+                 "overrides": runs[0].get("overrides", []),
                  "scores": _arm_scores(runs, ids, sc), "behaviour": _behaviour(runs, ids),
                  "seconds": {k: statistics.fmean(r["seconds"].get(k, 0.0) for r in runs)
                              for k in ("train", "eval")}}
         if a.trained:
             entry["curves"] = _curves(runs, ids, start_em)
             entry["train"] = runs[0]["train"]
+            entry["budget"] = _budget(runs)
         arms[name] = entry
     return {
         "complete": False,
