@@ -18,7 +18,6 @@ type, which show what RL changed. Results: --out (JSON).
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import sys
@@ -83,17 +82,9 @@ def run(name: str, root: Path, args) -> dict:
 
 def by_kind(out: Path) -> dict[str, dict]:
     """Question type -> {n, em, searches} of the run's held-out evaluation."""
-    from searchr1.demo import _agent_metrics, load_eval
-    from searchr1.eval.harness import read_trajectories
+    from searchr1.demo import by_question_kind, load_eval
 
-    rows = read_trajectories(_agent_metrics(load_eval(out / "eval"))[1])
-    acc = collections.defaultdict(lambda: {"n": 0, "em": 0.0, "searches": 0.0})
-    for r in rows:
-        a = acc[r["id"].rsplit("-", 1)[0]]
-        a["n"] += 1
-        a["em"] += r["scores"]["em"]
-        a["searches"] += r["num_searches"]
-    return {k: {"n": a["n"], "em": a["em"] / a["n"], "searches": a["searches"] / a["n"]} for k, a in sorted(acc.items())}
+    return by_question_kind(load_eval(out / "eval"))
 
 
 def main() -> None:

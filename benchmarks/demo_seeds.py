@@ -71,7 +71,7 @@ def rl_budget(run: Path) -> dict[str, float]:
 
 def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
     """This setting's EM after RL minus `against`'s, seed by seed and pooled (see the module doc)."""
-    from searchr1.demo import load_eval, paired_gain
+    from searchr1.demo import by_question_kind, load_eval, paired_gain
     from searchr1.study.stats import mcnemar
 
     per_seed, pooled, em_a, em_b = [], {}, [], []
@@ -87,11 +87,13 @@ def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
             em_b.append(b[q])
         gain = paired_gain(load_eval(ra["eval_dirs"]["after"]), load_eval(rb["eval_dirs"]["after"]))
         ba, bb = rl_budget(runs / f"seed-{seed}"), rl_budget(against / f"seed-{seed}")
+        kinds = {arm: by_question_kind(load_eval(r["eval_dirs"]["after"])) for arm, r in (("a", ra), ("b", rb))}
         per_seed.append({"seed": seed, "em": ra["eval"]["after"]["em"], "em_against": rb["eval"]["after"]["em"],
                          "diff": gain["mean"], "low": gain["low"], "high": gain["high"], "gained": gain["gained"],
                          "lost": gain["lost"], "mcnemar_p": gain["mcnemar_p"], "budget": ba, "budget_against": bb,
                          "token_ratio": ba["generated_tokens"] / bb["generated_tokens"],
-                         "curve": ra["held_out_curve"], "curve_against": rb["held_out_curve"]})
+                         "curve": ra["held_out_curve"], "curve_against": rb["held_out_curve"],
+                         "by_kind": kinds["a"], "by_kind_against": kinds["b"]})
     test = mcnemar(em_a, em_b)
     mean, low, high = paired(pooled)
     summary = {"pairs": len(em_a), "diff": mean, "low": low, "high": high, "gained": test["a_only"],
@@ -107,6 +109,17 @@ def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
     print(table(f"after RL: {runs.name} against {against.name}, paired on the same questions",
                 ["seed", against.name, runs.name, "difference [95%]", "gained/lost", "McNemar p",
                  "generated tokens ratio"], rows))
+    kinds = sorted({k for s in per_seed for k in s["by_kind"]})
+
+    def mean_of(kind: str, key: str, field: str) -> str:
+        got = [s[key][kind] for s in per_seed if kind in s[key]]
+        return f"{sum(g[field] for g in got) / len(got):.2f}"
+
+    print(table("after RL by question kind, mean over seeds: EM (searches per question)",
+                ["kind", "questions", against.name, runs.name],
+                [[k, str(per_seed[0]["by_kind"].get(k, {}).get("n", "")),
+                  f"{mean_of(k, 'by_kind_against', 'em')} ({mean_of(k, 'by_kind_against', 'searches')})",
+                  f"{mean_of(k, 'by_kind', 'em')} ({mean_of(k, 'by_kind', 'searches')})"] for k in kinds]))
     return {"against": str(against), "per_seed": per_seed, "pooled": summary}
 
 

@@ -152,6 +152,18 @@ def per_question_em(results: dict) -> dict[str, float]:
     return {r["id"]: float(r["scores"]["em"]) for r in read_trajectories(_agent_metrics(results)[1])}
 
 
+def by_question_kind(results: dict) -> dict[str, dict]:
+    """Question kind (the synthetic world's question id without its number: birthplace, founder,
+    birth-river, ...) -> {n, em, searches} of one held-out evaluation: which kinds RL won or gave up."""
+    acc: dict[str, dict] = {}
+    for r in read_trajectories(_agent_metrics(results)[1]):
+        a = acc.setdefault(r["id"].rsplit("-", 1)[0], {"n": 0, "em": 0.0, "searches": 0.0})
+        a["n"] += 1
+        a["em"] += r["scores"]["em"]
+        a["searches"] += r["num_searches"]
+    return {k: {"n": a["n"], "em": a["em"] / a["n"], "searches": a["searches"] / a["n"]} for k, a in sorted(acc.items())}
+
+
 def paired_gain(after: dict, before: dict) -> dict:
     """EM of `after` minus `before` on the same held-out questions: the mean difference, its 95%
     bootstrap interval and permutation p-value (`searchr1.study.stats.paired_difference`), and the
