@@ -5,15 +5,16 @@ import json
 
 import pytest
 
-from searchr1.demo import gain_lines, held_out_curve, load_eval, paired_gain, per_question_em
+from searchr1.demo import by_question_kind, gain_lines, held_out_curve, load_eval, paired_gain, per_question_em
 
 
-def _eval(tmp_path, name: str, ems: dict[str, float]) -> dict:
+def _eval(tmp_path, name: str, ems: dict[str, float], searches: dict[str, int] | None = None) -> dict:
     """An evaluation's results.json and trajectories, as `searchr1.eval.harness.evaluate` writes them."""
     out = tmp_path / name
     out.mkdir()
     traj = "trajectories.synthetic_test.agent.jsonl"
-    (out / traj).write_text("".join(json.dumps({"id": q, "scores": {"em": em}}) + "\n" for q, em in ems.items()))
+    (out / traj).write_text("".join(json.dumps({"id": q, "scores": {"em": em}, "num_searches": (searches or {}).get(q, 1)})
+                                    + "\n" for q, em in ems.items()))
     em = sum(ems.values()) / len(ems)
     metrics = {"em": em, "f1": em, "searches": 1.0, "invalid_rate": 0.0, "answered": 1.0, "n": len(ems)}
     results = {"metrics": {"synthetic_test": {"agent": metrics}},
@@ -81,3 +82,11 @@ def test_build_report_names_what_a_comparison_holds(tmp_path):
     report = build_report(Config(), "m", {"before": before, "after": after}, None, [], {}, {"total": 1.0}, {})
     assert set(report["gains"]) == {"rl"}  # no warm-up: the change is RL's alone
     assert [r["step"] for r in report["held_out_curve"]] == [0, Config().train.steps]
+
+
+def test_by_question_kind_groups_by_the_id_without_its_number(tmp_path):
+    ems = {"birth_river-3": 1, "birth_river-17": 0, "founder-2": 1, "founder-5": 1, "founder-9": 0}
+    searches = {"birth_river-3": 2, "birth_river-17": 1, "founder-2": 1, "founder-5": 1, "founder-9": 0}
+    kinds = by_question_kind(_eval(tmp_path, "after", ems, searches))
+    assert kinds == {"birth_river": {"n": 2, "em": 0.5, "searches": 1.5},
+                     "founder": {"n": 3, "em": pytest.approx(2 / 3), "searches": pytest.approx(2 / 3)}}
