@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
-from _common import machine, save_json, table  # noqa: E402
+from _common import CHAIN_GRPO_DEMO, machine, save_json, table  # noqa: E402
 
 from searchr1.config import load_config
 from searchr1.data.questions import held_out_questions
@@ -84,11 +84,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
     # the committed comparison (algorithms.json) ran with the cpu-demo of 2026-12-01: fp32 (before
-    # precision=auto became bf16-mixed on CPUs with native bf16), a 12-step warm-up and lr 5e-6 (the
-    # demo's since 2026-12-07: 4 steps, 2e-5); pinned so that this command still reproduces it
+    # precision=auto became bf16-mixed on CPUs with native bf16), a 12-step warm-up, lr 5e-6 and chain
+    # rollouts (the demo's since 2026-12-07: 4 steps, 2e-5, tree rollouts); pinned so that this command
+    # still reproduces it
     cfg = load_config(Config, "cpu-demo", [f"demo.dir={args.dir}", f"model.threads={args.threads}",
                                           f"eval.limit={args.eval_limit}", "eval.modes=[agent]", "eval.html=false",
-                                          "train.compute.precision=fp32", "sft.steps=12", "train.optim.lr=5e-6"])
+                                          "train.compute.precision=fp32", "sft.steps=12", "train.optim.lr=5e-6",
+                                          *CHAIN_GRPO_DEMO])
     _, train_questions, _ = prepare_world(cfg.world, args.dir / "data")
     index_dir = args.dir / "index"
     build_index(dataclasses.replace(cfg.index, corpus=str(args.dir / "data" / "corpus.jsonl"), dir=str(index_dir),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, save_json, table  # noqa: E402
+from _common import CHAIN_GRPO_DEMO, machine, save_json, table  # noqa: E402
 
 WARM_UPS = {"sft4": 4, "sft12": 12}
 RL = {"rl4-lr2e-5": ("sft4", 2e-5), "rl4-lr3e-5": ("sft4", 3e-5), "rl12-lr2e-5": ("sft12", 2e-5)}
@@ -35,7 +35,7 @@ def _config(overrides: list[str]):
     from searchr1.config import load_config
     from searchr1.settings import Config
 
-    return load_config(Config, "cpu-demo", ["demo.eval_questions=144", *overrides])
+    return load_config(Config, "cpu-demo", ["demo.eval_questions=144", *CHAIN_GRPO_DEMO, *overrides])
 
 
 def run(name: str, root: Path, args) -> dict:

@@ -97,7 +97,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported by path, not run
-from _common import CACHE, machine, matmul_peak, run_measured, save_json, table  # noqa: E402
+from _common import CACHE, CHAIN_GRPO_DEMO, machine, matmul_peak, run_measured, save_json, table  # noqa: E402
 
 PY = sys.executable
 MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "qwen2.5-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
@@ -370,9 +370,10 @@ QUICK = ["train.prompts_per_step=1", "train.group_size=2", "train.mini_batch_siz
 
 def demo_overrides(args, arm: str, run_dir: Path) -> list[str]:
     """The dotted overrides of the cpu-demo preset for one run of `arm`. The learning rate stays the
-    demo's of 2026-12-06 (5e-6), when train_step_demo.json was measured; the demo has used 2e-5 since 2026-12-07."""
+    demo's of 2026-12-06 (5e-6) and so does its chain GRPO batch shape, as when train_step_demo.json was
+    measured; the demo has used 2e-5 and tree rollouts since 2026-12-07."""
     return [f"retriever.index={args.demo_dir / 'index'}", "retriever.url=", f"model.name={args.model}",
-            "train.optim.lr=5e-6",
+            "train.optim.lr=5e-6", *CHAIN_GRPO_DEMO,
             "train.questions.datasets=[synthetic]", f"train.run_dir={run_dir}", f"train.steps={args.steps}",
             "train.save_every=0", "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
             f"train.seed={args.seed}", *(QUICK if args.quick else []), *args.set, *DEMO_ARMS[arm]]

@@ -1,6 +1,6 @@
 """`searchr1 demo`: the built-in end-to-end run on a synthetic world, no downloads needed.
 
-Six stages, each printed with its time (the cpu-demo preset fits 15 minutes on 2 cores):
+Six stages, each printed with its time (README gives the measured times of the cpu-demo preset):
 
   1. the synthetic encyclopedia and its questions, BM25 and dense indexes, served over HTTP on
      127.0.0.1, answer recall of each retriever in process and through the HTTP client (must agree);
@@ -8,7 +8,8 @@ Six stages, each printed with its time (the cpu-demo preset fits 15 minutes on 2
   2. the policy model (default SmolLM2-135M-Instruct) evaluated as a search agent on held-out questions
   3. optional supervised warm-up on search demonstrations (`sft.steps > 0`; said loudly, and
      evaluated separately when `demo.eval_after_sft`)
-  4. GRPO (or PPO: `train.algorithm`) with search on the world's training questions
+  4. RL with search on the world's training questions (`train.algorithm`: the preset's Tree-GRPO over
+     tree rollouts, or GRPO, PPO, ...)
   5. the trained policy evaluated on the same held-out questions (the trainer's own evaluation of
      the last step when `demo.eval_every` divides the steps; it also evaluated mid-way, for the curve)
   6. `{demo.dir}/report.md` and `report.html`: settings, the before/after table, what the warm-up
@@ -205,7 +206,7 @@ def held_out_curve(start: tuple[int, dict], during: dict[int, dict], end: tuple[
 
 
 def run_demo(cfg: Config, console) -> dict:
-    """Retrieval check, then (unless demo.retrieval_only) eval -> [SFT warm-up] -> GRPO -> eval -> report."""
+    """Retrieval check, then (unless demo.retrieval_only) eval -> [SFT warm-up] -> RL -> eval -> report."""
     import torch
 
     t_all = time.perf_counter()

@@ -53,7 +53,7 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
            "model.device=cpu", "model.threads=1", "world.people=30", "world.organisations=8",
            "world.countries=3", "demo.max_questions=30", "demo.eval_questions=4", "eval.batch_size=4",
            "agent.max_turn_tokens=32", "train.steps=2", "train.prompts_per_step=2", "train.group_size=2",
-           "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false",
+           "train.rollout_tree=1", "train.mini_batch_size=4", "sft.steps=2", "sft.examples=6", "sft.batch_size=2", "train.progress=false",
            "demo.eval_every=1"]
     t0 = time.perf_counter()
     proc = _run(cmd)
