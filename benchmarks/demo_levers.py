@@ -80,13 +80,6 @@ def run(name: str, root: Path, args) -> dict:
     return summary
 
 
-def by_kind(out: Path) -> dict[str, dict]:
-    """Question type -> {n, em, searches} of the run's held-out evaluation."""
-    from searchr1.demo import by_question_kind, load_eval
-
-    return by_question_kind(load_eval(out / "eval"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, default=Path.home() / "searchr1-runs" / "levers")
@@ -96,7 +89,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_levers.json")
     args = p.parse_args()
-    from searchr1.demo import _agent_metrics, load_eval, paired_gain
+    from searchr1.demo import _agent_metrics, by_question_kind, load_eval, paired_gain
 
     names = [n for n in [*WARM_UPS, *RL] if not args.only or n in args.only.split(",")]
     for name in names:  # an RL run needs its warm-up first
@@ -107,7 +100,7 @@ def main() -> None:
         summary = run(name, args.runs, args)
         results = load_eval(args.runs / name / "eval")
         m = _agent_metrics(results)[0]
-        rec = {"em": m["em"], "searches": m["searches"], "n": m["n"], "by_kind": by_kind(args.runs / name),
+        rec = {"em": m["em"], "searches": m["searches"], "n": m["n"], "by_kind": by_question_kind(results),
                **summary}
         if name in RL:
             start = RL[name][0]

@@ -57,6 +57,23 @@ def paired(diffs_by_question: dict[str, list[float]], n: int = 10_000, seed: int
     return mean(questions), means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
+def pooled_pairs(pairs: list[tuple[dict[str, float], dict[str, float]]]) -> dict:
+    """A minus B over every seed x question pair, one (A, B) per seed of question id -> EM: the mean
+    with `paired`'s question-clustered interval, and the exact McNemar test over all pairs."""
+    from searchr1.study.stats import mcnemar
+
+    by_question, em_a, em_b = {}, [], []
+    for a, b in pairs:
+        for q in b:
+            by_question.setdefault(q, []).append(a[q] - b[q])
+            em_a.append(a[q])
+            em_b.append(b[q])
+    test = mcnemar(em_a, em_b)
+    mean, low, high = paired(by_question)
+    return {"pairs": len(em_a), "diff": mean, "low": low, "high": high, "gained": test["a_only"],
+            "lost": test["b_only"], "mcnemar_p": test["p_value"]}
+
+
 def rl_budget(run: Path) -> dict[str, float]:
     """Generated tokens and searches over a demo's RL steps (train/metrics.jsonl)."""
     total = {"generated_tokens": 0.0, "searches": 0.0, "steps": 0}
@@ -71,41 +88,34 @@ def rl_budget(run: Path) -> dict[str, float]:
 
 def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
     """This setting's EM after RL minus `against`'s, seed by seed and pooled (see the module doc)."""
-    from searchr1.demo import by_question_kind, load_eval, paired_gain
-    from searchr1.study.stats import mcnemar
+    from searchr1.demo import by_question_kind, load_eval, paired_gain, per_question_em as em
 
-    per_seed, pooled, em_a, em_b = [], {}, [], []
+    per_seed, pairs = [], []
     for seed in seeds:
         ra = json.loads((runs / f"seed-{seed}" / "report.json").read_text())
         rb = json.loads((against / f"seed-{seed}" / "report.json").read_text())
         if per_question_em(ra, "after_sft") != per_question_em(rb, "after_sft"):
             raise SystemExit(f"seed {seed}: the two settings' warm-ups differ; their RL cannot be compared paired")
-        a, b = per_question_em(ra, "after"), per_question_em(rb, "after")
-        for q in a:
-            pooled.setdefault(q, []).append(a[q] - b[q])
-            em_a.append(a[q])
-            em_b.append(b[q])
-        gain = paired_gain(load_eval(ra["eval_dirs"]["after"]), load_eval(rb["eval_dirs"]["after"]))
+        after_a, after_b = load_eval(ra["eval_dirs"]["after"]), load_eval(rb["eval_dirs"]["after"])
+        pairs.append((em(after_a), em(after_b)))
+        gain = paired_gain(after_a, after_b)
         ba, bb = rl_budget(runs / f"seed-{seed}"), rl_budget(against / f"seed-{seed}")
-        kinds = {arm: by_question_kind(load_eval(r["eval_dirs"]["after"])) for arm, r in (("a", ra), ("b", rb))}
         per_seed.append({"seed": seed, "em": ra["eval"]["after"]["em"], "em_against": rb["eval"]["after"]["em"],
                          "diff": gain["mean"], "low": gain["low"], "high": gain["high"], "gained": gain["gained"],
                          "lost": gain["lost"], "mcnemar_p": gain["mcnemar_p"], "budget": ba, "budget_against": bb,
                          "token_ratio": ba["generated_tokens"] / bb["generated_tokens"],
                          "curve": ra["held_out_curve"], "curve_against": rb["held_out_curve"],
-                         "by_kind": kinds["a"], "by_kind_against": kinds["b"]})
-    test = mcnemar(em_a, em_b)
-    mean, low, high = paired(pooled)
-    summary = {"pairs": len(em_a), "diff": mean, "low": low, "high": high, "gained": test["a_only"],
-               "lost": test["b_only"], "mcnemar_p": test["p_value"],
-               "token_ratio": sum(s["budget"]["generated_tokens"] for s in per_seed)
-               / sum(s["budget_against"]["generated_tokens"] for s in per_seed)}
+                         "by_kind": by_question_kind(after_a), "by_kind_against": by_question_kind(after_b)})
+    summary = pooled_pairs(pairs) | {
+        "token_ratio": sum(s["budget"]["generated_tokens"] for s in per_seed)
+        / sum(s["budget_against"]["generated_tokens"] for s in per_seed)}
+    mean, low, high = summary["diff"], summary["low"], summary["high"]
     rows = [[str(s["seed"]), f"{s['em_against']:.3f}", f"{s['em']:.3f}",
              f"{s['diff']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]", f"{s['gained']}/{s['lost']}",
              f"{s['mcnemar_p']:.3f}", f"{s['token_ratio']:.2f}"] for s in per_seed]
     rows.append(["pooled", f"{sum(s['em_against'] for s in per_seed) / len(per_seed):.3f}",
                  f"{sum(s['em'] for s in per_seed) / len(per_seed):.3f}", f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
-                 f"{test['a_only']}/{test['b_only']}", f"{test['p_value']:.3f}", f"{summary['token_ratio']:.2f}"])
+                 f"{summary['gained']}/{summary['lost']}", f"{summary['mcnemar_p']:.3f}", f"{summary['token_ratio']:.2f}"])
     print(table(f"after RL: {runs.name} against {against.name}, paired on the same questions",
                 ["seed", against.name, runs.name, "difference [95%]", "gained/lost", "McNemar p",
                  "generated tokens ratio"], rows))
@@ -143,17 +153,12 @@ def main() -> None:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
-    per_seed, pooled = [], {}
-    em_rl, em_warm = [], []  # every seed x question pair, for the pooled McNemar test
+    per_seed, pairs = [], []
     for seed in seeds:
         d = args.runs / f"seed-{seed}"
         run_seed(seed, d, args.set)
         report = json.loads((d / "report.json").read_text())
-        warm, rl = per_question_em(report, "after_sft"), per_question_em(report, "after")
-        for q in warm:
-            pooled.setdefault(q, []).append(rl[q] - warm[q])
-            em_rl.append(rl[q])
-            em_warm.append(warm[q])
+        pairs.append((per_question_em(report, "after"), per_question_em(report, "after_sft")))
         gain = report["gains"]["rl"]  # the demo's own paired comparison (searchr1.demo.paired_gain)
         seconds = report["timings"]["total"]
         per_seed.append({"seed": seed, "questions": gain["n"], "em_warmup": report["eval"]["after_sft"]["em"],
@@ -163,15 +168,10 @@ def main() -> None:
                          "warm_up_gain": report["gains"]["warm_up"], "held_out_curve": report["held_out_curve"],
                          "seconds": seconds, "within_15_min": seconds <= 15 * 60, "timings": report["timings"],
                          "dir": str(d)})
-    from searchr1.study.stats import mcnemar
-
-    test = mcnemar(em_rl, em_warm)
-    gained, lost = test["a_only"], test["b_only"]
-    mean, low, high = paired(pooled)
-    summary = {"seeds": seeds, "pairs": len(em_rl), "diff": mean, "low": low,
-               "high": high, "gained": gained, "lost": lost, "mcnemar_p": test["p_value"],
+    summary = {"seeds": seeds, **pooled_pairs(pairs),
                "em_warmup": sum(s["em_warmup"] for s in per_seed) / len(per_seed),
                "em_rl": sum(s["em_rl"] for s in per_seed) / len(per_seed)}
+    mean, low, high, gained, lost = (summary[k] for k in ("diff", "low", "high", "gained", "lost"))
     rows = [[str(s["seed"]), f"{s['em_warmup']:.3f}", f"{s['em_rl']:.3f}",
              f"{s['diff']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]", f"{s['gained']}/{s['lost']}",
              f"{s['mcnemar_p']:.3f}", f"{s['seconds']:.0f}"] for s in per_seed]
