@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from searchr1 import __version__
+from searchr1.allocator import tune_malloc
 from searchr1.config import describe, load_config, preset_names, to_yaml
 from searchr1.errors import SearchR1Error
 from searchr1.settings import Config
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()  # before the first large tensor: glibc's mmap/trim thresholds (searchr1.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "split_queries", False):

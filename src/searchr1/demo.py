@@ -18,7 +18,9 @@ Six stages, each printed with its time (README gives the measured times of the c
      `report.json` holds the numbers
 
 Stages 2-5 are the steps of `searchr1.pipeline`, which the study runs too; every evaluation
-generates with the engine `rollout.backend` names.
+generates with the engine `rollout.backend` names, and on ours in the training precision
+(`train.compute.precision`, `training_precision`): the trainer's own evaluations during RL run under
+it, so the evaluations the report pairs (before, after the warm-up, after RL) decode alike.
 """
 
 from __future__ import annotations
@@ -143,6 +145,24 @@ def evaluate_held_out(cfg: Config, rcfg, out_dir: Path, console, retriever, poli
     return evaluate_policy(ecfg, console, retriever, held_out_questions(ecfg), policy)
 
 
+def training_precision(cfg: Config, policy: tuple | None):
+    """The autocast the trainer's own evaluations during RL run under (`train.compute.precision`,
+    `resolve_precision`), for our engine playing `policy`: every evaluation the demo pairs (before,
+    after the warm-up, during and after RL) then decodes in the same precision. A no-op for vLLM,
+    which keeps its own, and in fp32."""
+    import contextlib
+
+    import torch
+
+    from searchr1.train.models import resolve_precision
+
+    if policy is None or cfg.rollout.backend != "engine":
+        return contextlib.nullcontext()
+    device = next(policy[0].parameters()).device
+    _, autocast = resolve_precision(cfg.train.compute.precision, str(device))
+    return torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+
+
 def _agent_metrics(results: dict) -> tuple[dict, Path]:
     label = next(iter(results["metrics"]))
     return results["metrics"][label]["agent"], Path(results["config"]["eval"]["out_dir"]) / results["files"][f"{label}/agent"]
@@ -228,9 +248,11 @@ def run_demo(cfg: Config, console) -> dict:
         with _stage(console, timings, "eval_before",
                     f"stage 2/6: evaluate {cfg.model.name} before training ({cfg.demo.eval_questions} held-out "
                     "questions, agent mode)"):
-            # the warm-up trains a policy in memory; without one, evaluation loads cfg.model itself
-            policy = load_policy(cfg) if cfg.sft.steps > 0 else None
-            evals["before"] = evaluate_held_out(cfg, rcfg, out / "eval-before", console, retriever, policy)
+            # the warm-up trains a policy in memory, and our engine evaluates it in the training
+            # precision; vLLM without a warm-up loads cfg.model itself
+            policy = load_policy(cfg) if cfg.sft.steps > 0 or cfg.rollout.backend == "engine" else None
+            with training_precision(cfg, policy):
+                evals["before"] = evaluate_held_out(cfg, rcfg, out / "eval-before", console, retriever, policy)
         rl_model = cfg.model.name
         if cfg.sft.steps > 0:
             with _stage(console, timings, "sft", f"stage 3/6: SUPERVISED WARM-UP on demonstrations "
@@ -243,8 +265,9 @@ def run_demo(cfg: Config, console) -> dict:
                               markup=False)
             if cfg.demo.eval_after_sft:
                 with _stage(console, timings, "eval_after_sft", "stage 3/6: evaluate after the warm-up"):
-                    evals["after_sft"] = evaluate_held_out(cfg, rcfg, out / "eval-after-sft", console, retriever,
-                                                           policy)
+                    with training_precision(cfg, policy):
+                        evals["after_sft"] = evaluate_held_out(cfg, rcfg, out / "eval-after-sft", console, retriever,
+                                                               policy)
         else:
             console.print("\n[bold]stage 3/6: no supervised warm-up[/] (sft.steps=0): pure RL from the model")
         del policy
@@ -266,7 +289,8 @@ def run_demo(cfg: Config, console) -> dict:
                 evals["after"] = during.pop(cfg.train.steps)
                 console.print(f"the trainer's held-out evaluation of step {cfg.train.steps} is the after-RL one")
             else:
-                evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
+                with training_precision(cfg, trained):
+                    evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):

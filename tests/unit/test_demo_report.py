@@ -90,3 +90,27 @@ def test_by_question_kind_groups_by_the_id_without_its_number(tmp_path):
     kinds = by_question_kind(_eval(tmp_path, "after", ems, searches))
     assert kinds == {"birth_river": {"n": 2, "em": 0.5, "searches": 1.5},
                      "founder": {"n": 3, "em": pytest.approx(2 / 3), "searches": pytest.approx(2 / 3)}}
+
+
+def test_demo_evaluations_decode_in_the_training_precision():
+    import dataclasses
+
+    import torch
+
+    from searchr1.demo import training_precision
+    from searchr1.settings import Config
+
+    cfg = Config()
+    policy = (torch.nn.Linear(2, 2), None)
+
+    def autocast_in(precision, backend="engine", policy=policy):
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compute=dataclasses.replace(
+            cfg.train.compute, precision=precision)), rollout=dataclasses.replace(cfg.rollout, backend=backend))
+        with training_precision(c, policy):
+            return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+
+    assert autocast_in("bf16-mixed") == torch.bfloat16  # as the trainer's evaluations during RL
+    assert autocast_in("fp32") is False
+    assert autocast_in("bf16") is False  # bf16 weights need no autocast
+    assert autocast_in("bf16-mixed", backend="vllm") is False  # vLLM keeps its own precision
+    assert autocast_in("bf16-mixed", policy=None) is False

@@ -48,6 +48,42 @@ def test_sequence_logprobs_match_an_unpadded_forward():
         torch.testing.assert_close(out.logprobs[i, :len(want)], want, atol=1e-5, rtol=1e-5)
 
 
+def test_head_at_positions_gives_the_same_logprobs_entropy_and_gradients_there_and_zeros_elsewhere():
+    model = tiny_llama()
+    trajs = [_traj([3, 4, 5, 6], [7, 8, 9, 20, 21], [1, 0, 0, 1, 1]), _traj([10], [11, 12, 13], [0, 1, 1])]
+    batch = collate(trajs, pad_id=0)
+    where = batch.policy_mask.bool()
+
+    def run(positions, chunk):
+        model.zero_grad(set_to_none=True)
+        out = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_start,
+                                temperature=0.7, with_entropy=True, logits_chunk=chunk, positions=positions)
+        ((out.logprobs + 0.5 * out.entropy) * where).sum().backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    full, full_grads = run(None, 0)
+    for chunk in (0, 2):
+        some, some_grads = run(where, chunk)
+        torch.testing.assert_close(some.logprobs[where], full.logprobs[where], atol=1e-6, rtol=0)
+        torch.testing.assert_close(some.entropy[where], full.entropy[where], atol=1e-6, rtol=0)
+        assert torch.all(some.logprobs[~where] == 0) and torch.all(some.entropy[~where] == 0)
+        for a, b in zip(some_grads, full_grads):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    try:
+        sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_start, positions=where[:, :2])
+    except ValueError as e:
+        assert "must match the response" in str(e)
+    else:
+        raise AssertionError("a positions mask of the wrong shape was accepted")
+
+
+def test_batch_scored_covers_the_loss_mask_and_the_generated_tokens():
+    batch = collate([_traj([3], [7, 8, 9], [1, 0, 1]), _traj([4], [5], [1])], pad_id=0, mask_retrieved=False)
+    assert batch.scored.tolist() == [[True, True, True], [True, False, False]]
+    excluded = batch.excluding(torch.tensor([True, False]))  # a row the trainer drops from the loss
+    assert excluded.scored.tolist() == [[True, False, True], [True, False, False]]  # its generated tokens stay
+
+
 def test_full_finetune_reference_is_a_frozen_copy_and_separate_critic_starts_at_zero():
     model = tiny_llama()
     m = build_models(model, TrainConfig(algorithm="ppo", group_size=1, prompts_per_step=4, mini_batch_size=4))

@@ -58,6 +58,12 @@ class Batch:
     def response_len(self) -> int:
         return self.response_mask.shape[1]
 
+    @property
+    def scored(self) -> torch.Tensor:
+        """``[B, T]`` bool: the response tokens whose log-probs the learner reads (the loss mask's, and
+        the generated tokens', where the sampler's log-probs are compared with the trainer's)."""
+        return self.loss_mask.bool() | self.policy_mask.bool()
+
     def to(self, device) -> "Batch":
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                                             if isinstance(getattr(self, f.name), torch.Tensor)})

@@ -139,7 +139,7 @@ class Learner:
                         context = models.reference_context() if which == "reference" else contextlib.nullcontext()
                         with context:
                             res = module(mb.input_ids, mb.attention_mask, mb.response_start,
-                                         temperature=tc.sampling.temperature)
+                                         temperature=tc.sampling.temperature, positions=mb.scored)
                         out = res.values if which == "critic" else res.logprobs
                 outs.append(_pad_to(out.float(), batch.response_len))
         # back to row order (`mine` is ascending, so the rank of each row in it is its place)
@@ -306,7 +306,7 @@ class Learner:
         with models.compute():
             out = models.policy_forward(mb.input_ids, mb.attention_mask, mb.response_start,
                                         temperature=tc.sampling.temperature, with_entropy=True,
-                                        entropy_grad=tc.loss.entropy_coef > 0)
+                                        entropy_grad=tc.loss.entropy_coef > 0, positions=mb.scored)
             if models.critic is None:
                 values = None
             elif models.shared_critic:

@@ -117,20 +117,41 @@ def chunked_token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Te
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_start: int, *, temperature: float = 1.0, with_entropy: bool = False,
                       entropy_grad: bool = True, value_head: nn.Module | None = None,
-                      logits_chunk: int = 0) -> ForwardOut:
+                      logits_chunk: int = 0, positions: torch.Tensor | None = None) -> ForwardOut:
     """Per-token log-probs of the response tokens ``input_ids[:, response_start:]``, computing logits
     only over the response columns (``logits_chunk`` > 0: that many columns at a time,
     `chunked_token_stats`). `value_head` (``Linear(H, 1)``) on the same hidden states gives the
     shared-trunk critic's values. ``entropy_grad=False`` computes the entropy as a metric only (no
-    graph is kept for it: one ``[B, T, V]`` tensor less in memory)."""
+    graph is kept for it: one ``[B, T, V]`` tensor less in memory).
+
+    ``positions`` ``[B, T]`` (bool): compute the LM head only there; log-probs and entropy are 0
+    elsewhere. The learner passes the tokens its losses and metrics read (`Batch.scored`): in a
+    Search-R1 batch most response tokens are retrieved passages and padding, whose ``[V]`` logits
+    rows would cost a head matmul, a log-softmax and an entropy each for nothing. Values (the
+    critic's head is ``[H, 1]``) stay over every column."""
     if response_start < 1:
         raise ValueError("response_start must be >= 1 (the first response token needs a context)")
     lm = causal_lm(model)
     h = response_hidden(trunk_of(model), input_ids, attention_mask, response_start)
-    logp, entropy = chunked_token_stats(lm.get_output_embeddings(), h, input_ids[:, response_start:], logits_chunk,
-                                        temperature, with_entropy, entropy_grad)
+    targets = input_ids[:, response_start:]
+    head = lm.get_output_embeddings()
+    if positions is None:
+        logp, entropy = chunked_token_stats(head, h, targets, logits_chunk, temperature, with_entropy, entropy_grad)
+    else:
+        if positions.shape != targets.shape:
+            raise ValueError(f"positions {tuple(positions.shape)} must match the response {tuple(targets.shape)}")
+        where = positions.bool()
+        some_logp, some_entropy = chunked_token_stats(head, h[where][None], targets[where][None], logits_chunk,
+                                                      temperature, with_entropy, entropy_grad)
+        logp = _scatter(some_logp[0], where)
+        entropy = _scatter(some_entropy[0], where) if with_entropy else None
     values = _value_output(value_head, h) if value_head is not None else None
     return ForwardOut(logp, entropy, values)
+
+
+def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``[N]`` values into a ``[B, T]`` tensor of zeros at the N True cells of `where` (differentiable)."""
+    return values.new_zeros(where.shape).masked_scatter(where, values)
 
 
 def _value_output(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -174,10 +195,11 @@ class PolicyForward(nn.Module):
         self.logits_chunk = logits_chunk
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, *,
-                temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True) -> ForwardOut:
+                temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True,
+                positions: torch.Tensor | None = None) -> ForwardOut:
         return sequence_logprobs(self.policy, input_ids, attention_mask, response_start, temperature=temperature,
                                  with_entropy=with_entropy, entropy_grad=entropy_grad, value_head=self.value_head,
-                                 logits_chunk=self.logits_chunk)
+                                 logits_chunk=self.logits_chunk, positions=positions)
 
 
 @dataclass

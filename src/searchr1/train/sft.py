@@ -40,7 +40,8 @@ from searchr1.train.models import sequence_logprobs
 
 def masked_nll(policy, batch: Batch) -> tuple[torch.Tensor, int]:
     """(mean negative log-likelihood over the batch's loss-mask tokens, number of those tokens)."""
-    out = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.response_start)
+    out = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.response_start,
+                            positions=batch.loss_mask)
     mask = batch.loss_mask.to(out.logprobs.dtype)
     n = int(batch.loss_mask.sum())
     if n == 0:
