@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: The cpu-demo's chain GRPO batch shape (16 chains a step, 2 mini-batches of 8) before it moved to tree
-#: rollouts (2026-12-07): the benchmarks whose committed results ran with it pin it, so they reproduce.
-CHAIN_GRPO_DEMO = ["train.algorithm=grpo", "train.rollout_tree=0", "train.group_size=4", "train.mini_batch_size=8"]
+#: The cpu-demo's chain GRPO settings (16 chains a step, 2 mini-batches of 8, KL loss 0.001) before it moved
+#: to tree rollouts and dropped the KL (2026-12-07): the benchmarks whose committed results ran with them
+#: pin them, so they run the same settings.
+CHAIN_GRPO_DEMO = ["train.algorithm=grpo", "train.rollout_tree=0", "train.group_size=4", "train.mini_batch_size=8",
+                   "train.kl.coef=0.001"]
 CACHE = REPO / "benchmarks" / ".cache"
 SHARED_DATA = Path(os.environ.get("SEARCHR1_SHARED_DATA", REPO.parent / "shared" / "data"))
 

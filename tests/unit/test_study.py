@@ -35,7 +35,7 @@ def test_each_trained_arm_changes_only_what_names_it():
         assert arm(name).label == f"Search-R1 {a.title}"
     # tree rollouts come with Tree-GRPO: one tree per question unless the config sets more
     assert (arm("tree_grpo").configure(cfg).train.rollout_tree, arm("grpo").configure(cfg).train.rollout_tree) == (1, 0)
-    assert [a.name for a in ARMS.values() if not a.trained] == ["direct", "rag", "rag-warmup", "warmup"]
+    assert [a.name for a in ARMS.values() if not a.trained] == ["direct", "rag", "rag-warmup", "warmup", "start"]
     assert arm("direct").configure(cfg) == cfg
     with pytest.raises(ValueError, match="unknown arm"):
         arm("dpo")

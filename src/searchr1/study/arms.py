@@ -100,6 +100,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "every trained arm starts from"),
     Arm("warmup", "Warm-up only (SFT)", False, "agent", "start",
         "the supervised warm-up alone, played as a search agent: where every trained arm starts"),
+    Arm("start", "Starting point, as an agent", False, "agent", "start",
+        "the model every trained arm starts from, played as a search agent before any RL: the untrained "
+        "model.name under study.warmup=false (pure RL's paired baseline), else the same model as `warmup`"),
     Arm("r1", "R1 (RL, no search)", True, "agent", "start",
         "GRPO with the r1 template and no search turns (agent.max_turns=0)", _no_search),
     *(_search_r1(name) for name in ALGORITHMS),

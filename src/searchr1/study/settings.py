@@ -9,10 +9,11 @@ from searchr1.config import param, parse_overrides
 from searchr1.errors import ConfigError
 from searchr1.rl.algorithms import ALGORITHMS
 
-#: Every arm: the baselines, R1, one Search-R1 arm per algorithm of `searchr1.rl.algorithms`
-#: (named after it), GRPO without the retrieved-token mask, GRPO trained on simulated search,
-#: GRPO with LLDS, and GRPO's advantages under GSPO's sequence-level loss.
-ARM_NAMES: tuple[str, ...] = ("direct", "rag", "rag-warmup", "warmup", "r1", *ALGORITHMS, "grpo-unmasked",
+#: Every arm: the baselines (`start`: the starting model as an agent, pure RL's paired baseline), R1,
+#: one Search-R1 arm per algorithm of `searchr1.rl.algorithms` (named after it), GRPO without the
+#: retrieved-token mask, GRPO trained on simulated search, GRPO with LLDS, and GRPO's advantages
+#: under GSPO's sequence-level loss.
+ARM_NAMES: tuple[str, ...] = ("direct", "rag", "rag-warmup", "warmup", "start", "r1", *ALGORITHMS, "grpo-unmasked",
                               "grpo-simulated", "grpo-llds", "gspo")
 #: The default of study.arms: the paper's arms, and RAG on the warmed-up model (the other
 #: algorithms are there to be asked for).

@@ -145,7 +145,8 @@ def summarise(cfg: Config, records: Sequence[Mapping], questions: Mapping[str, S
     by_arm: dict[str, list[Mapping]] = {}
     for r in records:
         by_arm.setdefault(r["arm"], []).append(r)
-    start_em = _pooled_em(by_arm["warmup"][0], ids) if "warmup" in by_arm else None
+    start_arm = next((a for a in ("start", "warmup") if a in by_arm), None)  # the same model: where RL starts
+    start_em = _pooled_em(by_arm[start_arm][0], ids) if start_arm else None
     arms = {}
     for name, runs in by_arm.items():
         a = ARMS[name]
