@@ -258,3 +258,15 @@ def test_each_arm_reports_its_rl_budget_per_seed_and_its_own_settings(tmp_path):
             "train.rollout_tree=2, train.mini_batch_size=12 (study.arm_settings).") in md
     tree_row = next(line for line in md.splitlines() if line.startswith("| Search-R1 Tree-GRPO | 2 |"))
     assert tree_row.endswith("| 225 | 6 |")
+
+
+def test_the_start_arm_is_where_the_held_out_curve_begins():
+    cfg = _cfg("study.arms=[start,grpo]", "study.warmup=false", "study.compare=[grpo:start]", "study.bootstrap=200",
+               "study.permutations=200")
+    questions = {"d": [{"id": f"q{i}"} for i in range(4)]}
+    records = [_record("start", None, [0, 0, 0, 1]), _record("grpo", 0, [1, 1, 0, 1], rewards=[0.1, 0.3])]
+    s = summarise(cfg, records, questions, None)
+    assert s["arms"]["start"]["label"] == "Starting point, as an agent" and not s["arms"]["start"]["trained"]
+    assert s["arms"]["grpo"]["curves"]["heldout/em"][0] == {"step": 0, "mean": 0.25, "min": 0.25, "max": 0.25, "n": 1}
+    (c,) = s["comparisons"]
+    assert (c["a"], c["b"], c["wins"], c["losses"]) == ("grpo", "start", 2, 0)
