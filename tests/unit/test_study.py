@@ -270,3 +270,13 @@ def test_the_start_arm_is_where_the_held_out_curve_begins():
     assert s["arms"]["grpo"]["curves"]["heldout/em"][0] == {"step": 0, "mean": 0.25, "min": 0.25, "max": 0.25, "n": 1}
     (c,) = s["comparisons"]
     assert (c["a"], c["b"], c["wins"], c["losses"]) == ("grpo", "start", 2, 0)
+
+
+def test_the_held_out_curve_reads_the_arms_own_mode_only():
+    cfg = _cfg("study.arms=[warmup,grpo]", "study.bootstrap=200", "study.permutations=200")
+    questions = {"d": [{"id": f"q{i}"} for i in range(4)]}
+    grpo = _record("grpo", 0, [1, 1, 0, 1], rewards=[0.1, 0.3, 0.2])
+    grpo["curves"].append({"step": 2, "eval/d/direct/em": 0.0, "eval/d/rag/em": 0.25, "eval/d/agent/em": 0.5})
+    s = summarise(cfg, [_record("warmup", None, [0, 0, 0, 1]), grpo], questions, None)
+    curve = {p["step"]: p["mean"] for p in s["arms"]["grpo"]["curves"]["heldout/em"]}
+    assert curve == {0: 0.25, 2: 0.5, 3: 0.75}  # the start, the agent's periodic EM, the final one

@@ -178,7 +178,8 @@ def run_unit(cfg: Config, a: Arm, seed: int | None, model: str, root: Path, retr
         sc = cfg.study
         tc = dataclasses.replace(cfg.train, seed=seed, run_dir=str(udir / "train"), resume=True,
                                  save_every=sc.save_every, keep_last=1, eval_every=sc.eval_every)
-        cfg = dataclasses.replace(cfg, train=tc)
+        # the periodic held-out evaluations play the arm's own mode only, as its final one does
+        cfg = dataclasses.replace(cfg, train=tc, eval=dataclasses.replace(cfg.eval, modes=[a.mode], html=False))
         _, policy = pipeline.train_policy(cfg, retriever, console)
         record["seconds"]["train"] = time.perf_counter() - t0
         record["curves"] = _curves(udir / "train")

@@ -88,7 +88,9 @@ def _curves(runs: list[Mapping], ids: Mapping[str, list[str]], start_em: float |
             for key in CURVE_KEYS:
                 if row.get(key) is not None:
                     series.setdefault(key, {}).setdefault(row["step"], []).append(float(row[key]))
-            evals = [v for k, v in row.items() if k.startswith("eval/") and v is not None]
+            # the arm's own mode's EM (records of studies before 2026-12-07 also logged direct and rag)
+            evals = [v for k, v in row.items()
+                     if k.startswith("eval/") and k.endswith(f"/{r['mode']}/em") and v is not None]
             if evals and row["step"] < r["train"]["steps"]:
                 series.setdefault("heldout/em", {}).setdefault(row["step"], []).append(statistics.fmean(evals))
         series.setdefault("heldout/em", {}).setdefault(r["train"]["steps"], []).append(_pooled_em(r, ids))
