@@ -41,8 +41,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save_json, table  # noqa: E402
 
+from searchr1.allocator import SWITCH, USER_SETTINGS, tune_malloc  # noqa: E402
+
 ARMS = {  # name: (environment, head only at the scored tokens)
-    "before": ({"SEARCHR1_MALLOC_TUNING": "0"}, False),
+    "before": ({SWITCH: "0"}, False),
     "malloc": ({}, False),
     "malloc+head": ({}, True),
     "trim-only": ({"MALLOC_TRIM_THRESHOLD_": str(1 << 30)}, False),
@@ -50,9 +52,7 @@ ARMS = {  # name: (environment, head only at the scored tokens)
 
 
 def child(args) -> dict:
-    from searchr1.allocator import tune_malloc
-
-    applied = tune_malloc()
+    applied = tune_malloc()  # before torch's first allocation, as the CLI does
     import torch
 
     from searchr1.modelhub import load_causal_lm
@@ -123,8 +123,7 @@ def main() -> None:
     argv = sys.argv[1:]
     for r in range(args.rounds):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("SEARCHR1_MALLOC_TUNING", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
+            env = {k: v for k, v in os.environ.items() if k not in (SWITCH, *USER_SETTINGS)}
             env.update(ARMS[arm][0])
             proc = subprocess.run([sys.executable, __file__, *argv, "--arm", arm], env=env, capture_output=True,
                                   text=True, check=False)

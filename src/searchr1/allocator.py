@@ -7,7 +7,7 @@ logits, bf16 weight casts) hundreds of times, so every step maps fresh pages and
 each one on first touch: the demo of 2026-12-07 took 65 million minor page faults and 178 s of
 system time in a 1,236 s run. With both thresholds at 1 GiB the freed memory stays in the heap and
 is reused; one micro-batch of the demo's update ran 1.2x faster with 10x fewer faults
-(`benchmarks/allocator.py`). Numerics are unchanged: only where the bytes come from.
+(`benchmarks/update_pass.py`). Numerics are unchanged: only where the bytes come from.
 
 The price is resident memory that is not given back between steps (up to the step's peak), which a
 long-lived trainer reaches anyway. Off with `SEARCHR1_MALLOC_TUNING=0`, and a no-op where the C
@@ -25,6 +25,7 @@ import platform
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 THRESHOLD = 1 << 30  # 1 GiB: mallopt takes a C int, so at most 2 GiB - 1
+SWITCH = "SEARCHR1_MALLOC_TUNING"  # 0 / false / no / off: leave glibc as it is
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 _applied: dict[str, int] | None = None
@@ -32,7 +33,7 @@ _applied: dict[str, int] | None = None
 
 def tuning_wanted(environ=os.environ) -> bool:
     """Whether to set the thresholds: not disabled, and not already set by the user."""
-    if environ.get("SEARCHR1_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+    if environ.get(SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     return not any(environ.get(k) for k in USER_SETTINGS)
 

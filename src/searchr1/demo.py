@@ -163,6 +163,12 @@ def training_precision(cfg: Config, policy: tuple | None):
     return torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
 
 
+def evaluate_as_trained(cfg: Config, rcfg, out_dir: Path, console, retriever, policy: tuple | None) -> dict:
+    """`evaluate_held_out` in the training precision (`training_precision`), as the demo evaluates."""
+    with training_precision(cfg, policy):
+        return evaluate_held_out(cfg, rcfg, out_dir, console, retriever, policy)
+
+
 def _agent_metrics(results: dict) -> tuple[dict, Path]:
     label = next(iter(results["metrics"]))
     return results["metrics"][label]["agent"], Path(results["config"]["eval"]["out_dir"]) / results["files"][f"{label}/agent"]
@@ -251,8 +257,7 @@ def run_demo(cfg: Config, console) -> dict:
             # the warm-up trains a policy in memory, and our engine evaluates it in the training
             # precision; vLLM without a warm-up loads cfg.model itself
             policy = load_policy(cfg) if cfg.sft.steps > 0 or cfg.rollout.backend == "engine" else None
-            with training_precision(cfg, policy):
-                evals["before"] = evaluate_held_out(cfg, rcfg, out / "eval-before", console, retriever, policy)
+            evals["before"] = evaluate_as_trained(cfg, rcfg, out / "eval-before", console, retriever, policy)
         rl_model = cfg.model.name
         if cfg.sft.steps > 0:
             with _stage(console, timings, "sft", f"stage 3/6: SUPERVISED WARM-UP on demonstrations "
@@ -265,9 +270,8 @@ def run_demo(cfg: Config, console) -> dict:
                               markup=False)
             if cfg.demo.eval_after_sft:
                 with _stage(console, timings, "eval_after_sft", "stage 3/6: evaluate after the warm-up"):
-                    with training_precision(cfg, policy):
-                        evals["after_sft"] = evaluate_held_out(cfg, rcfg, out / "eval-after-sft", console, retriever,
-                                                               policy)
+                    evals["after_sft"] = evaluate_as_trained(cfg, rcfg, out / "eval-after-sft", console, retriever,
+                                                             policy)
         else:
             console.print("\n[bold]stage 3/6: no supervised warm-up[/] (sft.steps=0): pure RL from the model")
         del policy
@@ -289,8 +293,7 @@ def run_demo(cfg: Config, console) -> dict:
                 evals["after"] = during.pop(cfg.train.steps)
                 console.print(f"the trainer's held-out evaluation of step {cfg.train.steps} is the after-RL one")
             else:
-                with training_precision(cfg, trained):
-                    evals["after"] = evaluate_held_out(cfg, rcfg, out / "eval-after", console, retriever, trained)
+                evals["after"] = evaluate_as_trained(cfg, rcfg, out / "eval-after", console, retriever, trained)
     finally:
         getattr(retriever, "close", lambda: None)()
     with _stage(console, timings, "report", "stage 6/6: report"):

