@@ -265,8 +265,9 @@ def test_old_logprobs_come_from_the_sampler_when_it_is_the_policy(sampler_is_pol
     assert stats["train/optimizer_steps"] == 4 // tc.mini_batch_size
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_sorted_by_length_give_the_same_gradients_with_less_padding(agg):
+    # seq-mean-token-sum-norm: Dr. GRPO's constant divides every micro-batch (it was each micro-batch's own width)
     # SGD at lr 1 without clipping: the weights move by minus the accumulated gradient itself
     batch = collate(_trajs(), 0)
     moves, metrics = [], []
@@ -295,3 +296,62 @@ def test_sorted_forward_passes_return_rows_in_batch_order():
     alone = ordered.forward(dataclasses.replace(batch.rows(torch.tensor([3])), old_logprobs=None), "policy")
     torch.testing.assert_close(ordered.forward(batch, "policy")[3, :2], alone[0, :2], atol=1e-6, rtol=0)
 
+
+
+# group 0's rewards differ; group 1's are equal, so its advantages are 0 under GRPO
+SOME_SILENT = torch.tensor([1.0, 0.0, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_silent_rows_are_left_out_and_the_gradient_is_unchanged(agg):
+    batch = collate(_trajs(), 0)
+    moves, metrics, rows = [], [], []
+    for skip in (False, True):
+        learner = _learner(kl_coef=0.0, optim=OptimConfig(lr=1.0, max_grad_norm=0.0), loss=LossConfig(agg=agg),
+                           compute=ComputeConfig(skip_silent_rows=skip))
+        seen = []
+        forward = learner.models.policy_forward
+        learner.models.policy_forward = lambda ids, *a, **k: seen.append(ids.shape[0]) or forward(ids, *a, **k)
+        prepared, _ = learner.prepare(batch, SOME_SILENT)
+        if skip:
+            assert learner.silent_rows(prepared).tolist() == [False, False, True, True]
+        before = _weights(learner)
+        metrics.append(learner.update(prepared, step=4))
+        moves.append(_weights(learner) - before)
+        rows.append(sum(seen))
+    assert moves[0].abs().max() > 1e-3
+    torch.testing.assert_close(moves[1], moves[0], atol=1e-6, rtol=0)
+    assert rows == [4, 2]  # the update's forwards ran over 2 rows instead of 4
+    assert metrics[1]["train/silent_rows_left_out"] == 2 and metrics[0]["train/silent_rows_left_out"] == 0
+    assert metrics[1]["train/optimizer_steps"] == 1
+
+
+def test_a_mini_batch_without_signal_takes_no_optimizer_step():
+    batch = collate(_trajs(), 0)
+    flat = torch.tensor([0.5, 0.5, 1.0, 1.0])  # every group's rewards are equal: all advantages 0
+    for skip in (False, True):
+        tc = TrainConfig(prompts_per_step=2, group_size=2, mini_batch_size=2, micro_batch_size=2,
+                         optim=OptimConfig(lr=0.1, weight_decay=0.1), kl=KLConfig(coef=0.0),
+                         compute=ComputeConfig(skip_silent_rows=skip))
+        learner = Learner(build_models(tiny_llama(), tc), tc)  # AdamW: it moves weights on a zero gradient
+        prepared, _ = learner.prepare(batch, flat)
+        before = _weights(learner)
+        stats = learner.update(prepared, step=1)
+        moved = (_weights(learner) - before).abs().max()
+        if skip:
+            assert moved == 0 and stats["train/optimizer_steps"] == 0 and stats["train/empty_mini_batches"] == 2
+            assert not learner.optimizers["policy"].state  # no moments were started either
+        else:
+            assert moved > 0 and stats["train/optimizer_steps"] == 2  # weight decay alone
+
+
+@pytest.mark.parametrize("kw", [
+    {"kl_coef": 0.01},  # the KL loss reads every row
+    {"kl_coef": 0.0, "loss": LossConfig(entropy_coef=0.01)},
+    {"kl_coef": 0.0, "loss": LossConfig(llds_coef=0.1)},
+    {"kl_coef": 0.0, "algorithm": "ppo"},  # the value loss reads every row (and GAE is rarely exactly 0)
+])
+def test_no_row_is_silent_when_another_loss_term_reads_it(kw):
+    learner = _learner(**kw)
+    prepared, _ = learner.prepare(collate(_trajs(), 0), SOME_SILENT)
+    assert learner.silent_rows(prepared) is None

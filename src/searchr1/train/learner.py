@@ -8,7 +8,10 @@
               similar length together, `train.compute.sort_micro_batches`; metric batch/pad_fraction),
               clipped surrogate (per token, or GSPO's per sequence; clip-higher, dual clip, truncated
               importance weights when asked), entropy bonus, KL loss, LLDS, value loss; a non-finite
-              loss or gradient norm skips the optimizer step
+              loss or gradient norm skips the optimizer step. Rows whose loss has exactly zero
+              gradient (zero advantages and no other term: `silent_rows`) are left out of the
+              passes; the rows kept are weighted as in the whole mini-batch, so the gradient is the
+              same, and a mini-batch left empty takes no optimizer step
 
 Old log-probs (the ratio's denominator) come from one of three places (`old_logprobs_source`):
     update    one optimizer step per batch: the update's own forward, detached (no pass at all)
@@ -97,12 +100,17 @@ class Learner:
     `models.distribute(dist)`: under zero1 the optimizer itself is sharded.
 
     `sampler_is_policy`: the batches' rollouts are sampled by the policy module itself under
-    `models.compute()` (our engine over the trained weights), so their log-probs are the old ones."""
+    `models.compute()` (our engine over the trained weights), so their log-probs are the old ones.
+
+    `agg_norm`: the constant length of Dr. GRPO's ``seq-mean-token-sum-norm`` (the trainer passes the
+    agent's response budget); None = each step's longest response."""
 
     def __init__(self, models: TrainModels, tc, dist: DataParallel = ALONE, optimizer_cls=torch.optim.AdamW,
-                 weight_decay: float | None = None, sampler_is_policy: bool = False) -> None:
+                 weight_decay: float | None = None, sampler_is_policy: bool = False,
+                 agg_norm: float | None = None) -> None:
         self.models, self.tc, self.dist = models, tc, dist
         self.sampler_is_policy = sampler_is_policy
+        self.agg_norm = agg_norm
         decay = tc.optim.weight_decay if weight_decay is None else weight_decay
         self.optimizers = {"policy": dist.optimizer(trainable(models.policy), optimizer_cls, lr=tc.optim.lr,
                                                     weight_decay=decay)}
@@ -231,22 +239,50 @@ class Learner:
         return metrics
 
     # ------------------------------------------------------------------ the update
+    def silent_rows(self, batch: Batch) -> torch.Tensor | None:
+        """``[B]`` bool: the rows of a prepared batch whose loss has exactly zero gradient, or None when
+        this configuration cannot tell. A row is silent when its advantage is 0 at every loss token
+        (a GRPO / RLOO group whose rewards are all equal, a row outside the loss) and no other term
+        reads it: no KL loss, entropy bonus, LLDS or value loss. Its clipped surrogate is then
+        ``-0 * ratio`` whatever the ratio, so leaving it out of the forward and backward passes
+        changes nothing but their cost. Off under data parallelism (every rank must run the same
+        passes for the collectives) and with `train.compute.skip_silent_rows` false."""
+        tc, models = self.tc, self.models
+        kl_term = models.reference is not None and not tc.use_kl_in_reward and tc.kl.coef > 0
+        if (not tc.compute.skip_silent_rows or self.dist.distributed or models.critic is not None or kl_term
+                or tc.loss.entropy_coef != 0 or tc.loss.llds_coef != 0 or batch.advantages is None):
+            return None
+        return ((batch.advantages != 0) & batch.loss_mask.bool()).sum(1) == 0
+
     def update(self, batch: Batch, step: int, measure_sampler: bool = False) -> dict[str, float]:
         """ppo_epochs x shuffled mini-batches of a prepared batch; gradient accumulation over
         micro-batches. Under data parallelism rank r trains on its 1/W of each mini-batch with the
         loss scaled by W (DDP averages gradients). `measure_sampler`: report the sampler/trainer
         mismatch from the forwards before the first optimizer step (the policy is still the sampler's)."""
         models, tc, dist = self.models, self.tc, self.dist
+        agg_norm = float(self.agg_norm or batch.response_len)
         models.set_training(True)
         policy_params, critic_params = trainable(models.policy), trainable(models.critic)
         stats = RunningStats()
         skipped = trailing_skipped = optimizer_steps = 0
         max_norm = tc.optim.max_grad_norm if tc.optim.max_grad_norm > 0 else float("inf")
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        silent = self.silent_rows(batch)
+        left_out = empty = 0
         for epoch in range(tc.ppo_epochs):
             perm = torch.randperm(batch.size, generator=gen).to(batch.input_ids.device)
             for mini in perm.split(tc.mini_batch_size):
-                mini_tokens = float(batch.loss_mask[mini].sum())
+                # the weights below divide by the whole mini-batch's tokens (rows), so leaving out the
+                # silent rows keeps the gradient of the rest as it was
+                mini_tokens, mini_rows = float(batch.loss_mask[mini].sum()), len(mini)
+                if silent is not None:
+                    left_out += int(silent[mini].sum())
+                    mini = mini[~silent[mini]]
+                    if len(mini) == 0:
+                        # no gradient at all: an optimizer step would only apply AdamW's momentum and
+                        # weight decay, which no data asked for
+                        empty += 1
+                        continue
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 finite = True
@@ -260,12 +296,13 @@ class Learner:
                     if tc.loss.agg == "token-mean":
                         weight = float(mb.loss_mask.sum()) / mini_tokens if mini_tokens > 0 else 0.0
                     else:
-                        weight = len(micro) / len(mini)
+                        weight = len(micro) / mini_rows
                     sync_later = i < len(micros) - 1  # gradients are all-reduced once, after the last micro-batch
                     with dist.no_sync(models.policy_forward, sync_later), \
                             dist.no_sync(models.critic_forward, sync_later):
                         finite = self._micro_step(mb, weight * dist.world, stats,
-                                                  measure_sampler and epoch == optimizer_steps == 0) and finite
+                                                  measure_sampler and epoch == optimizer_steps == 0,
+                                                  agg_norm) and finite
                     if not finite and not dist.distributed:
                         break  # alone, no other rank waits for this backward
                 finite = dist.all_true(finite)
@@ -294,10 +331,13 @@ class Learner:
         out = dist.merge_stats(stats.sums, stats.weights, stats.maxima)
         out["train/skipped_updates"] = skipped
         out["train/optimizer_steps"] = optimizer_steps
+        out["train/silent_rows_left_out"] = left_out / max(tc.ppo_epochs, 1)
+        out["train/empty_mini_batches"] = empty
         out["train/trailing_skipped_updates"] = trailing_skipped  # since the last optimizer step taken
         return out
 
-    def _micro_step(self, mb: Batch, weight: float, stats: RunningStats, measure_sampler: bool = False) -> bool:
+    def _micro_step(self, mb: Batch, weight: float, stats: RunningStats, measure_sampler: bool = False,
+                    agg_norm: float | None = None) -> bool:
         """Forward and backward of one micro-batch; False if the loss was not finite. The backward
         runs even then under data parallelism (the other ranks wait for its all-reduce); the
         optimizer step is skipped everywhere instead."""
@@ -329,25 +369,28 @@ class Learner:
             micro_stats.update({"actor/tis_capped_fraction": tis["capped_fraction"],
                                 "actor/tis_weight_mean": tis["weight_mean"]})
         pg, pg_stats = policy_loss(out.logprobs, old, mb.advantages, mask, tc.loss.clip_ratio, tc.loss.clip_ratio_high or None,
-                                   tc.loss.dual_clip_c or None, tc.loss.agg, token_weights=is_weights, mode=tc.loss.mode)
+                                   tc.loss.dual_clip_c or None, tc.loss.agg, token_weights=is_weights, mode=tc.loss.mode,
+                                   agg_norm=agg_norm)
         loss = pg
         micro_stats.update({"actor/pg_loss": pg, "actor/clip_fraction": pg_stats["clip_fraction"],
                             "actor/approx_kl": pg_stats["approx_kl"], "actor/ratio_max": pg_stats["ratio_max"]})
         if tc.loss.llds_coef > 0:
-            llds, llds_stats = llds_loss(out.logprobs, old, mb.advantages, mask, tc.loss.llds_gate, tc.loss.agg)
+            llds, llds_stats = llds_loss(out.logprobs, old, mb.advantages, mask, tc.loss.llds_gate, tc.loss.agg,
+                                           agg_norm)
             loss = loss + tc.loss.llds_coef * llds
             micro_stats.update({"actor/llds_loss": llds, "actor/llds_active_tokens": llds_stats["active_tokens"],
                                 "actor/llds_active_responses": llds_stats["active_responses"]})
-        entropy = aggregate_loss(out.entropy, mask, tc.loss.agg)
+        entropy = aggregate_loss(out.entropy, mask, tc.loss.agg, agg_norm)
         micro_stats["actor/entropy"] = entropy
         if tc.loss.entropy_coef > 0:
             loss = loss - tc.loss.entropy_coef * entropy
         if ref is not None and not tc.use_kl_in_reward and tc.kl.coef > 0:
-            kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, tc.loss.agg)
+            kl, _ = kl_loss(out.logprobs, ref, mask, tc.kl_estimator, tc.loss.agg, agg_norm)
             loss = loss + tc.kl.coef * kl
             micro_stats["actor/kl_loss"] = kl
         if values is not None:
-            vl, v_stats = value_loss(values, mb.values, mb.returns, mask, tc.loss.value_clip or None, tc.loss.agg)
+            vl, v_stats = value_loss(values, mb.values, mb.returns, mask, tc.loss.value_clip or None, tc.loss.agg,
+                                     agg_norm)
             loss = loss + tc.loss.vf_coef * vl
             micro_stats["critic/value_loss"] = vl
             micro_stats["critic/clip_fraction"] = v_stats["clip_fraction"]

@@ -253,6 +253,12 @@ class ComputeConfig:
                                            "of a mini-batch), so that a pass holds little padding; the loss and "
                                            "gradients are the same (the accumulation is weighted); false = the "
                                            "shuffled order")
+    skip_silent_rows: bool = param(True, "leave out of the update's passes the rows whose loss has exactly zero "
+                                         "gradient: zero advantage at every token (a group whose rewards are "
+                                         "all equal) and no KL loss, entropy bonus, LLDS or critic. The other "
+                                         "rows' gradient is unchanged; a mini-batch left empty takes no "
+                                         "optimizer step (no AdamW momentum or decay without data). One process "
+                                         "only (data parallelism runs every row)")
     collective_timeout_minutes: float = param(120.0, "under torchrun / accelerate launch: how long a process waits "
                                                      "in a collective for the others; it must cover rank 0's "
                                                      "evaluation (eval_every), which the other ranks wait for")

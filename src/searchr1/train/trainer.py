@@ -200,7 +200,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     if dist.distributed:
         say(f"train: data parallel over {dist.world} processes ({tc.prompts_per_step // dist.world} prompts each; "
             f"sharding {dist.sharding})")
-    learner = Learner(models, tc, dist)
+    learner = Learner(models, tc, dist, agg_norm=cfg.agent.max_response_tokens)
     optimized = models.optimized_modules()
 
     # ---------------------------------------------------------------- the generator, then resume's RNG
