@@ -37,6 +37,7 @@ __all__ = [
     "lenient_answer",
     "normalize_answer",
     "read_answer",
+    "retrieved_gold",
     "valid_format",
     "score_breakdown",
 ]
@@ -189,6 +190,22 @@ def valid_format(response_text: str, protocol: str = "tags") -> bool:
     return is_valid_tool_format(response_text) if protocol == "tool_call" else is_valid_format(response_text)
 
 
+_RETRIEVED = {"tags": re.compile(r"<information>(.*?)</information>", re.DOTALL),
+              "tool_call": re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)}
+
+
+def retrieved_gold(response_text: str, golden_answers: Any, protocol: str = "tags") -> bool:
+    """Search-R1's `is_retrieval_correct`: some gold answer occurs in a retrieved block of the
+    response (`<information>` under tags, `<tool_response>` under tool_call). The test is
+    `contains_answer`'s, on whole words: Search-R1 tests a raw substring of the normalised text, under
+    which gold "1" is found in "1879"."""
+    _check_protocol(protocol)
+    if not isinstance(response_text, str):
+        return False
+    golds = _golds(golden_answers)
+    return any(contains_answer(block, golds) for block in _RETRIEVED[protocol].findall(response_text))
+
+
 def compute_score(
     response_text: str,
     golden_answers: Any,
@@ -196,6 +213,7 @@ def compute_score(
     format_reward: bool = False,
     structure_format_score: float = 0.2,
     final_format_score: float = 0.1,
+    retrieval_score: float = 0.0,
     score: float = 1.0,
     protocol: str = "tags",
 ) -> float:
@@ -211,6 +229,11 @@ def compute_score(
         wrong      structure (0.2) final_format_score (0.1)
         none       structure (0.2) 0
 
+    `retrieval_score` (Search-R1 v0.3's; its scripts set 0): a valid response that is not correct
+    earns it on top of the structure score when its retrieved passages hold a gold answer
+    (`retrieved_gold`): 0.2 + r. A guess in the right tags then earns less than a search that found
+    the answer, which the format score alone does not say.
+
     A response without an answer cannot pass `is_valid_format` (it must end in an answer
     block), so "none" always scores 0; the valid branch is kept for parity with Search-R1.
     In Search-R1 itself "none" hardly happens: it extracts from prompt + response, and the prompt
@@ -224,11 +247,14 @@ def compute_score(
     if not format_reward:
         return score if correct else 0.0
     valid = valid_format(response_text, protocol)
-    if answer is None:
-        return structure_format_score if valid else 0.0
     if correct:
         return score if valid else score - structure_format_score
-    return structure_format_score if valid else final_format_score
+    shaped = structure_format_score
+    if valid and retrieval_score and retrieved_gold(response_text, golden_answers, protocol):
+        shaped += retrieval_score
+    if answer is None:
+        return shaped if valid else 0.0
+    return shaped if valid else final_format_score
 
 
 def lenient_answer(response_text: str) -> str | None:

@@ -250,6 +250,17 @@ def test_tool_agent_and_format_reward_overrides():
     assert o[f"{R}.multi_turn.max_assistant_turns"] == 4
     assert o[f"{R}.agent.default_agent_loop"] == "tool_agent"
     assert o["+reward.custom_reward_function.reward_kwargs.format_reward"] is True
+    assert "+reward.custom_reward_function.reward_kwargs.retrieval_score" not in o  # Search-R1's 0 stays implicit
+    o = verl_plan(config("train.format_reward=true", "train.retrieval_score=0.1")).as_dict()
+    assert o["+reward.custom_reward_function.reward_kwargs.retrieval_score"] == 0.1
+
+
+def test_the_retrieval_score_reaches_the_verl_reward_as_a_number():
+    response = ("<think>a</think><search> q </search><information>Doc 1(Title: x) Paris</information>"
+                "<think>b</think><answer> Lyon </answer>")
+    got = verl_reward.compute_score("nq", response, {"target": ["Paris"]}, None, format_reward="true",
+                                    retrieval_score="0.1")
+    assert got == pytest.approx(0.3)
 
 
 def test_an_algorithm_without_a_verl_estimator_is_refused_naming_those_with_one():

@@ -17,7 +17,7 @@ from searchr1.rollout.trajectory import Trajectory
 from searchr1.train.batch import collate
 from searchr1.train.learner import ALONE, Learner
 from searchr1.train.models import build_models
-from searchr1.train.rollouts import PromptSampler, RolloutCollector
+from searchr1.train.rollouts import PromptSampler, RolloutCollector, rollout_metrics
 from searchr1.train.settings import (AdvConfig, ComputeConfig, DapoConfig, KLConfig, LossConfig, OptimConfig,
                                      SamplingConfig, TrainConfig)
 
@@ -355,3 +355,14 @@ def test_no_row_is_silent_when_another_loss_term_reads_it(kw):
     learner = _learner(**kw)
     prepared, _ = learner.prepare(collate(_trajs(), 0), SOME_SILENT)
     assert learner.silent_rows(prepared) is None
+
+
+def test_rollout_metrics_count_the_episodes_whose_passages_held_a_gold_answer():
+    trajs = _trajs()
+    texts = ["<search> q </search><information>Paris is there</information><answer> Lyon </answer>",
+             "<think>Paris</think><answer> Paris </answer>",  # named by the policy, not retrieved
+             "<information>nothing</information>", ""]
+    for t, text in zip(trajs, texts):
+        t.response_text, t.golden_answers = text, ["Paris"]
+    metrics = rollout_metrics(trajs, collate(trajs, 0), SCORES)
+    assert metrics["rollout/retrieved_gold"] == 0.25

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
 from searchr1.retrieval.base import Hit
 from searchr1.rewards import (compute_score, contains_answer, cover_exact_match, exact_match, f1_score,
-                              is_valid_format, normalize_answer, score_breakdown)
+                              is_valid_format, normalize_answer, retrieved_gold, score_breakdown)
 
 
 @pytest.mark.parametrize(
@@ -285,6 +285,36 @@ def test_compute_score_custom_weights():
     assert compute_score(BAD_VALID, ["paris"], **kw) == 0.3
     assert compute_score(BAD_INVALID, ["paris"], **kw) == 0.05
     assert compute_score(GOOD_VALID, ["paris"], score=2.0) == 2.0
+
+
+SEARCHED = ("<think>t</think><search> capital of france </search><information>Doc 1(Title: France) Its capital "
+            "is Paris.</information><think>t</think><answer> {} </answer>")
+
+
+@pytest.mark.parametrize("answer, golds, expected", [
+    ("Lyon", ["Paris"], 0.2 + 0.15),  # wrong, but the passages held the gold answer (Search-R1: 0.2 + r)
+    ("Paris", ["Paris"], 1.0),  # correct: the full score, never more
+    ("Lyon", ["Marseille"], 0.2),  # the passages did not hold it
+    ("Lyon", ["Par"], 0.2),  # whole words: "Par" is not found in "Paris" (Search-R1's substring test finds it)
+])
+def test_retrieval_score_pays_a_search_that_found_the_answer(answer, golds, expected):
+    response = SEARCHED.format(answer)
+    assert compute_score(response, golds, format_reward=True, retrieval_score=0.15) == pytest.approx(expected)
+    assert compute_score(response, golds, format_reward=True) == pytest.approx(min(expected, 0.2) if expected < 1
+                                                                               else 1.0)
+
+
+def test_retrieval_score_needs_a_valid_response_and_a_retrieved_block():
+    invalid = "Lyon? " + SEARCHED.format("Lyon")  # text outside the tags: not valid
+    assert compute_score(invalid, ["Paris"], format_reward=True, retrieval_score=0.15) == 0.1
+    # the gold answer in the policy's own thinking is not a retrieval
+    guessed = "<think>Paris or Lyon</think><answer> Lyon </answer>"
+    assert compute_score(guessed, ["Paris"], format_reward=True, retrieval_score=0.15) == 0.2
+    assert retrieved_gold(SEARCHED.format("Lyon"), {"target": ["paris"]})
+    assert not retrieved_gold(guessed, ["Paris"])
+    tool = "<tool_call>{}</tool_call><tool_response>Paris is the capital</tool_response>"
+    assert retrieved_gold(tool, ["Paris"], protocol="tool_call")
+    assert not retrieved_gold(tool, ["Paris"])  # under tags only <information> blocks are retrievals
 
 
 def test_reward_ignores_the_prompts_example_answer():

@@ -26,7 +26,8 @@ from searchr1 import rewards
 
 __all__ = ["compute_score", "compute_score_with_metrics"]
 
-_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "score", "protocol")
+_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "retrieval_score", "score",
+                 "protocol")
 
 
 def _truthy(value: Any) -> bool:
@@ -39,7 +40,7 @@ def _score_kwargs(kwargs: dict) -> dict:
     out = {k: kwargs[k] for k in _SCORE_KWARGS if k in kwargs and kwargs[k] is not None}
     if "format_reward" in out:
         out["format_reward"] = _truthy(out["format_reward"])
-    for k in ("structure_format_score", "final_format_score", "score"):
+    for k in ("structure_format_score", "final_format_score", "retrieval_score", "score"):
         if k in out:
             out[k] = float(out[k])
     if "protocol" in out:
@@ -52,7 +53,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     """veRL's reward signature; the value is `searchr1.rewards.compute_score(solution_str, ground_truth)`.
 
     Keyword arguments veRL adds (reward_router_address, ...) are ignored; `format_reward`,
-    `structure_format_score`, `final_format_score`, `score` and `protocol` (tags or tool_call: how
+    `structure_format_score`, `final_format_score`, `retrieval_score`, `score` and `protocol` (tags or tool_call: how
     the answer is read; from `reward_kwargs`) are passed on.
     """
     return float(rewards.compute_score(solution_str, ground_truth, **_score_kwargs(kwargs)))

@@ -25,7 +25,7 @@ import torch
 from searchr1.errors import SearchR1Error
 from searchr1.eval.metrics import aggregate
 from searchr1.protocol import build_prompt
-from searchr1.rewards import compute_score
+from searchr1.rewards import compute_score, retrieved_gold
 from searchr1.rl import informative_groups, overlong_penalty
 from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory
 from searchr1.rollout.generator import SamplingParams
@@ -89,9 +89,10 @@ def make_trajectories(rows: Sequence[dict], tokenizer, template: str, chat: bool
 # ----------------------------------------------------------------------------- rewards
 
 
-def default_reward_fn(format_reward: bool) -> RewardFn:
+def default_reward_fn(format_reward: bool, retrieval_score: float = 0.0) -> RewardFn:
     def reward(traj: Trajectory) -> float:
         return float(compute_score(traj.response_text, traj.golden_answers, format_reward=format_reward,
+                                   retrieval_score=retrieval_score,
                                    protocol=traj.meta.get("protocol", "tags")))
 
     return reward
@@ -125,6 +126,9 @@ def rollout_metrics(trajs: Sequence[Trajectory], batch: Batch, scores: torch.Ten
         "rollout/searches_per_traj": episodes["searches"],
         "rollout/invalid_rate": episodes["invalid_rate"],
         "rollout/answered": episodes["answered"],
+        # the share whose passages held a gold answer (what train.retrieval_score pays, valid or not)
+        "rollout/retrieved_gold": sum(retrieved_gold(t.response_text, t.golden_answers, t.meta.get("protocol", "tags"))
+                                      for t in trajs) / n,
         "rollout/truncated": float(batch.truncated.float().mean()),
         "rollout/response_length": response_tokens / n,
         "rollout/generated_length": generated / n,

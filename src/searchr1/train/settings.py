@@ -293,6 +293,10 @@ class TrainConfig:
                                      "only memory, never the result, depends on it)")
     ppo_epochs: int = param(1, "passes over each rollout batch")
     format_reward: bool = param(False, "add Search-R1's format score to the exact-match reward")
+    retrieval_score: float = param(0.0, "with format_reward: Search-R1's retrieval score, added to the structure "
+                                        "score of a valid response that is not correct when its retrieved "
+                                        "passages hold a gold answer (its scripts set 0); it pays a search that "
+                                        "found the answer more than a guess in the right tags")
     # ------------------------------------------------------------------ sections
     optim: OptimConfig = param(OptimConfig, "the optimizer (AdamW) and its schedule")
     loss: LossConfig = param(LossConfig, "the policy loss (clipping, entropy, importance weights) and the "
@@ -336,6 +340,9 @@ class TrainConfig:
         if self.dapo.dynamic_sampling and self.group_size < 2:
             raise ValueError("dapo.dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all "
                              "equal)")
+        if self.retrieval_score < 0 or (self.retrieval_score and not self.format_reward):
+            raise ValueError("retrieval_score must be >= 0 and needs format_reward: true (it is part of the "
+                             "format-shaped reward)")
         if self.rollout_tree < 0:
             raise ValueError("rollout_tree must be >= 0 (0 = independent chains)")
         if algo.needs_trees and not self.rollout_tree:

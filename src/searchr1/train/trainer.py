@@ -262,7 +262,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
 
     collector = RolloutCollector(
         Agent(generator, retriever, cfg.agent), tokenizer, rows, sampler, tc, cfg.model.use_chat_template,
-        reward_fn or default_reward_fn(tc.format_reward), cfg.agent.max_response_tokens, dist,
+        reward_fn or default_reward_fn(tc.format_reward, tc.retrieval_score), cfg.agent.max_response_tokens, dist,
         gathered=lambda: _generating(models, dist), pool_for=pool_for)
 
     def save(step: int) -> Path | None:
