@@ -18,9 +18,10 @@ each arm updates the same model. Arms, interleaved ABBA over --rounds rounds:
 
 update ms is `Learner.update` (all its mini-batches and optimizer steps), the median of --repeats per
 round, then of the rounds; the ratio divides all rows' time by skip's (> 1: faster). In the title:
-how far apart the two arms' weight changes are, relative to their size (the gradient is the same;
-bf16 autocast and a different grouping of rows into micro-batches change the rounding, and AdamW's
-first step, about lr * sign(gradient), turns the rounding of tiny gradients into whole steps).
+how far apart the two arms' weight changes are after one update, relative to their size, under bf16
+autocast (the timed runs) and in fp32 (one untimed update of each arm). The gradient is the same;
+bf16 autocast and a different grouping of rows into micro-batches change its rounding, and AdamW's
+first step, about lr * sign(gradient), turns the rounding of near-zero gradients into whole steps.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def demo_batch(vocab: int, args, seed: int = 0):
     return collate(trajs, 0), torch.tensor(scores)
 
 
-def learner_for(model, skip: bool):
+def learner_for(model, skip: bool, autocast=True):
     import torch
 
     from searchr1.train.learner import Learner
@@ -71,7 +72,21 @@ def learner_for(model, skip: bool):
 
     tc = TrainConfig(algorithm="grpo", prompts_per_step=4, group_size=6, mini_batch_size=12, micro_batch_size=4,
                      optim=OptimConfig(lr=2e-5), kl=KLConfig(coef=0.0), compute=ComputeConfig(skip_silent_rows=skip))
-    return Learner(build_models(copy.deepcopy(model), tc, torch.bfloat16), tc)
+    return Learner(build_models(copy.deepcopy(model), tc, torch.bfloat16 if autocast else None), tc)
+
+
+def weight_change_gap(model, batch, scores) -> float:
+    """One fp32 update of each arm: how far apart their weight changes are, relative to their size."""
+    import torch
+
+    start = torch.cat([q.detach().flatten() for q in model.parameters()])
+    after = {}
+    for skip in (False, True):
+        learner = learner_for(model, skip, autocast=False)
+        prepared, _ = learner.prepare(batch, scores)
+        learner.update(prepared, step=1)
+        after[skip] = torch.cat([q.detach().flatten() for q in learner.models.policy.parameters()])
+    return float((after[True] - after[False]).norm() / (after[False] - start).norm())
 
 
 def main() -> None:
@@ -123,13 +138,15 @@ def main() -> None:
     start = torch.cat([q.detach().flatten() for q in model.parameters()])
     move = weights["all rows"] - start
     diff = float((weights["skip"] - weights["all rows"]).norm() / move.norm())
+    fp32_gap = weight_change_gap(model, batch, scores)
     rows = [[a, med[a], med["all rows"] / med[a], int(left_out) if a == "skip" else 0] for a in ARMS]
     headers = ["arm", "update ms", "x all rows", "rows left out"]
     print(table(f"medians over {args.rounds} rounds of {args.repeats} updates each (ABBA); after one update the "
-                f"the arms' weight changes differ by {diff:.2e} of their L2 norm", headers, rows))
+                f"arms' weight changes differ by {diff:.2e} of their L2 norm under bf16 autocast, {fp32_gap:.2e} "
+                "in fp32", headers, rows))
     save_json(args.out, {"command": "python benchmarks/silent_rows.py " + " ".join(sys.argv[1:]),
                          "date": time.strftime("%Y-%m-%d"), "machine": machine(), "headers": headers, "rows": rows,
-                         "times_s": times, "relative_weight_change_difference": diff,
+                         "times_s": times, "relative_weight_change_difference": diff, "relative_weight_change_difference_fp32": fp32_gap,
                          "batch": {"rows": batch.size, "silent_groups": args.silent, "groups": args.groups,
                                    "tokens": int(batch.attention_mask.sum())}})
     print(f"\nwrote {args.out}")
