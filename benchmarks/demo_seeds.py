@@ -19,7 +19,8 @@ seed x question pairs, resampled by question so a question's seeds stay together
 
 --against B (the run directory of another setting's seeds, already run): this setting's EM after RL
 minus B's, per seed on the same questions and pooled as above. Each seed's warm-up must be B's
-(same per-question EM after the warm-up, checked), so the two differ only in their RL. Beside it,
+(checked: the same per-question EM after the warm-up, or byte-identical warm-up models when the two
+settings evaluate in different precisions), so the two differ only in their RL. Beside it,
 each arm's RL budget: generated tokens and searches summed over its steps (`budget/*` in
 train/metrics.jsonl), and their ratio.
 """
@@ -27,6 +28,7 @@ train/metrics.jsonl), and their ratio.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import subprocess
@@ -86,6 +88,27 @@ def rl_budget(run: Path) -> dict[str, float]:
     return total
 
 
+def weights_digest(model_dir: Path) -> str | None:
+    """sha256 over a saved model's weight files (safetensors), or None when it has none."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def same_warm_up(run_a: Path, run_b: Path, ra: dict, rb: dict) -> str | None:
+    """How two seeds' warm-ups are known to be the same, or None when they are not: "evaluation"
+    (the same per-question EM after the warm-up) or "weights" (byte-identical warm-up models whose
+    evaluations differ, as when the settings differ in the precision the demo evaluates in)."""
+    if per_question_em(ra, "after_sft") == per_question_em(rb, "after_sft"):
+        return "evaluation"
+    a, b = weights_digest(run_a / "sft-model"), weights_digest(run_b / "sft-model")
+    return "weights" if a is not None and a == b else None
+
+
 def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
     """This setting's EM after RL minus `against`'s, seed by seed and pooled (see the module doc)."""
     from searchr1.demo import by_question_kind, load_eval, paired_gain, per_question_em as em
@@ -94,13 +117,16 @@ def compare_runs(seeds: list[int], runs: Path, against: Path) -> dict:
     for seed in seeds:
         ra = json.loads((runs / f"seed-{seed}" / "report.json").read_text())
         rb = json.loads((against / f"seed-{seed}" / "report.json").read_text())
-        if per_question_em(ra, "after_sft") != per_question_em(rb, "after_sft"):
+        same_by = same_warm_up(runs / f"seed-{seed}", against / f"seed-{seed}", ra, rb)
+        if same_by is None:
             raise SystemExit(f"seed {seed}: the two settings' warm-ups differ; their RL cannot be compared paired")
         after_a, after_b = load_eval(ra["eval_dirs"]["after"]), load_eval(rb["eval_dirs"]["after"])
         pairs.append((em(after_a), em(after_b)))
         gain = paired_gain(after_a, after_b)
         ba, bb = rl_budget(runs / f"seed-{seed}"), rl_budget(against / f"seed-{seed}")
-        per_seed.append({"seed": seed, "em": ra["eval"]["after"]["em"], "em_against": rb["eval"]["after"]["em"],
+        per_seed.append({"seed": seed, "warm_up_same_by": same_by,
+                         "em": ra["eval"]["after"]["em"], "em_against": rb["eval"]["after"]["em"],
+                         "em_warmup": ra["eval"]["after_sft"]["em"], "em_warmup_against": rb["eval"]["after_sft"]["em"],
                          "diff": gain["mean"], "low": gain["low"], "high": gain["high"], "gained": gain["gained"],
                          "lost": gain["lost"], "mcnemar_p": gain["mcnemar_p"], "budget": ba, "budget_against": bb,
                          "token_ratio": ba["generated_tokens"] / bb["generated_tokens"],

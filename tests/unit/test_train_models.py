@@ -259,3 +259,53 @@ def test_gradient_checkpointing_is_switched_on():
         lm = causal_lm(build_models(tiny_llama(), tc).policy)
         on = getattr(lm, "is_activation_checkpointing", None)
         assert (on if on is not None else lm.is_gradient_checkpointing) is True
+
+
+def _casts(model, ids) -> int:
+    """aten::_to_copy calls (dtype casts) in one forward of `model` over `ids`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(input_ids=ids)
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+
+def test_generation_casts_frozen_weights_once_under_bf16_with_the_same_outputs():
+    m = build_models(tiny_llama(), TrainConfig(lora=LoRAConfig(r=4, targets=["q_proj", "v_proj"])),
+                     autocast_dtype=torch.bfloat16)
+    with torch.no_grad():
+        for n, p in m.policy.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)
+    frozen = {n for n, p in m.policy.named_parameters() if not p.requires_grad}
+    assert frozen
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad(), m.compute():  # what generation did before: autocast alone
+        plain = [m.policy(input_ids=ids).logits for _ in range(2)]
+        plain_casts = _casts(m.policy, ids)
+    with m.generation():
+        first = m.policy(input_ids=ids).logits
+        cached_casts = _casts(m.policy, ids)  # the second forward in the region: casts come from the cache
+        second = m.policy(input_ids=ids).logits
+        assert not torch.is_grad_enabled()
+    # the same casts, so the same outputs, bit for bit
+    assert torch.equal(first, plain[0]) and torch.equal(second, plain[1])
+    # each frozen Linear weight (the 7 projections of each layer, LoRA's base layers among them, and
+    # the LM head) was cast again at every forward; now none is
+    frozen_linears = sum(isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad
+                         for mod in m.policy.modules())
+    assert frozen_linears == 2 * 7 + 1
+    assert plain_casts - cached_casts == frozen_linears
+    assert {n for n, p in m.policy.named_parameters() if not p.requires_grad} == frozen  # flags restored
+    assert all(p.grad is None for p in m.policy.parameters())
+
+
+def test_generation_without_autocast_or_with_the_cache_off_leaves_flags_alone():
+    m = build_models(tiny_llama(), TrainConfig(lora=LoRAConfig(r=4, targets=["q_proj"])))
+    frozen = [p for p in m.policy.parameters() if not p.requires_grad]
+    with m.generation():
+        assert not torch.is_grad_enabled()
+        assert all(not p.requires_grad for p in frozen)  # fp32: nothing to cast, nothing marked
+    m.autocast_dtype = torch.bfloat16
+    with m.generation(cache_frozen_casts=False):
+        assert all(not p.requires_grad for p in frozen)

@@ -225,6 +225,18 @@ class TrainModels:
             return contextlib.nullcontext()
         return torch.autocast(next(self.policy.parameters()).device.type, dtype=self.autocast_dtype)
 
+    @contextlib.contextmanager
+    def generation(self, cache_frozen_casts: bool = True):
+        """Context for sampling from the policy (rollouts, held-out evaluations): no gradients, the
+        compute precision, and under autocast each frozen weight cast once (`autocast_frozen_once`)
+        rather than at every op; `cache_frozen_casts=False` where parameters are sharded."""
+        with torch.no_grad(), self.compute():
+            if cache_frozen_casts and self.autocast_dtype is not None:
+                with autocast_frozen_once(self.policy):
+                    yield
+            else:
+                yield
+
     def __post_init__(self) -> None:
         if self.policy_forward is None:
             self.policy_forward = PolicyForward(self.policy, self.critic if self.shared_critic else None,
@@ -280,6 +292,31 @@ class TrainModels:
     @property
     def value_head(self) -> nn.Module | None:
         return self.critic if self.shared_critic else None
+
+
+@contextlib.contextmanager
+def autocast_frozen_once(module: nn.Module):
+    """Inside an autocast region and without gradients: the frozen fp32 parameters of `module`
+    (LoRA's base model) are cast to the autocast dtype once, and the copy reused until the region
+    ends, as trainable ones are.
+
+    Why: autocast caches its cast of a weight only for leaf tensors that require grad
+    (`cached_cast` in PyTorch's autocast_mode.cpp). A frozen weight is cast again by every op that
+    reads it, so a LoRA policy's decode pass reads and writes its whole base model once more per
+    token. With the casts cached, a LoRA policy decodes 1.6-1.8x faster (SmolLM2-135M) and
+    2.3-2.5x faster (Qwen2.5-0.5B) on a CPU (benchmarks/frozen_casts.py). Marking the frozen
+    leaves as requiring grad for the duration makes autocast cache them; the values are the same
+    casts, so outputs are identical. The flags are restored on exit; gradients are off inside, so
+    nothing can accumulate into them."""
+    frozen = [p for p in module.parameters() if not p.requires_grad and p.is_leaf and p.dtype == torch.float32]
+    with torch.no_grad():
+        for p in frozen:
+            p.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
 
 
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets) -> nn.Module:

@@ -117,7 +117,7 @@ def _verified_latest(run_dir: Path, say) -> Path | None:
 def _generating(models, dist):
     """The policy whole (sharded runs gather it once), in eval mode, under the compute precision."""
     models.set_training(False)
-    with dist.gathered(models.policy_forward), models.compute():
+    with dist.gathered(models.policy_forward), models.generation(cache_frozen_casts=not dist.sharded):
         yield
 
 
@@ -209,7 +209,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
     # generators when it starts, which would otherwise undo the restore (resume no longer exact).
     factory = generator_factory or (lambda model, tok: open_generator(cfg, model, tok, seed=tc.seed))
     generator = factory(causal_lm(models.policy), tokenizer)
-    # our engine runs the policy module itself, under models.compute() (`_generating`): its log-probs are the old ones
+    # our engine runs the policy module itself, under models.generation() (`_generating`): its log-probs are the old ones
     learner.sampler_is_policy = getattr(generator, "model", None) is causal_lm(models.policy)
     start, skipped_total, history = 0, 0, []
     logger = None
@@ -375,7 +375,7 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
                     if dist.is_main:
                         eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
                             cfg.eval, out_dir=str(run_dir / "eval" / f"step_{step:06d}")))
-                        with models.compute():
+                        with models.generation(cache_frozen_casts=not dist.sharded):
                             results = evaluate(eval_cfg, console, generator, eval_retriever, questions=held_out)
                         eval_metrics = _eval_metrics(results)
                         logger.log(eval_metrics, step)
