@@ -21,7 +21,6 @@ are compared (they must be identical: the casts are the same values). Results: -
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -35,8 +34,6 @@ ARMS = ("recast", "cast-once")
 
 def decode_rate(models, tok, rows: int, tokens: int, arm: str) -> tuple[float, list[list[int]]]:
     """Generated tokens per second over `tokens` decode passes of `rows` rows, and what each row drew."""
-    import torch
-
     from searchr1.rollout.engine import EngineGenerator
     from searchr1.rollout.generator import SamplingParams
     from searchr1.train.models import causal_lm
@@ -44,11 +41,8 @@ def decode_rate(models, tok, rows: int, tokens: int, arm: str) -> tuple[float, l
     gen = EngineGenerator(causal_lm(models.policy), tok)
     prompts = [[10 + (7 * i + 13 * j) % 5000 for j in range(300)] for i in range(rows)]
     session = gen.session(prompts, SamplingParams(temperature=0.0))
-    region = models.generation() if arm == "cast-once" else contextlib.ExitStack()
-    with region:
-        if arm == "recast":  # how rollouts ran before: autocast alone
-            region.enter_context(torch.no_grad())
-            region.enter_context(models.compute())
+    # recast: how rollouts ran before, no grad and autocast alone
+    with models.generation(cache_frozen_casts=arm == "cast-once"):
         for r in range(rows):
             session.submit(r, [], tokens + 1)
         session.step()  # the prefills and the first token: not timed

@@ -75,18 +75,26 @@ def learner_for(model, skip: bool, autocast=True):
     return Learner(build_models(copy.deepcopy(model), tc, torch.bfloat16 if autocast else None), tc)
 
 
-def weight_change_gap(model, batch, scores) -> float:
-    """One fp32 update of each arm: how far apart their weight changes are, relative to their size."""
+def flat_weights(module):
     import torch
 
-    start = torch.cat([q.detach().flatten() for q in model.parameters()])
+    return torch.cat([q.detach().flatten() for q in module.parameters()])
+
+
+def relative_gap(skip, all_rows, start) -> float:
+    """How far apart the two arms' weight changes are, relative to the size of all rows' change."""
+    return float((skip - all_rows).norm() / (all_rows - start).norm())
+
+
+def weight_change_gap(model, batch, scores) -> float:
+    """`relative_gap` after one fp32 update of each arm."""
     after = {}
     for skip in (False, True):
         learner = learner_for(model, skip, autocast=False)
         prepared, _ = learner.prepare(batch, scores)
         learner.update(prepared, step=1)
-        after[skip] = torch.cat([q.detach().flatten() for q in learner.models.policy.parameters()])
-    return float((after[True] - after[False]).norm() / (after[False] - start).norm())
+        after[skip] = flat_weights(learner.models.policy)
+    return relative_gap(after[True], after[False], flat_weights(model))
 
 
 def main() -> None:
@@ -131,13 +139,11 @@ def main() -> None:
                 runs.append(time.perf_counter() - t0)
                 if arm == "skip":
                     left_out = stats["train/silent_rows_left_out"]
-                weights[arm] = torch.cat([q.detach().flatten() for q in learner.models.policy.parameters()])
+                weights[arm] = flat_weights(learner.models.policy)
             times[arm].append(statistics.median(runs))
             print(f"round {r + 1} {arm}: update {1000 * times[arm][-1]:.0f} ms", flush=True)
     med = {a: 1000 * statistics.median(times[a]) for a in ARMS}
-    start = torch.cat([q.detach().flatten() for q in model.parameters()])
-    move = weights["all rows"] - start
-    diff = float((weights["skip"] - weights["all rows"]).norm() / move.norm())
+    diff = relative_gap(weights["skip"], weights["all rows"], flat_weights(model))
     fp32_gap = weight_change_gap(model, batch, scores)
     rows = [[a, med[a], med["all rows"] / med[a], int(left_out) if a == "skip" else 0] for a in ARMS]
     headers = ["arm", "update ms", "x all rows", "rows left out"]
@@ -146,7 +152,8 @@ def main() -> None:
                 "in fp32", headers, rows))
     save_json(args.out, {"command": "python benchmarks/silent_rows.py " + " ".join(sys.argv[1:]),
                          "date": time.strftime("%Y-%m-%d"), "machine": machine(), "headers": headers, "rows": rows,
-                         "times_s": times, "relative_weight_change_difference": diff, "relative_weight_change_difference_fp32": fp32_gap,
+                         "times_s": times, "relative_weight_change_difference": diff,
+                         "relative_weight_change_difference_fp32": fp32_gap,
                          "batch": {"rows": batch.size, "silent_groups": args.silent, "groups": args.groups,
                                    "tokens": int(batch.attention_mask.sum())}})
     print(f"\nwrote {args.out}")
