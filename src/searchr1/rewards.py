@@ -40,6 +40,7 @@ __all__ = [
     "retrieved_gold",
     "valid_format",
     "score_breakdown",
+    "searched",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -194,6 +195,19 @@ _RETRIEVED = {"tags": re.compile(r"<information>(.*?)</information>", re.DOTALL)
               "tool_call": re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)}
 
 
+# A search the environment answered: under tags the engine stops at </search> and appends the
+# <information> block, so a block right after a </search> is the environment's, while one the model
+# wrote itself elsewhere is not counted.
+_SEARCHED = {"tags": re.compile(r"</search>\s*<information>"), "tool_call": re.compile(r"<tool_response>")}
+
+
+def searched(response_text: str, protocol: str = "tags") -> bool:
+    """The environment answered at least one search of the response (an `<information>` block right
+    after a `</search>` under tags, a `<tool_response>` under tool_call)."""
+    _check_protocol(protocol)
+    return isinstance(response_text, str) and _SEARCHED[protocol].search(response_text) is not None
+
+
 def retrieved_gold(response_text: str, golden_answers: Any, protocol: str = "tags") -> bool:
     """Search-R1's `is_retrieval_correct`: some gold answer occurs in a retrieved block of the
     response (`<information>` under tags, `<tool_response>` under tool_call). The test is
@@ -214,6 +228,7 @@ def compute_score(
     structure_format_score: float = 0.2,
     final_format_score: float = 0.1,
     retrieval_score: float = 0.0,
+    format_needs_search: bool = False,
     score: float = 1.0,
     protocol: str = "tags",
 ) -> float:
@@ -234,6 +249,12 @@ def compute_score(
     (`retrieved_gold`): 0.2 + r. A guess in the right tags then earns less than a search that found
     the answer, which the format score alone does not say.
 
+    `format_needs_search` (ours, not Search-R1's): the format scores (structure, final, retrieval) are
+    paid only to a response in which at least one search was answered (`searched`); without
+    one a response earns only its answer (1, or 0.8 in an invalid format). A guess in the right tags
+    then earns nothing, so the format cannot be learned without the tool. A correct answer is paid
+    either way.
+
     A response without an answer cannot pass `is_valid_format` (it must end in an answer
     block), so "none" always scores 0; the valid branch is kept for parity with Search-R1.
     In Search-R1 itself "none" hardly happens: it extracts from prompt + response, and the prompt
@@ -249,6 +270,8 @@ def compute_score(
     valid = valid_format(response_text, protocol)
     if correct:
         return score if valid else score - structure_format_score
+    if format_needs_search and not searched(response_text, protocol):
+        return 0.0
     shaped = structure_format_score
     if valid and retrieval_score and retrieved_gold(response_text, golden_answers, protocol):
         shaped += retrieval_score

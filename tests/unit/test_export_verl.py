@@ -251,8 +251,11 @@ def test_tool_agent_and_format_reward_overrides():
     assert o[f"{R}.agent.default_agent_loop"] == "tool_agent"
     assert o["+reward.custom_reward_function.reward_kwargs.format_reward"] is True
     assert "+reward.custom_reward_function.reward_kwargs.retrieval_score" not in o  # Search-R1's 0 stays implicit
-    o = verl_plan(config("train.format_reward=true", "train.retrieval_score=0.1")).as_dict()
+    assert "+reward.custom_reward_function.reward_kwargs.format_needs_search" not in o
+    o = verl_plan(config("train.format_reward=true", "train.retrieval_score=0.1",
+                         "train.format_needs_search=true")).as_dict()
     assert o["+reward.custom_reward_function.reward_kwargs.retrieval_score"] == 0.1
+    assert o["+reward.custom_reward_function.reward_kwargs.format_needs_search"] is True
 
 
 def test_the_retrieval_score_reaches_the_verl_reward_as_a_number():
@@ -261,6 +264,12 @@ def test_the_retrieval_score_reaches_the_verl_reward_as_a_number():
     got = verl_reward.compute_score("nq", response, {"target": ["Paris"]}, None, format_reward="true",
                                     retrieval_score="0.1")
     assert got == pytest.approx(0.3)
+    guess = "<think>a</think><answer> Lyon </answer>"
+    assert verl_reward.compute_score("nq", guess, {"target": ["Paris"]}, None, format_reward="true") == 0.2
+    assert verl_reward.compute_score("nq", guess, {"target": ["Paris"]}, None, format_reward="true",
+                                     format_needs_search="true") == 0.0
+    assert verl_reward.compute_score("nq", guess, {"target": ["Paris"]}, None, format_reward="true",
+                                     format_needs_search="false") == 0.2
 
 
 def test_an_algorithm_without_a_verl_estimator_is_refused_naming_those_with_one():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from searchr1.protocol import INVALID_ACTION_NOTE, build_prompt, format_observation
 from searchr1.retrieval.base import Hit
 from searchr1.rewards import (compute_score, contains_answer, cover_exact_match, exact_match, f1_score,
-                              is_valid_format, normalize_answer, retrieved_gold, score_breakdown)
+                              is_valid_format, normalize_answer, retrieved_gold, score_breakdown,
+                              searched)
 
 
 @pytest.mark.parametrize(
@@ -315,6 +316,34 @@ def test_retrieval_score_needs_a_valid_response_and_a_retrieved_block():
     tool = "<tool_call>{}</tool_call><tool_response>Paris is the capital</tool_response>"
     assert retrieved_gold(tool, ["Paris"], protocol="tool_call")
     assert not retrieved_gold(tool, ["Paris"])  # under tags only <information> blocks are retrievals
+
+
+@pytest.mark.parametrize("response, golds, expected", [
+    (SEARCHED.format("Lyon"), ["Marseille"], 0.2),  # searched, valid, wrong: the structure score
+    (SEARCHED.format("Lyon"), ["Paris"], 0.2 + 0.15),  # ... and the retrieval score when the passages held it
+    ("Lyon? " + SEARCHED.format("Lyon"), ["Marseille"], 0.1),  # searched, invalid, answered: the final score
+    ("<think>t</think><answer> Lyon </answer>", ["Paris"], 0.0),  # a guess in valid tags: nothing
+    ("Lyon? <think>t</think><answer> Lyon </answer>", ["Paris"], 0.0),  # invalid, no search: nothing
+    ("<think>t</think><answer> Paris </answer>", ["Paris"], 1.0),  # a right answer is paid without a search
+    ("Paris? <think>t</think><answer> Paris </answer>", ["Paris"], 0.8),  # ... in an invalid format as usual
+    # an <information> block the model wrote itself, not after a </search>, is not a search
+    ("<think>t</think><information>Lyon</information><think>t</think><answer> Lyon </answer>", ["Paris"], 0.0),
+])
+def test_format_needs_search_pays_the_format_only_after_a_search(response, golds, expected):
+    assert compute_score(response, golds, format_reward=True, retrieval_score=0.15,
+                         format_needs_search=True) == pytest.approx(expected)
+
+
+def test_searched_reads_the_environments_blocks():
+    assert searched(SEARCHED.format("Lyon"))
+    assert searched("<search>q</search>\n\n<information>x</information>")
+    assert not searched("<think>t</think><answer> Lyon </answer>")
+    assert not searched("<information>x</information>")
+    assert not searched(None)
+    tool = "<tool_call>{}</tool_call><tool_response>Paris</tool_response>"
+    assert searched(tool, protocol="tool_call") and not searched(tool)
+    with pytest.raises(ValueError):
+        searched(tool, protocol="json")
 
 
 def test_reward_ignores_the_prompts_example_answer():

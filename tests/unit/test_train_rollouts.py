@@ -26,6 +26,14 @@ def test_format_reward_matches_compute_score():
     assert default_reward_fn(False)(_t(text)) == compute_score(text, ["Paris"], format_reward=False)
 
 
+def test_format_needs_search_reaches_the_reward():
+    guess = "<think> x </think><answer> Lyon </answer>"
+    searched = "<think> x </think><search> q </search><information> d </information><think> y </think><answer> Lyon </answer>"
+    assert default_reward_fn(True)(_t(guess)) == 0.2
+    assert default_reward_fn(True, format_needs_search=True)(_t(guess)) == 0.0
+    assert default_reward_fn(True, format_needs_search=True)(_t(searched)) == 0.2
+
+
 def test_score_trajectories_tensor_and_errors():
     scores = score_trajectories([_t("a"), _t("b")], lambda t: len(t.response_text))
     assert scores.tolist() == [1.0, 1.0]

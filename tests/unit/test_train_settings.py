@@ -48,6 +48,7 @@ def test_derived_kl_settings():
     (lambda: TrainConfig(rollout_tree=-1), "rollout_tree must be >= 0"),
     (lambda: TrainConfig(retrieval_score=0.1), "needs format_reward"),
     (lambda: TrainConfig(format_reward=True, retrieval_score=-0.1), "retrieval_score must be >= 0"),
+    (lambda: TrainConfig(format_needs_search=True), "format_needs_search needs format_reward"),
     (lambda: TrainConfig(algorithm="grpo", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: TrainConfig(algorithm="reinforce", kl=KLConfig(in_reward=True)), "in_reward"),
     (lambda: AgentConfig(template="no placeholder"), "template"),

@@ -224,6 +224,8 @@ def verl_plan(cfg, *, agent: str = "searchr1", rollout: str = "vllm", train_file
         add("+reward.custom_reward_function.reward_kwargs.format_reward", True)
         if tc.retrieval_score:
             add("+reward.custom_reward_function.reward_kwargs.retrieval_score", tc.retrieval_score)
+        if tc.format_needs_search:
+            add("+reward.custom_reward_function.reward_kwargs.format_needs_search", True)
     if agent == "searchr1" and a.protocol != "tags":  # the reward reads the answer as the agent loop wrote it
         add("+reward.custom_reward_function.reward_kwargs.protocol", a.protocol)
 

@@ -26,8 +26,8 @@ from searchr1 import rewards
 
 __all__ = ["compute_score", "compute_score_with_metrics"]
 
-_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "retrieval_score", "score",
-                 "protocol")
+_SCORE_KWARGS = ("format_reward", "structure_format_score", "final_format_score", "retrieval_score",
+                 "format_needs_search", "score", "protocol")
 
 
 def _truthy(value: Any) -> bool:
@@ -38,8 +38,9 @@ def _truthy(value: Any) -> bool:
 
 def _score_kwargs(kwargs: dict) -> dict:
     out = {k: kwargs[k] for k in _SCORE_KWARGS if k in kwargs and kwargs[k] is not None}
-    if "format_reward" in out:
-        out["format_reward"] = _truthy(out["format_reward"])
+    for k in ("format_reward", "format_needs_search"):
+        if k in out:
+            out[k] = _truthy(out[k])
     for k in ("structure_format_score", "final_format_score", "retrieval_score", "score"):
         if k in out:
             out[k] = float(out[k])
@@ -53,7 +54,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     """veRL's reward signature; the value is `searchr1.rewards.compute_score(solution_str, ground_truth)`.
 
     Keyword arguments veRL adds (reward_router_address, ...) are ignored; `format_reward`,
-    `structure_format_score`, `final_format_score`, `retrieval_score`, `score` and `protocol` (tags or tool_call: how
+    `structure_format_score`, `final_format_score`, `retrieval_score`, `format_needs_search`, `score` and `protocol` (tags or tool_call: how
     the answer is read; from `reward_kwargs`) are passed on.
     """
     return float(rewards.compute_score(solution_str, ground_truth, **_score_kwargs(kwargs)))

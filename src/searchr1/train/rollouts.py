@@ -89,10 +89,11 @@ def make_trajectories(rows: Sequence[dict], tokenizer, template: str, chat: bool
 # ----------------------------------------------------------------------------- rewards
 
 
-def default_reward_fn(format_reward: bool, retrieval_score: float = 0.0) -> RewardFn:
+def default_reward_fn(format_reward: bool, retrieval_score: float = 0.0,
+                      format_needs_search: bool = False) -> RewardFn:
     def reward(traj: Trajectory) -> float:
         return float(compute_score(traj.response_text, traj.golden_answers, format_reward=format_reward,
-                                   retrieval_score=retrieval_score,
+                                   retrieval_score=retrieval_score, format_needs_search=format_needs_search,
                                    protocol=traj.meta.get("protocol", "tags")))
 
     return reward

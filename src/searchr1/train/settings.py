@@ -297,6 +297,10 @@ class TrainConfig:
                                         "score of a valid response that is not correct when its retrieved "
                                         "passages hold a gold answer (its scripts set 0); it pays a search that "
                                         "found the answer more than a guess in the right tags")
+    format_needs_search: bool = param(False, "with format_reward: pay the format scores only to a response in which "
+                                             "at least one search was answered (ours, not Search-R1's); a guess "
+                                             "in the right tags then earns nothing, so the format cannot be "
+                                             "learned without the tool. A right answer is paid either way")
     # ------------------------------------------------------------------ sections
     optim: OptimConfig = param(OptimConfig, "the optimizer (AdamW) and its schedule")
     loss: LossConfig = param(LossConfig, "the policy loss (clipping, entropy, importance weights) and the "
@@ -343,6 +347,9 @@ class TrainConfig:
         if self.retrieval_score < 0 or (self.retrieval_score and not self.format_reward):
             raise ValueError("retrieval_score must be >= 0 and needs format_reward: true (it is part of the "
                              "format-shaped reward)")
+        if self.format_needs_search and not self.format_reward:
+            raise ValueError("format_needs_search needs format_reward: true (it decides when the format score is "
+                             "paid)")
         if self.rollout_tree < 0:
             raise ValueError("rollout_tree must be >= 0 (0 = independent chains)")
         if algo.needs_trees and not self.rollout_tree:

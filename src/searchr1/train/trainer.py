@@ -260,9 +260,10 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
         budget = rollout_budget(tc.sampling.pool_memory_gb, device)
         return pool_for_budget(len(trajs), tc.sampling.pool, budget, longest, kv_per_token)
 
+    reward_fn = reward_fn or default_reward_fn(tc.format_reward, tc.retrieval_score, tc.format_needs_search)
     collector = RolloutCollector(
         Agent(generator, retriever, cfg.agent), tokenizer, rows, sampler, tc, cfg.model.use_chat_template,
-        reward_fn or default_reward_fn(tc.format_reward, tc.retrieval_score), cfg.agent.max_response_tokens, dist,
+        reward_fn, cfg.agent.max_response_tokens, dist,
         gathered=lambda: _generating(models, dist), pool_for=pool_for)
 
     def save(step: int) -> Path | None:
