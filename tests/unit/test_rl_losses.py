@@ -368,6 +368,26 @@ def test_entropy_by_hand_and_stable():
     assert torch.isfinite(logits.grad).all()
 
 
+def _guarded_entropy(logits):
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * torch.where(torch.isfinite(logp), logp, torch.zeros(()))).sum(dim=-1)
+
+
+@pytest.mark.parametrize("banned", [False, True])
+def test_entropy_is_the_guarded_form_bit_for_bit_in_value_and_gradient(banned):
+    torch.manual_seed(3)
+    base = torch.randn(3, 4, 50) * 4
+    if banned:
+        base[1, 2, :10] = -math.inf  # one position with banned tokens: the guarded form is taken
+    a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
+    ent, ref = entropy_from_logits(a), _guarded_entropy(b)
+    assert torch.equal(ent, ref)
+    weights = torch.randn(3, 4)
+    (ent * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(a.grad, b.grad) and torch.isfinite(a.grad).all()
+
+
 def test_entropy_matches_categorical_and_aggregates():
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 11) * 3
