@@ -7,8 +7,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.errors import ConfigError
-from searchr1.train.memory import (GiB, cache_bytes, check_training_fits, kv_bytes_per_token, pool_for_budget,
-                                   rollout_budget, training_state_bytes)
+from searchr1.rollout.memory import (CPU_KV_SHARE, GiB, cache_bytes, engine_pool, kv_bytes_per_token,
+                                     pool_for_budget, rollout_budget)
+from searchr1.train.memory import check_training_fits, training_state_bytes
 from searchr1.train.models import build_models
 from searchr1.train.settings import KLConfig, LoRAConfig, TrainConfig
 
@@ -54,9 +55,32 @@ def test_pool_for_budget():
         pool_for_budget(40, 0, 3 * slot, 300, 512)
 
 
-def test_rollout_budget_on_cpu_is_the_setting_or_none():
+def test_rollout_budget_on_cpu_is_the_setting_or_a_share_of_available_ram(monkeypatch):
     assert rollout_budget(0.5, torch.device("cpu")) == GiB // 2
-    assert rollout_budget(0.0, torch.device("cpu")) is None
+    monkeypatch.setattr("searchr1.rollout.memory.available_bytes", lambda device: 10 * GiB)
+    assert rollout_budget(0.0, torch.device("cpu")) == int(10 * GiB * CPU_KV_SHARE)
+
+
+class _Engine:
+    """What `engine_pool` reads of an EngineGenerator: its model and device."""
+
+    def __init__(self, model):
+        self.model, self.device = model, torch.device("cpu")
+
+
+def test_engine_pool_bounds_our_engine_by_the_budget_and_leaves_other_backends_alone():
+    model = LlamaForCausalLM(_llama())
+    per_token = kv_bytes_per_token(model.config, torch.float32)  # 512 bytes
+    # 96 rows of up to 3,000 tokens: 128 slots x 4,096 tokens x 512 bytes = 256 MiB unbounded
+    assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=1.0) == 96
+    # 100 MiB: 32 slots x 4,096 x 512 bytes = 64 MiB fits, 64 slots = 128 MiB does not
+    assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=100 / 1024) == 32
+    assert engine_pool(_Engine(model), 96, 0, 3000, memory_gb=100 / 1024) == 32  # 0 = all, then bounded
+    assert cache_bytes(32, 3000, per_token) == 64 * 1024 * KiB
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the cache holds bf16 there: half the bytes a token
+        assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=100 / 1024) == 64
+    assert engine_pool(object(), 96, 16, 3000, memory_gb=1e-6) == 16  # vLLM sizes its own cache
+    assert engine_pool(object(), 96, 0, 3000) == 96
 
 
 def _models(**train):

@@ -46,6 +46,7 @@ from searchr1.retrieval.base import metrics_since
 from searchr1.retrieval.local import open_retriever
 from searchr1.rollout.agent import Agent, RolloutStats, new_trajectory, search_with_retries
 from searchr1.rollout.generator import SamplingParams
+from searchr1.rollout.memory import engine_pool
 from searchr1.rollout.trajectory import Trajectory
 from searchr1.toolcall import tools_for
 
@@ -243,7 +244,11 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
     t0 = time.perf_counter()
     params = SamplingParams(temperature=ev.temperature, seed=ev.seed)
     on_progress = None if progress is None else progress.tracker(f"{label}/{mode}", len(rows))
-    stats = agent.run(run.trajectories, params, pool=ev.batch_size, on_progress=on_progress)
+    # our engine's slots are all as long as the longest row: bound the pool by the memory it would take
+    longest = max((len(t.prompt_ids) for t in run.trajectories), default=0) + cfg.agent.max_response_tokens \
+        + cfg.agent.max_obs_tokens
+    pool = engine_pool(generator, len(run.trajectories), ev.batch_size, longest) if run.trajectories else 1
+    stats = agent.run(run.trajectories, params, pool=pool, on_progress=on_progress)
     timing["generate_seconds"] += stats.generate_seconds
     timing["retrieve_seconds"] += stats.retrieve_seconds
     timing["agent_seconds"] += stats.seconds

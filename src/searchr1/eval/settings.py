@@ -26,7 +26,9 @@ class EvalConfig(QuestionSource):
     modes: list[Mode] = param(list(MODES), "what to run: direct (no retrieval), rag (top-k passages in the "
                                            "prompt), agent (the Search-R1 multi-turn search loop, in "
                                            "agent.template)")
-    batch_size: int = param(16, "episodes live at once (continuous batching: when one ends, the next starts)")
+    batch_size: int = param(16, "episodes live at once (continuous batching: when one ends, the next starts); "
+                                "our engine lowers it until its KV cache (slots x longest row) fits 90% of the "
+                                "free GPU memory, or 50% of the available RAM on a CPU")
     temperature: float = param(0.0, "sampling temperature of evaluation; 0 = greedy (the paper's evaluation). "
                                     "Training samples at train.sampling.temperature")
     out_dir: str = param("runs/eval", "where results.json, results.md, report.html and the trajectories go")

@@ -181,7 +181,8 @@ class SamplingConfig:
                          "next starts); 0 = all of the step's episodes at once. Lowered to fit pool_memory_gb")
     pool_memory_gb: float = param(0.0, "GiB the KV cache of our engine's rollouts may take (rollout.backend=engine): "
                                        "the pool is lowered until slots x longest row fits. 0 = auto: 90% of the "
-                                       "GPU memory free at rollout time on CUDA, unbounded on CPU")
+                                       "GPU memory free at rollout time on CUDA, 50% of the available RAM on "
+                                       "a CPU")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

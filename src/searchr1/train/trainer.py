@@ -36,7 +36,8 @@ from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoi
                                        verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
-from searchr1.train.memory import check_training_fits, kv_bytes_per_token, pool_for_budget, rollout_budget
+from searchr1.rollout.memory import kv_bytes_per_token, pool_for_budget, rollout_budget
+from searchr1.train.memory import check_training_fits
 from searchr1.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
 from searchr1.train.rollouts import PromptSampler, RewardFn, RolloutCollector, default_reward_fn, rollout_metrics
