@@ -3,8 +3,8 @@
 Our engine keeps one KV cache for the live rows of a rollout (`searchr1.rollout.kv.SlotCache`): its
 slots and its per-slot capacity start at SlotCache's defaults and double when outgrown, so every
 slot is as long as the longest row. With every episode live at once it grows to slots x longest
-row: the paper's 512 x 5 rows of up to ~5,000 tokens is on the order of 150 GB for a 3B model, and
-an evaluation of 96 real questions with SmolLM2-135M went past 24 GB of RAM. `pool_for_budget` picks
+row: the paper's 512 x 5 rows of up to ~5,000 tokens is on the order of 150 GB for a 3B model.
+`pool_for_budget` picks
 the largest pool whose cache, doubling included, stays within a budget; training and evaluation
 both ask `engine_pool`.
 """
