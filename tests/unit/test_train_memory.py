@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.errors import ConfigError
-from searchr1.rollout.memory import (CPU_KV_SHARE, GiB, cache_bytes, engine_pool, kv_bytes_per_token,
+from searchr1.rollout.memory import (CPU_KV_SHARE, GiB, cache_bytes, engine_pool, kv_bytes_per_token, longest_row,
                                      pool_for_budget, rollout_budget)
 from searchr1.train.memory import check_training_fits, training_state_bytes
 from searchr1.train.models import build_models
@@ -68,19 +70,30 @@ class _Engine:
         self.model, self.device = model, torch.device("cpu")
 
 
+def _rows(n, prompt_tokens=100):
+    return [SimpleNamespace(prompt_ids=[1] * prompt_tokens) for _ in range(n)]
+
+
+def test_longest_row_is_the_longest_prompt_and_the_whole_response_budget():
+    agent = SimpleNamespace(max_response_tokens=2500, max_obs_tokens=400)
+    assert longest_row(_rows(3, 100) + _rows(1, 150), agent) == 150 + 2500 + 400
+
+
 def test_engine_pool_bounds_our_engine_by_the_budget_and_leaves_other_backends_alone():
     model = LlamaForCausalLM(_llama())
     per_token = kv_bytes_per_token(model.config, torch.float32)  # 512 bytes
+    rows, agent = _rows(96), SimpleNamespace(max_response_tokens=2500, max_obs_tokens=400)  # 3,000 tokens
     # 96 rows of up to 3,000 tokens: 128 slots x 4,096 tokens x 512 bytes = 256 MiB unbounded
-    assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=1.0) == 96
+    assert engine_pool(_Engine(model), rows, 96, agent, memory_gb=1.0) == 96
     # 100 MiB: 32 slots x 4,096 x 512 bytes = 64 MiB fits, 64 slots = 128 MiB does not
-    assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=100 / 1024) == 32
-    assert engine_pool(_Engine(model), 96, 0, 3000, memory_gb=100 / 1024) == 32  # 0 = all, then bounded
+    assert engine_pool(_Engine(model), rows, 96, agent, memory_gb=100 / 1024) == 32
+    assert engine_pool(_Engine(model), rows, 0, agent, memory_gb=100 / 1024) == 32  # 0 = all, then bounded
     assert cache_bytes(32, 3000, per_token) == 64 * 1024 * KiB
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the cache holds bf16 there: half the bytes a token
-        assert engine_pool(_Engine(model), 96, 96, 3000, memory_gb=100 / 1024) == 64
-    assert engine_pool(object(), 96, 16, 3000, memory_gb=1e-6) == 16  # vLLM sizes its own cache
-    assert engine_pool(object(), 96, 0, 3000) == 96
+        assert engine_pool(_Engine(model), rows, 96, agent, memory_gb=100 / 1024) == 64
+    assert engine_pool(_Engine(model), rows, 96, agent, memory_gb=100 / 1024, dtype=torch.bfloat16) == 64
+    assert engine_pool(object(), rows, 16, agent, memory_gb=1e-6) == 16  # vLLM sizes its own cache
+    assert engine_pool(object(), rows, 0, agent) == 96
 
 
 def _models(**train):

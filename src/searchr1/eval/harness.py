@@ -245,9 +245,7 @@ def run_mode(cfg, generator, retriever, label: str, rows: Sequence[dict], mode: 
     params = SamplingParams(temperature=ev.temperature, seed=ev.seed)
     on_progress = None if progress is None else progress.tracker(f"{label}/{mode}", len(rows))
     # our engine's slots are all as long as the longest row: bound the pool by the memory it would take
-    longest = max((len(t.prompt_ids) for t in run.trajectories), default=0) + cfg.agent.max_response_tokens \
-        + cfg.agent.max_obs_tokens
-    pool = engine_pool(generator, len(run.trajectories), ev.batch_size, longest) if run.trajectories else 1
+    pool = engine_pool(generator, run.trajectories, ev.batch_size, cfg.agent) if run.trajectories else 1
     stats = agent.run(run.trajectories, params, pool=pool, on_progress=on_progress)
     timing["generate_seconds"] += stats.generate_seconds
     timing["retrieve_seconds"] += stats.retrieve_seconds

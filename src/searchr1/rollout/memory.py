@@ -4,9 +4,8 @@ Our engine keeps one KV cache for the live rows of a rollout (`searchr1.rollout.
 slots and its per-slot capacity start at SlotCache's defaults and double when outgrown, so every
 slot is as long as the longest row. With every episode live at once it grows to slots x longest
 row: the paper's 512 x 5 rows of up to ~5,000 tokens is on the order of 150 GB for a 3B model.
-`pool_for_budget` picks
-the largest pool whose cache, doubling included, stays within a budget; training and evaluation
-both ask `engine_pool`.
+`pool_for_budget` picks the largest pool whose cache, doubling included, stays within a budget;
+training and evaluation both ask `engine_pool`.
 """
 
 from __future__ import annotations
@@ -77,21 +76,32 @@ def rollout_budget(memory_gb: float, device: torch.device) -> int | None:
     return int(available_bytes(device) * share)
 
 
-def engine_pool(generator, episodes: int, wanted: int, longest: int, memory_gb: float = 0.0) -> int:
-    """Episodes live at once for `episodes` rows of up to `longest` tokens: `wanted` (0 = all), lowered
-    to fit `rollout_budget` when `generator` is our engine (an `EngineGenerator`: it has `.model`);
-    another backend (vLLM) sizes its own cache and gets `wanted` (0 = all)."""
+def longest_row(trajectories, agent) -> int:
+    """The most tokens a row of `trajectories` can hold: its prompt, the agent's whole response budget
+    (`agent.max_response_tokens`) and one more observation block appended at that budget's edge."""
+    return max((len(t.prompt_ids) for t in trajectories), default=0) + agent.max_response_tokens + agent.max_obs_tokens
+
+
+def engine_pool(generator, trajectories, wanted: int, agent, memory_gb: float = 0.0,
+                dtype: torch.dtype | None = None) -> int:
+    """Episodes of `trajectories` live at once: `wanted` (0 = all), lowered to fit `rollout_budget` when
+    `generator` is our engine (an `EngineGenerator`: it has `.model`); another backend (vLLM) sizes
+    its own cache and gets `wanted` (0 = all). `dtype`: what the cache holds (default: autocast's
+    dtype when autocast is on now, else the weights')."""
+    episodes = len(trajectories)
     model = getattr(generator, "model", None)
     config = getattr(model, "config", None)
     # no model (vLLM), or one without a transformer's layers and heads (a scripted test policy): no
     # KV cache of that size to bound
     if not all(hasattr(config, k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size")):
         return min(wanted or episodes, episodes)
-    dtype = next(model.parameters()).dtype
-    if torch.is_autocast_enabled(generator.device.type):  # the cache holds the compute dtype then
-        dtype = torch.get_autocast_dtype(generator.device.type)
+    if dtype is None:
+        dtype = next(model.parameters()).dtype
+        if torch.is_autocast_enabled(generator.device.type):  # the cache holds the compute dtype then
+            dtype = torch.get_autocast_dtype(generator.device.type)
     budget = rollout_budget(memory_gb, generator.device)
-    return pool_for_budget(episodes, wanted, budget, longest, kv_bytes_per_token(model.config, dtype))
+    return pool_for_budget(episodes, wanted, budget, longest_row(trajectories, agent),
+                           kv_bytes_per_token(config, dtype))
 
 
 def available_bytes(device: torch.device) -> int:

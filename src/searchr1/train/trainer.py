@@ -36,7 +36,7 @@ from searchr1.train.checkpoint import (CHECKPOINTS_DIRNAME, find_latest_checkpoi
                                        verify_checkpoint)
 from searchr1.train.distributed import DataParallel
 from searchr1.train.learner import Learner
-from searchr1.rollout.memory import kv_bytes_per_token, pool_for_budget, rollout_budget
+from searchr1.rollout.memory import engine_pool
 from searchr1.train.memory import check_training_fits
 from searchr1.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from searchr1.train.models import build_models, causal_lm, resolve_precision
@@ -250,16 +250,11 @@ def train(cfg, console=None, generator_factory=None, retriever=None, reward_fn: 
             own_retrievers.append(retriever)
     device = next(models.policy.parameters()).device
     # the slot cache holds the compute dtype: autocast's under mixed precision, else the weights'
-    kv_per_token = kv_bytes_per_token(causal_lm(models.policy).config,
-                                      models.autocast_dtype or next(models.policy.parameters()).dtype)
+    kv_dtype = models.autocast_dtype or next(models.policy.parameters()).dtype
 
     def pool_for(trajs) -> int:
         """Our engine's pool, bounded by the KV budget (vLLM sizes its own cache)."""
-        if cfg.rollout.backend != "engine":
-            return tc.sampling.pool or len(trajs)
-        longest = max(len(t.prompt_ids) for t in trajs) + cfg.agent.max_response_tokens + cfg.agent.max_obs_tokens
-        budget = rollout_budget(tc.sampling.pool_memory_gb, device)
-        return pool_for_budget(len(trajs), tc.sampling.pool, budget, longest, kv_per_token)
+        return engine_pool(generator, trajs, tc.sampling.pool, cfg.agent, tc.sampling.pool_memory_gb, kv_dtype)
 
     reward_fn = reward_fn or default_reward_fn(tc.format_reward, tc.retrieval_score, tc.format_needs_search)
     collector = RolloutCollector(
