@@ -25,6 +25,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from searchr1 import __version__
 from searchr1.allocator import tune_malloc
@@ -198,12 +199,17 @@ def cmd_demo(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from searchr1.study.runner import run_study
+    from searchr1.study.runner import export_records, run_study
 
     if args.config is None:
         args.config = "study-synthetic"
     cfg = _load(args)
     console = _console()
+    if args.export:
+        written = export_records(Path(cfg.study.dir), Path(args.export))
+        console.print(f"searchr1: {len(written)} files of {cfg.study.dir} copied to {args.export} "
+                      f"(continue the study elsewhere with study.records={args.export})", markup=False)
+        return 0
     run_study(cfg, console)
     console.print(f"searchr1: study results in {cfg.study.dir} (study.json, study.md, study.html, plots/)",
                   markup=False)
@@ -307,9 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(sub.add_parser("demo", help="the built-in end-to-end run (synthetic world)")).set_defaults(
         func=cmd_demo)
 
-    _with_config(sub.add_parser(
+    p = _with_config(sub.add_parser(
         "study", help="the paper's comparison: baselines and trained arms, seeds, intervals, paired tests (resumable;"
-                      " default preset study-synthetic)")).set_defaults(func=cmd_study)
+                      " default preset study-synthetic)"))
+    p.add_argument("--export", metavar="DIR", help="copy the study's report, settings and records (not its models) "
+                                                  "to DIR and exit; study.records=DIR continues it on another machine")
+    p.set_defaults(func=cmd_study)
 
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="config_command", required=True)
     _with_config(config.add_parser("show", help="print the resolved config as YAML")).set_defaults(func=cmd_config_show)

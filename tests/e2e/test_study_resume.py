@@ -76,3 +76,28 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
     changed = subprocess.run(_args(tiny_model_dir, out, "train.optim.lr=1e-3"), env=ENV, capture_output=True, text=True,
                              timeout=300)
     assert changed.returncode == 2 and "train.optim.lr" in changed.stderr and "another study.dir" in changed.stderr
+
+    # the study's small files, exported, continue it in another directory (another machine): every
+    # finished unit is taken from the copy, none is rerun, and the summary is the same
+    copy = tmp_path / "copy"
+    export = subprocess.run([*_args(tiny_model_dir, out), "--export", str(copy)], env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*.json")) == [
+        "runs/grpo/seed0/record.json", "runs/grpo/seed1/record.json", "runs/rag/greedy/record.json",
+        "study.json", "study_config.json", "warmup/warmup.json"]
+    assert not list(copy.rglob("*.safetensors")) and not (copy / "runs" / "grpo" / "seed0" / "eval").exists()
+    other = tmp_path / "other"
+    cont = subprocess.run([*_args(tiny_model_dir, other, f"study.records={copy}")], env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert cont.returncode == 0, cont.stdout[-3000:] + cont.stderr[-3000:]
+    assert cont.stdout.count("taken from") == 3 and "grpo seed 0 ..." not in cont.stdout  # the warm-up reran
+    again = json.loads((other / "study.json").read_text())
+    assert again["arms"] == s["arms"] and again["comparisons"] == s["comparisons"]
+
+    # a copy whose warm-up this machine does not reproduce is refused before any unit is taken
+    (copy / "warmup" / "warmup.json").write_text(json.dumps({"losses": [9.0, 9.0]}))
+    refused = subprocess.run([*_args(tiny_model_dir, tmp_path / "third", f"study.records={copy}")], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "does not reproduce" in refused.stderr
+    assert not (tmp_path / "third" / "runs" / "rag").exists()

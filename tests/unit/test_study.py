@@ -11,7 +11,8 @@ from searchr1.rl.algorithms import ALGORITHMS
 from searchr1.settings import Config
 from searchr1.study.arms import ARMS, arm
 from searchr1.study.report import markdown
-from searchr1.study.runner import StudyConfigChanged, _curves, check_config, run_study, study_questions
+from searchr1.study.runner import (StudyConfigChanged, _curves, check_config, check_warmup, run_study,
+                                   study_questions)
 from searchr1.study.settings import ARM_NAMES
 from searchr1.study.summary import summarise
 
@@ -77,6 +78,41 @@ def test_a_study_directory_refuses_settings_that_change_results(tmp_path):
     check_config(_cfg("train.steps=4"), tmp_path)
     with pytest.raises(StudyConfigChanged, match="exclude_held_out: False -> True"):
         check_config(_cfg("train.steps=4", "train.questions.exclude_held_out=true"), tmp_path)
+
+
+def test_a_study_moved_to_another_directory_keeps_its_settings(tmp_path):
+    check_config(_cfg("train.steps=4", f"study.dir={tmp_path}"), tmp_path)
+    assert "dir" not in json.loads((tmp_path / "study_config.json").read_text())["study"]
+    check_config(_cfg("train.steps=4", "study.dir=/elsewhere", "study.records=/a/copy"), tmp_path)
+    # a study_config.json written before study.dir was left out of the fingerprint still matches
+    old = json.loads((tmp_path / "study_config.json").read_text())
+    old["study"]["dir"] = "/where/it/ran"
+    (tmp_path / "study_config.json").write_text(json.dumps(old))
+    check_config(_cfg("train.steps=4"), tmp_path)
+    with pytest.raises(StudyConfigChanged, match=r"train.steps: 4 -> 5"):
+        check_config(_cfg("train.steps=5"), tmp_path)
+
+
+def test_a_copy_of_records_is_checked_but_never_written(tmp_path):
+    with pytest.raises(SearchR1Error, match="no study_config.json: it is not a copy"):
+        check_config(_cfg("train.steps=4"), tmp_path, record=False)
+    assert not (tmp_path / "study_config.json").exists()
+    check_config(_cfg("train.steps=4"), tmp_path)
+    check_config(_cfg("train.steps=4"), tmp_path, record=False)
+    with pytest.raises(StudyConfigChanged, match=r"train.steps: 4 -> 6"):
+        check_config(_cfg("train.steps=6"), tmp_path, record=False)
+
+
+def test_copied_records_need_the_same_warm_up(tmp_path):
+    check_warmup({"losses": [1.5, 0.5]}, tmp_path)  # a copy without a warm-up: nothing to check
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "warmup" / "warmup.json").write_text(json.dumps({"losses": [1.5577826, 0.6848555]}))
+    check_warmup({"losses": [1.5577826, 0.6848555]}, tmp_path)
+    check_warmup({"losses": [1.55779, 0.68481]}, tmp_path)  # within 1e-4
+    with pytest.raises(SearchR1Error, match=r"losses \[1.557783, 0.685\]\) does not reproduce .* \(\[1.557783, 0.684855\]\)"):
+        check_warmup({"losses": [1.5577826, 0.6850]}, tmp_path)
+    with pytest.raises(SearchR1Error, match="does not reproduce"):
+        check_warmup({"losses": [1.5577826]}, tmp_path)
 
 
 def test_synthetic_questions_are_split_by_hop_count():

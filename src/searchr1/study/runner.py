@@ -10,6 +10,9 @@ Layout under `study.dir`:
 
 A unit is done when its record.json exists (written atomically, last). A killed study reruns only
 unfinished units; a killed training run resumes from its last checkpoint (`study.save_every`).
+A study that outlives its machine goes on from a copy of its small files (`export_records`, which
+`searchr1 study --export DIR` runs; e.g. the copy committed under benchmarks/results/): with
+`study.records=DIR`, the units finished there are taken from it, not rerun.
 The steps themselves (world, warm-up, train, evaluate on `rollout.backend`) are `searchr1.pipeline`'s,
 which the demo runs too.
 """
@@ -38,7 +41,7 @@ from searchr1.study.summary import CURVE_KEYS, summarise
 EPISODE_KEYS = ("num_searches", "stop_reason")
 
 #: Settings that change no unit's result: a resumed study may change them.
-_FREE = {"study": {"arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
+_FREE = {"study": {"dir", "records", "arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
                    "keep_checkpoints"},
          "model": {"threads"}, "train": {"progress", "tensorboard", "wandb"},
          "eval": {"batch_size", "html", "html_max_per_run"}}
@@ -48,14 +51,19 @@ class StudyConfigChanged(SearchR1Error):
     """A study directory resumed with settings its finished units were not run with."""
 
 
-def _fingerprint(cfg: Config) -> dict:
-    data = dataclasses.asdict(cfg)
+def _comparable(data: dict) -> dict:
+    """`data` (a config as a dict) without what changes no unit's result."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for section, keys in _FREE.items():
         for key in keys:
-            data[section].pop(key, None)
+            data.get(section, {}).pop(key, None)
     for section in ("server", "demo", "data"):  # not read by a study
         data.pop(section, None)
     return data
+
+
+def _fingerprint(cfg: Config) -> dict:
+    return _comparable(dataclasses.asdict(cfg))
 
 
 def _diff(old, new, prefix: str = "") -> list[str]:
@@ -65,13 +73,14 @@ def _diff(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def check_config(cfg: Config, root: Path) -> None:
-    """Record the settings of a new study; refuse to resume one with settings that change results."""
+def check_config(cfg: Config, root: Path, record: bool = True) -> None:
+    """Record the settings of a new study (unless not `record`); refuse to resume one with settings
+    that change results."""
     path = root / "study_config.json"
     new = _fingerprint(cfg)
     if path.is_file():
         # a setting added to searchr1 after the study started was, for that study, its default
-        old = deep_merge(_fingerprint(Config()), json.loads(path.read_text()))
+        old = deep_merge(_fingerprint(Config()), _comparable(json.loads(path.read_text())))
         # study.arms may change between runs: an arm this run leaves out keeps the settings it ran with
         left_out = {k: v for k, v in old["study"]["arm_settings"].items() if k not in cfg.study.arms}
         new["study"]["arm_settings"] = {**left_out, **new["study"]["arm_settings"]}
@@ -81,8 +90,47 @@ def check_config(cfg: Config, root: Path) -> None:
                 f"{root} holds a study run with other settings ({'; '.join(changed[:6])}"
                 f"{'; ...' if len(changed) > 6 else ''}); its finished runs would not be comparable. "
                 "Use another study.dir, or delete the old one")
-    else:
+    elif record:
         write_text_atomic(path, json.dumps(new, indent=1))
+    else:
+        raise SearchR1Error(f"{root} has no study_config.json: it is not a copy of a study's records")
+
+
+def check_warmup(warm: dict, records: Path, tolerance: float = 1e-4) -> None:
+    """Refuse records whose warm-up this machine did not reproduce: their trained runs started from
+    another model than the runs still to come. The losses, step by step, are the check."""
+    path = records / "warmup" / "warmup.json"
+    if not path.is_file():
+        return
+    theirs = json.loads(path.read_text()).get("losses", [])
+    ours = warm.get("losses", [])
+    gap = max((abs(a - b) for a, b in zip(ours, theirs)), default=0.0)
+    if len(ours) != len(theirs) or gap > tolerance:
+        raise SearchR1Error(
+            f"the warm-up made here (losses {[round(x, 6) for x in ours]}) does not reproduce the one of "
+            f"{records} ({[round(x, 6) for x in theirs]}): its runs started from another model. Run the study "
+            "without study.records, or on a machine that reproduces it")
+
+
+#: What outlives a study's machine: its report, its settings, its warm-up's record and each unit's
+#: record (tens of KB each). Models, checkpoints and trajectories stay behind.
+SMALL_FILES = ("study.json", "study.md", "study.html", "plots/*.svg", "study_config.json", "warmup/warmup.json",
+               "runs/*/*/record.json")
+
+
+def export_records(root: Path, dest: Path) -> list[Path]:
+    """Copy a study's small files (SMALL_FILES) from `root` to `dest`, in the same layout, so that
+    `study.records=dest` continues the study elsewhere; returns the files written."""
+    if not (root / "study_config.json").is_file():
+        raise SearchR1Error(f"{root} holds no study (no study_config.json)")
+    written = []
+    for pattern in SMALL_FILES:
+        for src in sorted(root.glob(pattern)):
+            out = dest / src.relative_to(root)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out, src.read_text())
+            written.append(out)
+    return written
 
 
 # ----------------------------------------------------------------------------- world, questions, warm-up
@@ -220,6 +268,9 @@ def run_study(cfg: Config, console=None) -> dict:
     root = Path(sc.dir)
     root.mkdir(parents=True, exist_ok=True)
     check_config(cfg, root)
+    copied = Path(sc.records) if sc.records else None  # another machine's records of this study
+    if copied is not None:
+        check_config(cfg, copied, record=False)
     synthetic = trains_on_synthetic(cfg.train)
     needs_world = synthetic or (warming and not sc.warmup_model)
     world_rcfg, train_questions = _world_index(cfg, root) if needs_world else (None, [])
@@ -246,12 +297,19 @@ def run_study(cfg: Config, console=None) -> dict:
                     world_retriever.close()
             start_model = str(root / "warmup" / "model")
             say(f"study: warm-up {warm['steps']} steps on {warm['kept']} demonstrations -> {start_model}")
+            if copied is not None:
+                check_warmup(warm, copied)
         records = []
         # seed-major: a study stopped early holds every arm at its first seeds, not some arms at all seeds
         units = [(a, None) for a in arms if not a.trained] + [(a, s) for s in sc.seeds for a in arms if a.trained]
         for i, (a, seed) in enumerate(units):
             udir = unit_dir(root, a, seed)
             path = udir / "record.json"
+            copy = copied / path.relative_to(root) if copied is not None else None
+            if not path.is_file() and copy is not None and copy.is_file():
+                udir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, copy.read_text())
+                say(f"study: {a.name}" + (f" seed {seed}" if seed is not None else "") + f" taken from {copy}")
             if path.is_file():
                 records.append(json.loads(path.read_text()))
                 continue

@@ -55,6 +55,10 @@ def check_arm_settings(arm: str, overrides: list[str]) -> None:
 @dataclass
 class StudyConfig:
     dir: str = param("runs/study", "where the study keeps everything: runs, records, study.json/.md/.html")
+    records: str = param("", "a copy of this study's small files from another machine (study_config.json, "
+                             "warmup/warmup.json, runs/*/*/record.json; e.g. its results committed under "
+                             "benchmarks/results/): its finished units are taken from there, not rerun; the settings "
+                             "must match and the warm-up made here must reproduce its losses; '' = none")
     arms: list[str] = param(list(PAPER_ARMS), "arms to run: direct / rag (the base model prompted, no training), "
                                               "rag-warmup (RAG with the warmed-up model), warmup (the supervised "
                                               "warm-up alone, as an agent), r1 (RL without search, the r1 "
