@@ -4,6 +4,8 @@ value is written down exactly."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +79,20 @@ def test_models_with_sliding_window_layers_are_refused():
     check_model(SimpleNamespace(config=SimpleNamespace()))
     with pytest.raises(NotImplementedError, match="sliding_attention"):
         check_model(SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"])))
+
+
+def test_a_dropped_cache_frees_its_keys_and_values_at_once():
+    # no reference cycle through the layers: the tensors go when the last reference does, not at
+    # the cycle collector's next full pass (an evaluation kept GBs of dropped caches that way)
+    gc.disable()
+    try:
+        c = SlotCache(slots=2, capacity=4)
+        c.plan_prefill(0, 0, 2)
+        c.update(kv([[1, 2]]), kv([[1, 2]]), 0)
+        c.update(kv([[3, 4]]), kv([[3, 4]]), 1)
+        held = [weakref.ref(t) for layer in c.layers for t in (layer.keys, layer.values)]
+        assert len(held) == 4 and c.layers[1].cache is c
+        del c
+        assert all(r() is None for r in held)
+    finally:
+        gc.enable()

@@ -25,6 +25,7 @@ Full attention only: a model with sliding-window or linear-attention layers is r
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +61,13 @@ class SlotLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, cache: "SlotCache") -> None:
+    def __init__(self, cache: "weakref.ref[SlotCache]") -> None:
         super().__init__()
-        self.cache = cache
+        self._cache = cache
+
+    @property
+    def cache(self) -> "SlotCache":
+        return self._cache()
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         c = self.cache
@@ -127,7 +132,12 @@ class SlotCache(Cache):
     """The cache object a transformers causal LM is called with (`cache=` / `past_key_values=`)."""
 
     def __init__(self, slots: int = 4, capacity: int = 256) -> None:
-        super().__init__(layer_class_to_replicate=lambda: SlotLayer(self))
+        # The layers (and the factory that makes them) reach their cache by a weak reference: a
+        # reference cycle would leave a dropped cache's keys and values (GBs at an evaluation's pool)
+        # to Python's cycle collector, whose full passes are rare in a process holding a model: each
+        # evaluated dataset's cache stayed resident, 3 GB more a dataset (benchmarks/kv_release.py).
+        ref = weakref.ref(self)
+        super().__init__(layer_class_to_replicate=lambda: SlotLayer(ref))
         self.slots, self.capacity = max(1, slots), max(1, capacity)
         self.plan = _Plan()
 
