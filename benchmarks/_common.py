@@ -121,12 +121,18 @@ def dir_size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
-def vm_hwm_mib(pid: int) -> float:
-    """Peak resident memory of a running process (Linux)."""
+def vm_mib(pid: int | str, field: str) -> float:
+    """A memory line of a running process's /proc status (VmRSS: resident now, VmHWM: its peak), in MiB
+    (Linux; pid "self" for this process)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def vm_hwm_mib(pid: int) -> float:
+    """Peak resident memory of a running process (Linux)."""
+    return vm_mib(pid, "VmHWM")
 
 
 def table(title: str, headers: list[str], rows: list[list]) -> str:

@@ -25,14 +25,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, save_json, table  # noqa: E402
+from _common import REPO, machine, save_json, table, vm_mib  # noqa: E402
 
 GB = 1e9
 
 
 def _status() -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) * 1024 / GB, int(fields["VmHWM"].split()[0]) * 1024 / GB
+    """This process's resident memory now and its peak so far, in GB."""
+    return vm_mib("self", "VmRSS") * 2**20 / GB, vm_mib("self", "VmHWM") * 2**20 / GB
 
 
 def child(args) -> None:
@@ -49,7 +49,8 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     gen = EngineGenerator.from_pretrained(args.model, device="cpu", dtype="float32")
     per_token = kv_bytes_per_token(gen.model.config, torch.float32)
-    print(json.dumps({"round": "loaded", "rss_gb": _status()[0], "peak_gb": _status()[1]}), flush=True)
+    rss, peak = _status()
+    print(json.dumps({"round": "loaded", "rss_gb": rss, "peak_gb": peak}), flush=True)
     rng = random.Random(0)
     for i, length in enumerate(args.prompts):
         prompts = [[rng.randrange(100, 40_000) for _ in range(length + rng.randrange(200))] for _ in range(args.pool)]

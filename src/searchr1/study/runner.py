@@ -305,15 +305,16 @@ def run_study(cfg: Config, console=None) -> dict:
         for i, (a, seed) in enumerate(units):
             udir = unit_dir(root, a, seed)
             path = udir / "record.json"
+            name = a.name + (f" seed {seed}" if seed is not None else "")
             copy = copied / path.relative_to(root) if copied is not None else None
             if not path.is_file() and copy is not None and copy.is_file():
                 udir.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(path, copy.read_text())
-                say(f"study: {a.name}" + (f" seed {seed}" if seed is not None else "") + f" taken from {copy}")
+                say(f"study: {name} taken from {copy}")
             if path.is_file():
                 records.append(json.loads(path.read_text()))
                 continue
-            say(f"study: {a.name}" + (f" seed {seed}" if seed is not None else "") + " ...")
+            say(f"study: {name} ...")
             model = start_model if a.start == "start" else cfg.model.name
             record = run_unit(cfg, a, seed, model, root, retriever, questions, console)
             udir.mkdir(parents=True, exist_ok=True)
