@@ -85,6 +85,8 @@ def test_budgets_and_the_final_turn(tok):
     assert step.observe(traj, HITS[:1]) is not None and step.budget(traj) == 200 - len(traj.response_ids)
     assert step.turn(traj, sample(tok, "<search> b </search>")) == Decision("max_turns")
     assert traj.queries() == ["a", "b"] and traj.turns[-1].observation == ""  # b was not searched
+    # ... but is counted, as Search-R1's valid_search_stats counts it
+    assert traj.num_searches == 2 and traj.turns[-1].doc_ids == []
 
 
 def test_observation_is_cut_to_max_obs_tokens_keeping_its_tags(tok):

@@ -72,6 +72,10 @@ class Trajectory:
 
     @property
     def num_searches(self) -> int:
+        """Search actions the policy wrote, counted as Search-R1 counts them (its
+        `valid_search_stats`): a search written on the forced final turn counts, though the episode
+        ends there and it is never run. Reports and training curves compare with Search-R1's logs
+        by this count; the searches actually run are the turns with documents (`doc_ids`)."""
         return sum(t.action == "search" for t in self.turns)
 
     @property
