@@ -39,7 +39,9 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
     assert partial["complete"] is False and list(partial["arms"]) == ["rag"]
     rag_mtime = rag_record.stat().st_mtime_ns
 
-    proc = subprocess.run(_args(tiny_model_dir, out), env=ENV, capture_output=True, text=True, timeout=900)
+    live = tmp_path / "live"  # refreshed by the study itself after each unit (study.export)
+    proc = subprocess.run(_args(tiny_model_dir, out, f"study.export={live}"), env=ENV, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "rag ..." not in proc.stdout
     assert rag_record.stat().st_mtime_ns == rag_mtime  # a finished unit is not rerun
@@ -87,6 +89,9 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
         "runs/grpo/seed0/record.json", "runs/grpo/seed1/record.json", "runs/rag/greedy/record.json",
         "study.json", "study_config.json", "warmup/warmup.json"]
     assert not list(copy.rglob("*.safetensors")) and not (copy / "runs" / "grpo" / "seed0" / "eval").exists()
+    assert sorted(p.relative_to(live) for p in live.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(copy) for p in copy.rglob("*") if p.is_file())
+    assert json.loads((live / "study.json").read_text()) == s  # the complete study, not a partial one
     other = tmp_path / "other"
     cont = subprocess.run([*_args(tiny_model_dir, other, f"study.records={copy}")], env=ENV, capture_output=True,
                           text=True, timeout=600)

@@ -12,7 +12,8 @@ A unit is done when its record.json exists (written atomically, last). A killed 
 unfinished units; a killed training run resumes from its last checkpoint (`study.save_every`).
 A study that outlives its machine goes on from a copy of its small files (`export_records`, which
 `searchr1 study --export DIR` runs; e.g. the copy committed under benchmarks/results/): with
-`study.records=DIR`, the units finished there are taken from it, not rerun.
+`study.records=DIR`, the units finished there are taken from it, not rerun; `study.export=DIR`
+refreshes such a copy after every unit this run finishes.
 The steps themselves (world, warm-up, train, evaluate on `rollout.backend`) are `searchr1.pipeline`'s,
 which the demo runs too.
 """
@@ -41,7 +42,7 @@ from searchr1.study.summary import CURVE_KEYS, summarise
 EPISODE_KEYS = ("num_searches", "stop_reason")
 
 #: Settings that change no unit's result: a resumed study may change them.
-_FREE = {"study": {"dir", "records", "arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
+_FREE = {"study": {"dir", "records", "export", "arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
                    "keep_checkpoints"},
          "model": {"threads"}, "train": {"progress", "tensorboard", "wandb"},
          "eval": {"batch_size", "html", "html_max_per_run"}}
@@ -324,6 +325,8 @@ def run_study(cfg: Config, console=None) -> dict:
             records.append(record)
             if i < len(units) - 1:  # partial results survive a kill; after the last unit, the final report
                 write_report(root, summarise(cfg, records, questions, warm))
+                if sc.export:
+                    export_records(root, Path(sc.export))
             say(f"study: {a.name} done in {sum(record['seconds'].values()):.0f} s")
     finally:
         if retriever is not None:
@@ -331,4 +334,6 @@ def run_study(cfg: Config, console=None) -> dict:
     summary = summarise(cfg, records, questions, warm)
     summary["complete"] = True
     write_report(root, summary)
+    if sc.export:
+        export_records(root, Path(sc.export))
     return summary

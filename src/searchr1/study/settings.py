@@ -59,6 +59,9 @@ class StudyConfig:
                              "warmup/warmup.json, runs/*/*/record.json; e.g. its results committed under "
                              "benchmarks/results/): its finished units are taken from there, not rerun; the settings "
                              "must match and the warm-up made here must reproduce its losses; '' = none")
+    export: str = param("", "copy the study's small files (as `searchr1 study --export` does) to this directory "
+                            "after each unit it finishes and at the end, e.g. the copy that study.records names, so "
+                            "the results to commit are always there; '' = none")
     arms: list[str] = param(list(PAPER_ARMS), "arms to run: direct / rag (the base model prompted, no training), "
                                               "rag-warmup (RAG with the warmed-up model), warmup (the supervised "
                                               "warm-up alone, as an agent), r1 (RL without search, the r1 "
