@@ -22,8 +22,9 @@ def _args(model, out, *extra):
 
 def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir):
     out = tmp_path / "study"
-    first = subprocess.Popen(_args(tiny_model_dir, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    live = tmp_path / "live"  # refreshed by the study itself after each unit it finishes (study.export)
+    first = subprocess.Popen(_args(tiny_model_dir, out, f"study.export={live}"), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     # kill it hard once the first training run has written a checkpoint but not finished
     ckpt = out / "runs" / "grpo" / "seed0" / "train" / "checkpoints" / "step-000001"
     deadline = time.monotonic() + 600
@@ -37,9 +38,11 @@ def test_a_killed_study_resumes_and_writes_every_field(tmp_path, tiny_model_dir)
     assert rag_record.is_file()  # the baseline ran before training started
     partial = json.loads((out / "study.json").read_text())
     assert partial["complete"] is False and list(partial["arms"]) == ["rag"]
+    # the unit finished before the kill is already in the exported copy, with the partial report
+    assert (live / "runs" / "rag" / "greedy" / "record.json").read_text() == rag_record.read_text()
+    assert json.loads((live / "study.json").read_text()) == partial
     rag_mtime = rag_record.stat().st_mtime_ns
 
-    live = tmp_path / "live"  # refreshed by the study itself after each unit (study.export)
     proc = subprocess.run(_args(tiny_model_dir, out, f"study.export={live}"), env=ENV, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

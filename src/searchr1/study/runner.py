@@ -42,8 +42,8 @@ from searchr1.study.summary import CURVE_KEYS, summarise
 EPISODE_KEYS = ("num_searches", "stop_reason")
 
 #: Settings that change no unit's result: a resumed study may change them.
-_FREE = {"study": {"dir", "records", "export", "arms", "seeds", "compare", "metric", "bootstrap", "permutations", "confidence",
-                   "keep_checkpoints"},
+_FREE = {"study": {"dir", "records", "export", "arms", "seeds", "compare", "metric", "bootstrap", "permutations",
+                   "confidence", "keep_checkpoints"},
          "model": {"threads"}, "train": {"progress", "tensorboard", "wandb"},
          "eval": {"batch_size", "html", "html_max_per_run"}}
 
