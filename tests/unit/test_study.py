@@ -83,7 +83,8 @@ def test_a_study_directory_refuses_settings_that_change_results(tmp_path):
 def test_a_study_moved_to_another_directory_keeps_its_settings(tmp_path):
     check_config(_cfg("train.steps=4", f"study.dir={tmp_path}"), tmp_path)
     assert "dir" not in json.loads((tmp_path / "study_config.json").read_text())["study"]
-    check_config(_cfg("train.steps=4", "study.dir=/elsewhere", "study.records=/a/copy", "study.export=/a/copy"), tmp_path)
+    check_config(_cfg("train.steps=4", "study.dir=/elsewhere", "study.records=/a/copy", "study.export=/a/copy"),
+                 tmp_path)
     # a study_config.json written before study.dir was left out of the fingerprint still matches
     old = json.loads((tmp_path / "study_config.json").read_text())
     old["study"]["dir"] = "/where/it/ran"

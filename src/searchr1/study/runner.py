@@ -270,6 +270,13 @@ def run_study(cfg: Config, console=None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     check_config(cfg, root)
     copied = Path(sc.records) if sc.records else None  # another machine's records of this study
+
+    def publish(summary: dict) -> None:
+        """Write the report, then refresh the exported copy (study.export) from it."""
+        write_report(root, summary)
+        if sc.export:
+            export_records(root, Path(sc.export))
+
     if copied is not None:
         check_config(cfg, copied, record=False)
     synthetic = trains_on_synthetic(cfg.train)
@@ -324,16 +331,12 @@ def run_study(cfg: Config, console=None) -> dict:
                 shutil.rmtree(udir / "train" / "checkpoints", ignore_errors=True)
             records.append(record)
             if i < len(units) - 1:  # partial results survive a kill; after the last unit, the final report
-                write_report(root, summarise(cfg, records, questions, warm))
-                if sc.export:
-                    export_records(root, Path(sc.export))
-            say(f"study: {a.name} done in {sum(record['seconds'].values()):.0f} s")
+                publish(summarise(cfg, records, questions, warm))
+            say(f"study: {name} done in {sum(record['seconds'].values()):.0f} s")
     finally:
         if retriever is not None:
             getattr(retriever, "close", lambda: None)()
     summary = summarise(cfg, records, questions, warm)
     summary["complete"] = True
-    write_report(root, summary)
-    if sc.export:
-        export_records(root, Path(sc.export))
+    publish(summary)
     return summary
