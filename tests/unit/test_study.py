@@ -186,6 +186,15 @@ def test_paper_rows_appear_only_for_the_papers_datasets():
     assert rows["rows"]["RAG"]["2wikimultihopqa"] == 0.226
 
 
+def test_a_copy_that_cannot_be_written_stops_the_study_before_any_unit(tmp_path):
+    out, blocker = tmp_path / "study", tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SearchR1Error, match=f"cannot copy the study's records to {blocker / 'copy'}"):
+        run_study(_cfg(f"study.dir={out}", "study.warmup=false", f"study.export={blocker / 'copy'}"))
+    assert (out / "study_config.json").is_file() and not (out / "runs").exists() and not (out / "world").exists()
+    assert blocker.read_text() == "not a directory"
+
+
 @pytest.mark.parametrize("override, message", [
     ("study.warmup_model=/nonexistent/model", "not a model directory"),
     ("sft.steps=0", "needs sft.steps >= 1"),

@@ -125,12 +125,15 @@ def export_records(root: Path, dest: Path) -> list[Path]:
     if not (root / "study_config.json").is_file():
         raise SearchR1Error(f"{root} holds no study (no study_config.json)")
     written = []
-    for pattern in SMALL_FILES:
-        for src in sorted(root.glob(pattern)):
-            out = dest / src.relative_to(root)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out, src.read_text())
-            written.append(out)
+    try:
+        for pattern in SMALL_FILES:
+            for src in sorted(root.glob(pattern)):
+                out = dest / src.relative_to(root)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(out, src.read_text())
+                written.append(out)
+    except OSError as e:
+        raise SearchR1Error(f"cannot copy the study's records to {dest}: {e}") from None
     return written
 
 
@@ -269,6 +272,12 @@ def run_study(cfg: Config, console=None) -> dict:
     root = Path(sc.dir)
     root.mkdir(parents=True, exist_ok=True)
     check_config(cfg, root)
+    if sc.export:  # a copy that cannot be written fails here, not after the first unit's hours; nothing
+        # is copied yet, since the copy may be study.records, whose files are checked below
+        try:
+            Path(sc.export).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchR1Error(f"cannot copy the study's records to {sc.export}: {e}") from None
     copied = Path(sc.records) if sc.records else None  # another machine's records of this study
 
     def publish(summary: dict) -> None:
